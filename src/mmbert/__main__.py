@@ -1,0 +1,3 @@
+from mmbert.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The `mmbert` command line: subcommands map onto library calls and hold no logic of their own.
+
+    mmbert --help
+    mmbert <subcommand> --help
+
+User mistakes (bad paths, invalid configs, corrupt files) end with one line `error: … ` and the fix;
+`--debug` shows the full traceback. Each subcommand is registered by one `_add_<name>` function
+below; the handler imports its library lazily so `mmbert --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+# Exceptions that mean "the user gave us something wrong" (shown as one line, no traceback).
+# Library code raises these (or subclasses) with a message naming the problem and the fix.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
+                                                NotADirectoryError, PermissionError, KeyError)
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def command(fn: Callable[[argparse._SubParsersAction], None]):
+    """Register an `_add_<name>(subparsers)` function that adds one subcommand."""
+    _COMMANDS.append(fn)
+    return fn
+
+
+def _common(p: argparse.ArgumentParser, *names: str) -> None:
+    """Flags shared across subcommands, spelled the same everywhere."""
+    spec = {
+        "out": (["--out"], dict(required=True, help="output directory")),
+        "model": (["--model"], dict(required=True, help="our checkpoint or a Hugging Face model directory")),
+        "preset": (["--preset"], dict(default="tiny", help="model preset (tiny, mmbert-small, mmbert-base, "
+                                                           "modernbert-base, modernbert-large)")),
+        "recipe": (["--recipe"], dict(default="cpu-demo", help="training recipe name")),
+        "corpus": (["--corpus"], dict(required=True, help="corpus directory (<lang_Script>/ folders)")),
+        "tokenizer": (["--tokenizer"], dict(required=True, help="tokenizer directory or tokenizer.json")),
+        "data-dir": (["--data-dir"], dict(default=None, help="evaluation data directory "
+                                                            "(default: $MMBERT_EVAL_DATA or ../shared/data/eval)")),
+        "seed": (["--seed"], dict(type=int, default=0, help="random seed")),
+    }
+    for n in names:
+        flags, kw = spec[n]
+        p.add_argument(*flags, **kw)
+
+
+# ----------------------------------------------------------------------------- subcommands
+# (each section: one _add_<name> registering parser + handler; keep handlers to library calls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="mmBERT: train, merge, evaluate and run ModernBERT-architecture multilingual encoders.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
