@@ -1,0 +1,258 @@
+"""Language sampling for the mmBERT recipe: temperature sampling over a phase's language set.
+
+mmBERT ("annealed language learning") samples language ℓ with n_ℓ available tokens with probability
+
+    p_ℓ = n_ℓ^τ / Σ_k n_k^τ          τ = 0.7 (pretrain, 60 langs) → 0.5 (mid, 110) → 0.3 (decay, 1,833)
+
+τ = 1 is proportional to data size, τ → 0 approaches uniform. Over a planned token budget B a language
+is then seen p_ℓ·B / n_ℓ times ("epochs"); low-resource languages repeat more as τ falls.
+
+    from mmbert.data.sampling import select_languages, plan_phase, plot_plans
+    counts = {lang: index.tokens(lang) for lang in index.languages}      # a ShardIndex
+    langs = select_languages(counts, "top:60")           # or "all", "min:1e9", ["deu_Latn", ...]
+    plan = plan_phase(counts, langs, tau=0.7, budget=2.3e12, epoch_cap=None, name="pretrain")
+    print(plan.table()); plan.save("out/plans/pretrain")  # .md table + .json
+    plot_plans([plan_pre, plan_mid, plan_decay], "out/plans/distributions.png")
+
+Language sets (`select_languages`): an explicit list of names, or a tier string —
+"all" (every language), "top:K" (the K largest by tokens; ties broken by name), "min:X" (languages
+with at least X tokens; X may be written 1e9). Naming a language that has no shard, or selecting a
+language with zero tokens, is a `SamplingError` (a ValueError) before any training starts.
+
+Epoch cap (optional, `epoch_cap=c` with a `budget`): no language may be drawn more than c·n_ℓ tokens
+in expectation. Rule ("water-filling"): every language whose temperature share would exceed its cap
+is fixed at exactly p_ℓ = c·n_ℓ / B; the probability mass removed is handed to the uncapped languages
+in proportion to their temperature probabilities (so their ratios p_i/p_j = (n_i/n_j)^τ are kept);
+this repeats until no language exceeds its cap. If c·Σn_ℓ < B the budget cannot be met without
+exceeding the cap for everyone, which is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+class SamplingError(ValueError):
+    """Bad sampling input: unknown or empty language, τ ≤ 0, impossible epoch cap."""
+
+
+def _check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not math.isfinite(tau) or tau <= 0:
+        raise SamplingError(f"temperature τ must be > 0 (mmBERT uses 0.7 → 0.5 → 0.3; 1 = proportional), got {tau}")
+    return tau
+
+
+def temperature_probs(tokens: Mapping[str, float], tau: float) -> dict[str, float]:
+    """p_ℓ ∝ n_ℓ^τ over the given languages (in the mapping's order). Computed in log space so
+    1,800 languages spanning 10 orders of magnitude and small τ stay exact to float64."""
+    tau = _check_tau(tau)
+    if not tokens:
+        raise SamplingError("no languages to sample from; give at least one language with data")
+    names = list(tokens)
+    n = np.array([float(tokens[k]) for k in names])
+    bad = [k for k, v in zip(names, n) if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise SamplingError(f"language(s) with no tokens cannot be sampled: {', '.join(bad[:10])}; "
+                            f"drop them from the phase's language set or rebuild their shards")
+    logits = tau * np.log(n)
+    w = np.exp(logits - logits.max())
+    p = w / w.sum()
+    return dict(zip(names, p.tolist()))
+
+
+_TIER = re.compile(r"^(top|min):\s*([0-9.eE+_]+)$")
+
+
+def select_languages(available: Mapping[str, int], spec: str | Sequence[str]) -> list[str]:
+    """The languages of one phase, sorted by name. `available` = {lang: train tokens}.
+
+    spec: "all" | "top:K" | "min:X" | an explicit list of language names (see module docstring).
+    Every selected language must exist in `available` and hold > 0 tokens (else `SamplingError`).
+    """
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s == "all":
+            chosen = list(available)
+        else:
+            m = _TIER.match(s)
+            if not m:
+                raise SamplingError(f"unknown language set {spec!r}; use 'all', 'top:K', 'min:X' "
+                                    f"or a list of language names like ['deu_Latn', 'fra_Latn']")
+            kind, num = m.group(1), float(m.group(2).replace("_", ""))
+            if kind == "top":
+                if num < 1 or num != int(num):
+                    raise SamplingError(f"'top:K' needs a whole K ≥ 1, got {spec!r}")
+                ranked = sorted(available, key=lambda k: (-available[k], k))
+                chosen = ranked[:int(num)]
+            else:
+                chosen = [k for k in available if available[k] >= num]
+            if not chosen:
+                raise SamplingError(f"language set {spec!r} selects no language (largest has "
+                                    f"{max(available.values(), default=0):,} tokens)")
+    else:
+        chosen = list(spec)
+        if not chosen:
+            raise SamplingError("empty language list; name at least one language or use 'all'")
+        missing = [k for k in chosen if k not in available]
+        if missing:
+            raise SamplingError(f"language(s) {', '.join(missing[:10])} have no shard; available: "
+                                f"{', '.join(sorted(available)[:20])}{' …' if len(available) > 20 else ''}")
+        dup = sorted({k for k in chosen if chosen.count(k) > 1})
+        if dup:
+            raise SamplingError(f"language(s) listed twice: {', '.join(dup)}")
+    empty = [k for k in chosen if available[k] <= 0]
+    if empty:
+        raise SamplingError(f"language(s) {', '.join(sorted(empty)[:10])} have empty shards (0 tokens); "
+                            f"remove them from the phase or rebuild their shards")
+    return sorted(chosen)
+
+
+def cap_epochs(tokens: Mapping[str, float], probs: Mapping[str, float], budget: float,
+               epoch_cap: float) -> dict[str, float]:
+    """Apply the epoch cap by water-filling (rule in the module docstring). Returns new probabilities."""
+    if not epoch_cap > 0:
+        raise SamplingError(f"epoch_cap must be > 0, got {epoch_cap}")
+    if not budget > 0:
+        raise SamplingError(f"an epoch cap needs a token budget > 0, got {budget}")
+    names = list(probs)
+    n = np.array([float(tokens[k]) for k in names])
+    p = np.array([float(probs[k]) for k in names])
+    if epoch_cap * n.sum() < budget * (1 - 1e-12):
+        raise SamplingError(f"budget {budget:,.0f} tokens exceeds epoch_cap × all data "
+                            f"({epoch_cap} × {n.sum():,.0f}); raise the cap, add data or shrink the budget")
+    limit = epoch_cap * n / budget            # the largest probability each language may take
+    capped = np.zeros(len(names), dtype=bool)
+    out = p.copy()
+    for _ in range(len(names) + 1):
+        over = (~capped) & (out > limit * (1 + 1e-12))
+        if not over.any():
+            break
+        capped |= over
+        free = 1.0 - limit[capped].sum()
+        base = p[~capped]
+        out[capped] = limit[capped]
+        out[~capped] = free * base / base.sum() if base.size else 0.0
+    return dict(zip(names, out.tolist()))
+
+
+@dataclass
+class SamplingPlan:
+    """One phase's sampling: languages (sorted), their tokens, probabilities, and expected epochs."""
+
+    name: str
+    tau: float
+    languages: list[str]
+    tokens: list[int]
+    probs: list[float]
+    budget: float | None = None
+    epoch_cap: float | None = None
+    capped: list[str] = field(default_factory=list)
+
+    @property
+    def expected_epochs(self) -> list[float] | None:
+        """p_ℓ·B / n_ℓ per language (None without a budget)."""
+        if not self.budget:
+            return None
+        return [p * self.budget / n for p, n in zip(self.probs, self.tokens)]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.languages, self.probs))
+
+    def table(self, max_rows: int | None = None) -> str:
+        """Markdown table, largest share first."""
+        ep = self.expected_epochs
+        order = sorted(range(len(self.languages)), key=lambda i: (-self.probs[i], self.languages[i]))
+        head = (f"### {self.name}: τ = {self.tau}, {len(self.languages)} languages"
+                + (f", budget {self.budget:,.0f} tokens" if self.budget else "")
+                + (f", epoch cap {self.epoch_cap}" if self.epoch_cap else "") + "\n\n")
+        lines = ["| language | tokens | p | expected epochs |", "|---|---:|---:|---:|"]
+        for j, i in enumerate(order):
+            if max_rows is not None and j >= max_rows:
+                lines.append(f"| … {len(order) - max_rows} more | | | |")
+                break
+            e = f"{ep[i]:.3g}" + (" (capped)" if self.languages[i] in self.capped else "") if ep else "–"
+            lines.append(f"| {self.languages[i]} | {self.tokens[i]:,} | {self.probs[i]:.4%} | {e} |")
+        return head + "\n".join(lines) + "\n"
+
+    def save(self, path_stem: str | os.PathLike) -> tuple[Path, Path]:
+        """Write `<stem>.md` (the table) and `<stem>.json` (all numbers) atomically."""
+        from mmbert.data.shards import _atomic_write_text
+
+        stem = Path(path_stem)
+        md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
+        _atomic_write_text(md, self.table())
+        doc = {"name": self.name, "tau": self.tau, "budget": self.budget, "epoch_cap": self.epoch_cap,
+               "languages": [{"language": l, "tokens": t, "p": p, "expected_epochs": e}
+                             for l, t, p, e in zip(self.languages, self.tokens, self.probs,
+                                                   self.expected_epochs or [None] * len(self.probs))]}
+        _atomic_write_text(js, json.dumps(doc, indent=1) + "\n")
+        return md, js
+
+
+def plan_phase(available: Mapping[str, int], languages: str | Sequence[str], tau: float,
+               budget: float | None = None, epoch_cap: float | None = None,
+               name: str = "phase") -> SamplingPlan:
+    """Select the phase's languages, compute p ∝ n^τ, apply the optional epoch cap."""
+    langs = select_languages(available, languages)
+    toks = {k: int(available[k]) for k in langs}
+    probs = temperature_probs(toks, tau)
+    capped: list[str] = []
+    if epoch_cap is not None:
+        if budget is None:
+            raise SamplingError("epoch_cap needs the phase's token budget; pass budget=<tokens>")
+        probs = cap_epochs(toks, probs, budget, epoch_cap)
+        capped = [k for k in langs if probs[k] * budget >= epoch_cap * toks[k] * (1 - 1e-9)]
+    if budget is not None and not budget > 0:
+        raise SamplingError(f"token budget must be > 0, got {budget}")
+    return SamplingPlan(name=name, tau=float(tau), languages=langs, tokens=[toks[k] for k in langs],
+                        probs=[probs[k] for k in langs], budget=None if budget is None else float(budget),
+                        epoch_cap=epoch_cap, capped=capped)
+
+
+def plot_plans(plans: Sequence[SamplingPlan], path: str | os.PathLike, max_languages: int = 60) -> Path:
+    """One figure like the mmBERT paper's τ 0.7/0.5/0.3 panel: the languages (ordered by size, largest
+    first, union over phases, at most `max_languages` of them) on x, sampling share per phase on y.
+    A language absent from a phase has share 0 there. Written atomically (temp file + rename)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size: dict[str, int] = {}
+    for pl in plans:
+        for l, t in zip(pl.languages, pl.tokens):
+            size[l] = max(size.get(l, 0), t)
+    order = sorted(size, key=lambda k: (-size[k], k))
+    if len(order) > max_languages:   # keep the largest and an even sample of the rest, so the tail shows
+        keep = np.unique(np.linspace(0, len(order) - 1, max_languages).round().astype(int))
+        order = [order[i] for i in keep]
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(order) + 2), 4))
+    width = 0.8 / max(1, len(plans))
+    for j, pl in enumerate(plans):
+        d = pl.as_dict()
+        ax.bar(x + (j - (len(plans) - 1) / 2) * width, [d.get(k, 0.0) * 100 for k in order], width,
+               label=f"{pl.name} (τ={pl.tau}, {len(pl.languages)} langs)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(order, rotation=90, fontsize=6)
+    ax.set_ylabel("sampling share (%)")
+    ax.set_yscale("log")
+    ax.set_title("Language sampling distribution per phase")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
