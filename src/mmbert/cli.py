@@ -51,6 +51,37 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
 # (each section: one _add_<name> registering parser + handler; keep handlers to library calls)
 
 
+@command
+def _add_merge(sub):
+    p = sub.add_parser("merge", help="merge checkpoints: TIES, linear or exponential averaging",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p, "out")
+    p.add_argument("--method", choices=("ties", "linear", "ema"), default="linear",
+                   help="ties: task vectors relative to --base; linear: weighted mean; "
+                        "ema: weights alpha^k from the newest model")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="model directories to merge (for ema: oldest first, newest last)")
+    p.add_argument("--base", default=None, help="ties only: the checkpoint the models branched from")
+    p.add_argument("--density", type=float, default=1.0,
+                   help="ties: fraction of each task vector kept (by magnitude), in (0, 1]")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per model (default: equal)")
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0,
+                   help="ties: scale of the merged task vector")
+    p.add_argument("--alpha", type=float, default=0.5, help="ema: decay per step back in time, [0, 1]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing merge in --out")
+
+    def run(args):
+        from mmbert.merge import merge
+
+        out = merge(args.models, args.out, method=args.method, base=args.base,
+                    weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
+                    overwrite=args.overwrite)
+        print(f"merged {len(args.models)} models ({args.method}) into {out}")
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,0 +1,361 @@
+"""Merging checkpoints: TIES, linear and exponentially weighted averaging.
+
+mmBERT's released models are merges: mmBERT-base is a TIES merge of three decay-phase variants
+relative to the mid-training checkpoint they branched from; mmBERT-small is an exponentially
+weighted average of a run's decay checkpoints. This module does both, on our checkpoints and on
+Hugging Face ModernBERT directories (the same layout: config.json + model.safetensors).
+
+    mmbert merge --method ties --base out/mid --models out/decay-a out/decay-b out/decay-c \
+        --density 0.5 --out out/merged
+    mmbert merge --method ema --alpha 0.5 --models out/run/step-1000 out/run/step-2000 --out out/ema
+    mmbert merge --method linear --weights 2 1 --models out/a out/b --out out/avg
+
+Notable:
+- TIES (Yadav et al. 2023, "TIES-Merging: Resolving Interference When Merging Models"):
+  τ_i = θ_i − θ_base; keep each τ_i's top-`density` fraction of entries by magnitude (per tensor);
+  scale by the per-model weight w_i; elect a sign per entry from sign(Σ_i w_i τ̂_i) (0 → +);
+  average only the entries that agree with it, weighted: Σ_i w_i τ̂_i [agree] / Σ_i w_i [agree]
+  (the "disjoint mean"; an entry nobody keeps stays at the base); θ = θ_base + λ × that.
+  This is the same arithmetic as mergekit's `ties` method (normalize=True), which
+  tests/test_merge.py checks when mergekit is installed.
+- Linear: θ = Σ_i w_i θ_i / Σ_i w_i. EMA over a checkpoint series given oldest → newest:
+  w ∝ α^k with k = 0 for the newest, so α → 0 returns the newest checkpoint and α = 1 the mean.
+- Memory ≈ two models: inputs are memory-mapped with `safetensors.safe_open` and read one tensor
+  name at a time; only the output model is held whole (safetensors writes one file at once).
+- Tied decoder: our directories do not store `decoder.weight`; a transformers directory may store
+  it as well as, or (older exports) instead of, the token embeddings. It is read once, under the
+  embedding name, and the output stores only the embeddings (loaders re-tie).
+- Everything is validated (configs, tensor names, shapes, vocabularies, parameters) before any
+  tensor is read, so a bad input fails fast with one `MergeError` naming the problem and the fix.
+- Output: a model directory (config.json of the first model, model.safetensors, tokenizer files
+  of the first model) plus merge.json recording the inputs and parameters; files are written
+  atomically (temp file + os.replace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmbert.model.config import EncoderConfig
+
+MERGE_METHODS = ("ties", "linear", "ema")
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt")
+EMBED = "model.embeddings.tok_embeddings.weight"
+DECODER = "decoder.weight"
+# Config fields that decide tensor shapes: every input, the base included, must agree on them.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "norm_bias", "attention_bias", "mlp_bias", "decoder_bias",
+                "tie_word_embeddings")
+# Fields that change what the weights compute: the merged models must agree on them too (the
+# base only supplies task-vector origins, so e.g. a RoPE θ change after mid-training is allowed).
+ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "global_attn_every_n_layers", "local_attention",
+                              "global_rope_theta", "local_rope_theta")
+
+
+class MergeError(ValueError):
+    """Inputs that cannot be merged; the message names the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------- tensor arithmetic
+def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top `density` fraction of entries of `delta` by magnitude, zero the rest.
+
+    k = int(density · numel) as in mergekit, but at least 1 so that a small tensor (a norm
+    vector, a bias) is never trimmed away entirely. Among equal magnitudes at the cut, topk's
+    order decides (it does not matter for real weights; tests avoid exact ties).
+    """
+    _check_density(density)
+    n = delta.numel()
+    k = max(1, int(density * n))
+    if k >= n:
+        return delta.clone()
+    flat = delta.reshape(-1)
+    keep = torch.topk(flat.abs(), k, sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep]
+    return out.view_as(delta)
+
+
+def ties_merge_tensors(base: torch.Tensor, models: Sequence[torch.Tensor],
+                       weights: Sequence[float] | None = None, density: float = 1.0,
+                       lam: float = 1.0) -> torch.Tensor:
+    """TIES-merge one tensor: trim, elect sign, disjoint (weighted) mean, add λ × that to base.
+
+    Computed in float64 (so that merging identical checkpoints gives them back bit for bit after
+    casting down); returns float64 — the caller casts to the checkpoint dtype.
+    """
+    weights = [1.0] * len(models) if weights is None else list(weights)
+    b = base.to(torch.float64)
+    deltas = torch.stack([trim_to_density(m.to(torch.float64) - b, density) for m in models])
+    w = torch.tensor(weights, dtype=torch.float64).view(-1, *([1] * b.dim()))
+    deltas = deltas * w
+    sign = torch.sign(deltas.sum(0))
+    sign[sign == 0] = 1
+    agree = torch.sign(deltas) == sign  # a trimmed (zero) entry never agrees: it is left out
+    mixed = (deltas * agree).sum(0)
+    divisor = (w * agree).sum(0)
+    divisor[divisor.abs() < 1e-12] = 1.0  # no model kept this entry: mixed is 0, avoid 0/0
+    return b + lam * (mixed / divisor)
+
+
+def linear_merge_tensors(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Σ w_i t_i / Σ w_i in float64, accumulated one tensor at a time."""
+    total = float(sum(weights))
+    acc = torch.zeros(tensors[0].shape, dtype=torch.float64)
+    for t, w in zip(tensors, weights):
+        acc.add_(t.to(torch.float64), alpha=w / total)
+    return acc
+
+
+def ema_weights(n: int, alpha: float) -> list[float]:
+    """Normalised weights for n checkpoints ordered oldest → newest: w_i ∝ α^(n−1−i).
+
+    α = 0 puts all weight on the newest (0^0 = 1); α = 1 gives the plain mean.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise MergeError(f"--alpha must be in [0, 1] (weight α^k for the k-th newest checkpoint), "
+                         f"got {alpha}")
+    raw = [alpha ** (n - 1 - i) for i in range(n)]
+    s = sum(raw)
+    return [r / s for r in raw]
+
+
+def _check_density(density: float) -> None:
+    if not (0.0 < density <= 1.0):
+        raise MergeError(f"--density must be in (0, 1] (the fraction of each task vector kept), "
+                         f"got {density}")
+
+
+# ----------------------------------------------------------------------------- reading checkpoints
+@dataclass
+class Checkpoint:
+    """A model directory opened lazily: tensor name → (file, name stored in that file)."""
+
+    path: Path
+    raw_config: dict
+    config: EncoderConfig
+    where: dict[str, tuple[Path, str]]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Index a model directory (config.json + model.safetensors, or a sharded index)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory {path} does not exist; check the path")
+    if path.is_file() and path.suffix == ".safetensors":
+        files = [path]
+        path = path.parent
+    elif (path / WEIGHTS_NAME).is_file():
+        files = [path / WEIGHTS_NAME]
+    elif (path / INDEX_NAME).is_file():
+        index = json.loads((path / INDEX_NAME).read_text())
+        files = sorted({path / f for f in index["weight_map"].values()})
+    elif (path / "pytorch_model.bin").exists():
+        raise MergeError(f"{path} holds only pytorch_model.bin; mmbert reads safetensors only (no "
+                         f"pickle): re-save it with save_pretrained(..., safe_serialization=True)")
+    else:
+        raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME}; pass a model directory "
+                                f"(config.json + {WEIGHTS_NAME})")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path} has no config.json; a model directory needs one")
+    raw = json.loads(cfg_path.read_text())
+    config = EncoderConfig.load_json(cfg_path)
+
+    where: dict[str, tuple[Path, str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            for name in h.keys():
+                sl = h.get_slice(name)
+                where[name] = (f, name)
+                shapes[name] = tuple(sl.get_shape())
+                dtypes[name] = sl.get_dtype()
+    # Tied decoder: read it once, under the embedding name.
+    if DECODER in where and config.tie_word_embeddings:
+        if EMBED not in where:
+            where[EMBED] = where[DECODER]
+            shapes[EMBED], dtypes[EMBED] = shapes[DECODER], dtypes[DECODER]
+        del where[DECODER], shapes[DECODER], dtypes[DECODER]
+    return Checkpoint(path, raw, config, where, shapes, dtypes)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_compatible(models: list[Checkpoint], base: Checkpoint | None) -> None:
+    ref = models[0]
+    for other in models[1:] + ([base] if base is not None else []):
+        role = "base" if other is base else "model"
+        fields = SHAPE_FIELDS if other is base else ARCH_FIELDS
+        for f in fields:
+            a, b = getattr(ref.config, f), getattr(other.config, f)
+            if a != b:
+                what = "vocabularies" if f == "vocab_size" else f"configs ({f})"
+                raise MergeError(f"cannot merge: {role} {other.path} and {ref.path} have different "
+                                 f"{what}: {b} vs {a}; only checkpoints of one architecture and "
+                                 f"tokenizer can be merged")
+        missing, extra = set(ref.where) - set(other.where), set(other.where) - set(ref.where)
+        if missing or extra:
+            raise MergeError(f"cannot merge: {role} {other.path} and {ref.path} hold different "
+                             f"tensors (only in {ref.path.name}: {sorted(missing)[:3]}, only in "
+                             f"{other.path.name}: {sorted(extra)[:3]}); use checkpoints with the "
+                             f"same head (e.g. all MLM)")
+        for name, shape in ref.shapes.items():
+            if other.shapes[name] != shape:
+                raise MergeError(f"cannot merge: tensor {name} has shape {list(other.shapes[name])} "
+                                 f"in {other.path} but {list(shape)} in {ref.path}; only "
+                                 f"checkpoints of the same size can be merged")
+    # Same vocab size with a different tokenizer would merge silently into garbage.
+    tok = [(c.path, (c.path / "tokenizer.json").read_bytes()) for c in models + ([base] if base else [])
+           if (c.path / "tokenizer.json").is_file()]
+    for p, data in tok[1:]:
+        if data != tok[0][1]:
+            raise MergeError(f"cannot merge: {p} and {tok[0][0]} have different tokenizer.json "
+                             f"files; merged models must share one tokenizer")
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dict,
+                    tokenizer_from: Path | None = None, record: dict | None = None) -> None:
+    """Write config.json, model.safetensors, tokenizer files and (optionally) merge.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(out / WEIGHTS_NAME,
+                        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write_bytes(out / "config.json",
+                        lambda tmp: Path(tmp).write_text(json.dumps(raw_config, indent=2) + "\n"))
+    if tokenizer_from is not None:
+        for name in TOKENIZER_FILES:
+            src = tokenizer_from / name
+            if src.is_file():
+                _atomic_write_bytes(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    if record is not None:
+        _atomic_write_bytes(out / "merge.json",
+                            lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+
+
+# ----------------------------------------------------------------------------- entry point
+def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
+          base: str | Path | None = None, weights: Sequence[float] | None = None,
+          density: float = 1.0, lam: float = 1.0, alpha: float = 0.5,
+          overwrite: bool = False, progress: bool = True) -> Path:
+    """Merge model directories into `out` and return it.
+
+    method "ties" needs `base`; `weights` (one per model) default to 1 for TIES and to equal
+    weights for "linear"; "ema" takes the models oldest → newest and weights them α^k from the
+    newest. Output tensors keep the first model's dtypes.
+    """
+    from tqdm import tqdm
+
+    if method not in MERGE_METHODS:
+        raise MergeError(f"unknown merge method {method!r}; choose one of {', '.join(MERGE_METHODS)}")
+    if not models:
+        raise MergeError("no models to merge; pass at least one model directory with --models")
+    out = Path(out)
+    if method == "ties":
+        if base is None:
+            raise MergeError("TIES merges task vectors relative to a base: pass --base (the "
+                             "checkpoint the merged models were trained from)")
+        _check_density(density)
+    elif base is not None:
+        raise MergeError(f"--base is only used by --method ties, not {method}; drop it")
+    if method == "ema":
+        if weights is not None:
+            raise MergeError("--method ema derives the weights from --alpha; drop --weights")
+        weights = ema_weights(len(models), alpha)
+    if weights is None:
+        weights = [1.0] * len(models)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise MergeError(f"got {len(weights)} weights for {len(models)} models; pass one weight "
+                         f"per model")
+    if method in ("linear", "ema") and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise MergeError(f"linear weights must be >= 0 with a positive sum, got {weights}")
+
+    ckpts = [open_checkpoint(m) for m in models]
+    base_ckpt = open_checkpoint(base) if base is not None else None
+    inputs = {c.path.resolve() for c in ckpts + ([base_ckpt] if base_ckpt else [])}
+    if out.resolve() in inputs:
+        raise MergeError(f"--out {out} is one of the inputs; write the merge to a new directory")
+    if (out / WEIGHTS_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{out / WEIGHTS_NAME} already exists; choose another --out or "
+                              f"pass --overwrite")
+    _check_compatible(ckpts, base_ckpt)
+
+    merged: dict[str, torch.Tensor] = {}
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, object] = {}
+
+        def read(c: Checkpoint, name: str) -> torch.Tensor:
+            f, stored = c.where[name]
+            if f not in handles:
+                handles[f] = stack.enter_context(safe_open(f, framework="pt"))
+            return handles[f].get_tensor(stored)
+
+        names = sorted(ckpts[0].where)
+        for name in tqdm(names, desc=f"merge ({method})", disable=not progress):
+            tensors = [read(c, name) for c in ckpts]
+            dtype = tensors[0].dtype
+            if not dtype.is_floating_point:  # integer buffers (none in ModernBERT): must agree
+                if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+                    raise MergeError(f"non-float tensor {name} differs between models; it cannot "
+                                     f"be averaged")
+                merged[name] = tensors[0].clone()
+                continue
+            if method == "ties":
+                out_t = ties_merge_tensors(read(base_ckpt, name), tensors, weights, density, lam)
+            else:
+                out_t = linear_merge_tensors(tensors, weights)
+            merged[name] = out_t.to(dtype).contiguous()
+            del tensors
+
+    if ckpts[0].config.tie_word_embeddings:
+        merged.pop(DECODER, None)  # never stored when tied (see module docstring)
+    record = {
+        "method": method,
+        "models": [str(c.path.resolve()) for c in ckpts],
+        "base": str(base_ckpt.path.resolve()) if base_ckpt else None,
+        "weights": weights,
+        "density": density if method == "ties" else None,
+        "lambda": lam if method == "ties" else None,
+        "alpha": alpha if method == "ema" else None,
+        "num_tensors": len(merged),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mmbert_version": _version(),
+    }
+    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record)
+    return out
+
+
+def _version() -> str:
+    from mmbert import __version__
+
+    return __version__
