@@ -55,8 +55,8 @@ class EncoderConfig:
     bos_token_id: int = 2
     cls_token_id: int = 2
     sep_token_id: int = 1
-    unk_token_id: int = 3
-    mask_token_id: int = 4
+    unk_token_id: int | None = 3
+    mask_token_id: int | None = 4
     tie_word_embeddings: bool = True
     # label names for classification heads, kept for export (id2label in HF terms)
     id2label: dict[int, str] | None = None
@@ -146,7 +146,6 @@ class EncoderConfig:
         transformers version since 4.48 reads (newer versions convert it to `rope_parameters`)."""
         d = self.to_dict()
         id2label = d.pop("id2label")
-        d.pop("unk_token_id")
         d.pop("num_labels")
         d.update(model_type="modernbert", architectures=["ModernBertForMaskedLM"],
                  sparse_prediction=False, sparse_pred_ignore_index=-100,
@@ -169,7 +168,8 @@ class EncoderConfig:
         if mt != "modernbert":
             raise ConfigError(f"config.json has model_type {mt!r}; mmbert loads ModernBERT models only "
                               f"(use transformers' AutoModel for other architectures)")
-        d = dict(d)
+        # fields a config.json leaves out take transformers' defaults, not our mmBERT ones
+        d = {**HF_DEFAULTS, **d}
         rp = d.get("rope_parameters")
         if isinstance(rp, dict):
             if "full_attention" in rp or "sliding_attention" in rp:
@@ -196,7 +196,9 @@ class EncoderConfig:
             d["id2label"] = {int(k): v for k, v in d["id2label"].items()}
             d["num_labels"] = len(d["id2label"])
         known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known and v is not None}
+        kwargs = {k: v for k, v in d.items() if k in known and (v is not None or k.endswith("_token_id"))}
+        if isinstance(kwargs.get("eos_token_id"), list):
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         for k in ("global_rope_theta", "local_rope_theta", "norm_eps"):
             if k in kwargs:
                 kwargs[k] = float(kwargs[k])
@@ -223,6 +225,17 @@ class EncoderConfig:
             raise ConfigError(f"{path}: unknown EncoderConfig fields {sorted(unknown)}")
         return cls(**d)
 
+
+# transformers' ModernBertConfig defaults (what a missing config.json field means)
+HF_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+    hidden_activation="gelu", max_position_embeddings=8192, initializer_range=0.02, initializer_cutoff_factor=2.0,
+    norm_eps=1e-5, norm_bias=False, pad_token_id=50283, eos_token_id=50282, bos_token_id=50281,
+    cls_token_id=50281, sep_token_id=50282, unk_token_id=None, mask_token_id=None, attention_bias=False,
+    attention_dropout=0.0, global_attn_every_n_layers=3, local_attention=128, global_rope_theta=160000.0,
+    local_rope_theta=10000.0, embedding_dropout=0.0, mlp_bias=False, mlp_dropout=0.0, decoder_bias=True,
+    classifier_pooling="cls", classifier_dropout=0.0, classifier_bias=False, classifier_activation="gelu",
+    tie_word_embeddings=True)
 
 _MODERNBERT_TOKENS = dict(pad_token_id=50283, eos_token_id=50282, bos_token_id=50281,
                           cls_token_id=50281, sep_token_id=50282, unk_token_id=50280,

@@ -1,0 +1,202 @@
+"""ONE attention entry point for the encoder, `attention(q, k, v, plan, local=...)`, with backends.
+
+Layouts
+- padded: q, k, v are [B, T, heads, head_dim]; `plan.key_padding` [B, T] marks real tokens.
+- packed (unpadded): q, k, v are [N, heads, head_dim], N real tokens of D documents back to back,
+  `plan.cu_seqlens` [D+1]. Nothing is computed on padding in the linear layers; attention never
+  crosses a document boundary and RoPE positions restart per document (done by the caller).
+
+Backends (`plan.backend`)
+- "eager": explicit additive masks and a float32 softmax — the oracle every faster path is
+  tested against (padded layout).
+- "sdpa": `F.scaled_dot_product_attention` with a boolean mask (padded layout).
+- "varlen": the packed path for any device without flash-attn. Global layers: documents are
+  gathered into a few length buckets (padded to ≤1.25× their length, so waste is bounded and the
+  number of SDPA calls is small) and run through SDPA. Local layers: the token stream is cut
+  into blocks of w = window//2 queries that each see the 3w keys around them (a band, computed
+  in one batched SDPA call with a mask |i−j| ≤ w ∧ same document), so a sliding-window layer
+  costs O(N·w), not O(N·T) — this is what keeps 8k-token documents as efficient per FLOP as
+  512-token ones on CPU. Chosen over FlexAttention (needs torch.compile per shape on CPU) and a
+  block-diagonal mask over the whole stream (O(N²)); see benchmarks/attention_backends.py.
+- "flash": flash-attn's `flash_attn_varlen_func` (CUDA, fp16/bf16), window (w, w) on local layers.
+
+The sliding window is symmetric and inclusive: token i attends to j iff |i − j| ≤ local_attention//2
+(transformers' `sliding_window_bidirectional_overlay`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("eager", "sdpa", "varlen", "flash")
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'auto' → flash on CUDA with half precision when flash-attn is installed, else varlen."""
+    if name == "auto":
+        if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
+            return "flash"
+        return "varlen"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def _bucket_length(n: int, granularity: int = 4) -> int:
+    """Round n up to one of `granularity` steps per power of two (64, 80, 96, 112, 128, 160, …)."""
+    if n <= 64:
+        return 64 if n > 32 else max(8, 1 << (n - 1).bit_length())
+    p = 1 << (n - 1).bit_length()  # next power of two ≥ n
+    step = p // (2 * granularity)
+    return int(math.ceil(n / step) * step)
+
+
+@dataclass
+class AttentionPlan:
+    """Everything attention needs about the batch layout, computed once per forward and shared
+    by all layers (masks, gather indices)."""
+
+    backend: str
+    window: int  # half window: |i - j| <= window on local layers
+    # padded layout
+    key_padding: torch.Tensor | None = None  # [B, T] bool, True = real token
+    _masks: dict = field(default_factory=dict)
+    # packed layout
+    cu_seqlens: torch.Tensor | None = None  # [D+1] int32
+    max_seqlen: int = 0
+    doc_ids: torch.Tensor | None = None  # [N] long
+    buckets: list = field(default_factory=list)  # [(gather_idx [d, L], valid [d, L])]
+    band_mask: torch.Tensor | None = None  # [nb, 1, w, 3w] bool
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def for_padded(cls, key_padding: torch.Tensor | None, backend: str, window: int) -> "AttentionPlan":
+        return cls(backend=backend, window=window, key_padding=key_padding)
+
+    @classmethod
+    def for_packed(cls, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str, window: int,
+                   device: torch.device) -> "AttentionPlan":
+        plan = cls(backend=backend, window=window, cu_seqlens=cu_seqlens.to(device=device, dtype=torch.int32),
+                   max_seqlen=int(max_seqlen))
+        if backend == "varlen":
+            plan._build_varlen(device)
+        return plan
+
+    def _build_varlen(self, device: torch.device) -> None:
+        cu = self.cu_seqlens.to("cpu", torch.long)
+        lengths = (cu[1:] - cu[:-1])
+        n = int(cu[-1])
+        self.doc_ids = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(device)
+        # global layers: length buckets (sorted, so each bucket is a contiguous slice)
+        order = torch.argsort(lengths, stable=True)
+        blen = torch.tensor([_bucket_length(int(x)) for x in lengths[order]])
+        for L in torch.unique_consecutive(blen).tolist():
+            docs = order[blen == L]
+            starts, lens = cu[docs], lengths[docs]
+            ar = torch.arange(L)
+            valid = ar[None, :] < lens[:, None]
+            idx = torch.where(valid, starts[:, None] + ar[None, :], torch.full_like(valid, n, dtype=torch.long))
+            self.buckets.append((idx.to(device), valid.to(device), bool(valid.all())))
+        # local layers: band over the whole stream, masked to the same document
+        w = self.window
+        nb = max(1, math.ceil(n / w))
+        pad_doc = torch.full((nb * w + 2 * w,), -1, dtype=torch.long)
+        pad_doc[w:w + n] = self.doc_ids.cpu()
+        q_doc = pad_doc[w:w + nb * w].view(nb, w)
+        k_doc = pad_doc.unfold(0, 3 * w, w)[:nb]  # [nb, 3w]
+        qi = torch.arange(w)[:, None]
+        kj = torch.arange(3 * w)[None, :] - w
+        band = (qi - kj).abs() <= w  # [w, 3w]
+        self.band_mask = (band[None] & (q_doc[:, :, None] == k_doc[:, None, :]))[:, None].to(device)
+
+    def padded_mask(self, T: int, local: bool, device: torch.device) -> torch.Tensor | None:
+        """[B or 1, 1, T, T] boolean mask (True = may attend) for the padded layout."""
+        key = (T, local)
+        if key not in self._masks:
+            m = None
+            if self.key_padding is not None:
+                m = self.key_padding[:, None, None, :].to(device=device, dtype=torch.bool)
+            if local:
+                i = torch.arange(T, device=device)
+                band = ((i[:, None] - i[None, :]).abs() <= self.window)[None, None]
+                m = band if m is None else (m & band)
+            self._masks[key] = m
+        return self._masks[key]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, *, local: bool,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head attention; returns [..., heads * head_dim] in the input's layout."""
+    scale = q.shape[-1] ** -0.5
+    if plan.backend == "flash":
+        return _flash(q, k, v, plan, local, dropout_p, scale)
+    if plan.packed:
+        if plan.backend != "varlen":
+            raise ValueError(f"attention backend {plan.backend!r} needs a padded batch; use 'varlen' or "
+                             f"'flash' for packed (cu_seqlens) input")
+        return _varlen(q, k, v, plan, local, dropout_p, scale)
+    # padded: [B, T, h, d] → [B, h, T, d]
+    B, T = q.shape[:2]
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    mask = plan.padded_mask(T, local, q.device)
+    if plan.backend == "eager":
+        scores = torch.matmul(qt, kt.transpose(-1, -2)) * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qt.dtype)
+        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+        out = torch.matmul(probs, vt)
+    else:
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2).reshape(B, T, -1)
+
+
+def _varlen(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: float) -> torch.Tensor:
+    N, h, d = q.shape
+    if local:
+        w = plan.window
+        nb = plan.band_mask.shape[0]
+        # queries: [nb, h, w, d]; keys/values: the 3w tokens around each block, [nb, h, 3w, d]
+        qp = F.pad(q, (0, 0, 0, 0, 0, nb * w - N)).view(nb, w, h, d).transpose(1, 2)
+        kp = F.pad(k, (0, 0, 0, 0, w, nb * w - N + w)).unfold(0, 3 * w, w)[:nb].permute(0, 1, 3, 2)
+        vp = F.pad(v, (0, 0, 0, 0, w, nb * w - N + w)).unfold(0, 3 * w, w)[:nb].permute(0, 1, 3, 2)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=plan.band_mask, dropout_p=dropout_p, scale=scale)
+        return out.transpose(1, 2).reshape(nb * w, h * d)[:N]
+    out = q.new_empty(N, h * d)
+    zero = q.new_zeros(1, h, d)
+    qz, kz, vz = (torch.cat([x, zero]) for x in (q, k, v))  # row N is the padding row
+    for idx, valid, full in plan.buckets:
+        qb, kb, vb = (x[idx].transpose(1, 2) for x in (qz, kz, vz))  # [docs, h, L, d]
+        mask = None if full else valid[:, None, None, :]
+        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        ob = ob.transpose(1, 2).reshape(idx.shape[0], idx.shape[1], h * d)
+        out[idx[valid]] = ob[valid]
+    return out
+
+
+def _flash(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: float) -> torch.Tensor:
+    from flash_attn import flash_attn_varlen_func
+
+    if not plan.packed:
+        raise ValueError("the flash backend runs on packed input; call the model without backend='flash' "
+                         "on padded batches (it unpads automatically)")
+    window = (plan.window, plan.window) if local else (-1, -1)
+    out = flash_attn_varlen_func(q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen, plan.max_seqlen,
+                                 dropout_p=dropout_p, softmax_scale=scale, causal=False, window_size=window)
+    return out.reshape(q.shape[0], -1)
