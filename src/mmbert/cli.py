@@ -52,6 +52,31 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
 
 
 @command
+def _add_export(sub):
+    p = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it)",
+                       description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
+                                   "write config.json + model.safetensors (+ tokenizer files) that "
+                                   "transformers.AutoModelForMaskedLM loads with identical outputs.")
+    _common(p, "model", "out")
+    p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
+                                                     "token-classification"], help="which model class to write")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights")
+
+    def run(args):
+        import torch
+
+        import mmbert
+
+        model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
+        model.save_pretrained(args.out)
+        print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
+
+    p.set_defaults(func=run)
+
+
+@command
 def _add_merge(sub):
     p = sub.add_parser("merge", help="merge checkpoints: TIES, linear or exponential averaging",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
