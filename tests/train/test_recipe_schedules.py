@@ -87,12 +87,14 @@ def test_resolve_languages_tiers():
     counts = {"eng_Latn": 100, "fra_Latn": 50, "deu_Latn": 50, "yor_Latn": 5}
     assert resolve_languages("all", counts) == sorted(counts)
     assert resolve_languages("top:2", counts) == ["deu_Latn", "eng_Latn"]  # tie broken by name
-    assert resolve_languages("min-tokens:50", counts) == ["deu_Latn", "eng_Latn", "fra_Latn"]
+    assert resolve_languages("min:50", counts) == ["deu_Latn", "eng_Latn", "fra_Latn"]
     assert resolve_languages(("yor_Latn",), counts) == ["yor_Latn"]
-    with pytest.raises(RecipeError, match="have no shards"):
+    with pytest.raises(ValueError, match="xxx_Latn"):
         resolve_languages(("xxx_Latn",), counts)
-    with pytest.raises(RecipeError, match="selects no language"):
-        resolve_languages("min-tokens:1000", counts)
+    with pytest.raises(ValueError, match="min:1000"):
+        resolve_languages("min:1000", counts)
+    with pytest.raises(RecipeError, match="tier spec"):
+        resolve_languages("min-tokens:5", counts)
 
 
 def test_lr_warmup_stable_and_decay_key_points():

@@ -21,8 +21,8 @@ are taken from ModernBERT (Warner et al. 2024) and marked below.
 
 Language tier specs (resolved by `resolve_languages` against per-language token counts):
   "all"             every language in the shard index
-  "top:N"           the N languages with the most training tokens (ties broken by name)
-  "min-tokens:N"    every language with at least N training tokens
+  "top:K"           the K languages with the most training tokens (ties broken by name)
+  "min:X"           every language with at least X training tokens (X may be written 1e9)
 An explicit tuple of `<iso639-3>_<Script>` tags is used as given.
 """
 
@@ -46,7 +46,7 @@ class Phase:
     name: str
     tokens: int  # training tokens processed in this phase (rows x seq_len, padding included)
     seq_len: int
-    languages: tuple[str, ...] | str  # explicit tags, or a tier spec: "all" | "top:N" | "min-tokens:N"
+    languages: tuple[str, ...] | str  # explicit tags, or a tier spec: "all" | "top:K" | "min:X"
     temperature: float  # τ of the language sampler: p_l ∝ n_l^τ
     mask_rate: float
     global_rope_theta: float
@@ -172,14 +172,19 @@ def _fmt(n: float) -> str:
 
 # ------------------------------------------------------------------ validation
 
-def _parse_tier(spec: str) -> tuple[str, int]:
+def _parse_tier(spec: str) -> tuple[str, float]:
+    """Syntax check of a tier spec without the shards (the data sampler resolves it)."""
     if spec == "all":
         return "all", 0
     kind, _, num = spec.partition(":")
-    if kind not in ("top", "min-tokens") or not num.strip().isdigit() or int(num) <= 0:
-        raise RecipeError(f"language tier spec {spec!r} is not understood; use 'all', 'top:N' or "
-                          f"'min-tokens:N' with N a positive integer, or an explicit list of tags")
-    return kind, int(num)
+    try:
+        val = float(num.replace("_", ""))
+    except ValueError:
+        val = -1.0
+    if kind not in ("top", "min") or not val > 0 or (kind == "top" and val != int(val)):
+        raise RecipeError(f"language tier spec {spec!r} is not understood; use 'all', 'top:K' (K largest "
+                          f"languages) or 'min:X' (at least X tokens, e.g. min:1e9), or an explicit list of tags")
+    return kind, val
 
 
 def validate_phase(p: Phase, *, where: str = "") -> None:
@@ -266,24 +271,13 @@ def validate_recipe(r: Recipe, max_position_embeddings: int | None = None) -> No
 
 
 def resolve_languages(spec: tuple[str, ...] | str, token_counts: Mapping[str, int]) -> list[str]:
-    """An explicit list or tier spec → the sorted list of languages, checked against the shards."""
-    if not isinstance(spec, str):
-        missing = [lang for lang in spec if lang not in token_counts]
-        if missing:
-            raise RecipeError(f"languages {missing} have no shards (available: {len(token_counts)} "
-                              f"languages, e.g. {sorted(token_counts)[:5]}); fix the recipe or prepare them")
-        return sorted(spec)
-    kind, n = _parse_tier(spec)
-    if kind == "all":
-        langs = list(token_counts)
-    elif kind == "top":
-        langs = sorted(token_counts, key=lambda k: (-token_counts[k], k))[:n]
-    else:
-        langs = [k for k, v in token_counts.items() if v >= n]
-    if not langs:
-        raise RecipeError(f"language tier {spec!r} selects no language from the shards "
-                          f"({len(token_counts)} languages, max tokens {max(token_counts.values(), default=0)})")
-    return sorted(langs)
+    """An explicit list or tier spec → the sorted list of languages, checked against the shards
+    (delegates to the data sampler, so recipes and `mmbert.data.sampling` read tiers the same way)."""
+    from mmbert.data.sampling import select_languages
+
+    if isinstance(spec, str):
+        _parse_tier(spec)
+    return select_languages(token_counts, spec if isinstance(spec, str) else list(spec))
 
 
 # ------------------------------------------------------------------ named recipes
