@@ -107,6 +107,29 @@ def _add_merge(sub):
     p.set_defaults(func=run)
 
 
+@command
+def _add_init_from(sub):
+    p = sub.add_parser("init-from", help="initialise a model of another size from a checkpoint "
+                                         "(grow: tile from the middle; shrink: select units)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p, "model", "out")
+    p.add_argument("--preset", required=True,
+                   help="target shape (hidden, intermediate, layers, heads) from this preset; "
+                        "vocabulary, RoPE and the rest stay the source's")
+    p.add_argument("--rule", choices=("magnitude", "strided"), default="magnitude",
+                   help="how shrinking axes pick the units they keep")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+
+    def run(args):
+        from mmbert.init_from import init_from
+
+        out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
+                        overwrite=args.overwrite)
+        print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

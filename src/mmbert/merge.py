@@ -245,8 +245,9 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dict,
-                    tokenizer_from: Path | None = None, record: dict | None = None) -> None:
-    """Write config.json, model.safetensors, tokenizer files and (optionally) merge.json."""
+                    tokenizer_from: Path | None = None, record: dict | None = None,
+                    record_name: str = "merge.json") -> None:
+    """Write config.json, model.safetensors, tokenizer files and (optionally) a JSON record."""
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(out / WEIGHTS_NAME,
                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -258,7 +259,7 @@ def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dic
             if src.is_file():
                 _atomic_write_bytes(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if record is not None:
-        _atomic_write_bytes(out / "merge.json",
+        _atomic_write_bytes(out / record_name,
                             lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
 
 
