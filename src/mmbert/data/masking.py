@@ -63,15 +63,21 @@ def mask_tokens(input_ids: torch.Tensor, rate: float, *, special_ids: Iterable[i
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise MaskingError(f"input ids span [{int(ids.min())}, {int(ids.max())}] outside the vocabulary "
                            f"[0, {vocab_size}); check the tokenizer/model vocab_size")
+    out, labels = apply_mask(ids, rate, is_special, allowed, mask_id, generator)
+    return out.to(input_ids.dtype), labels
+
+
+def apply_mask(ids: torch.Tensor, rate: float, is_special: torch.Tensor, allowed: torch.Tensor,
+               mask_id: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The core of `mask_tokens` with the special-id tables precomputed (the loader calls it per row):
+    `is_special` bool [vocab], `allowed` = the non-special ids. `ids` int64, already range-checked."""
     u_select = torch.rand(ids.shape, generator=generator)
     u_kind = torch.rand(ids.shape, generator=generator)
     # uniform over the allowed ids: floor(u * len) with a float64 u has no visible bias for any vocab
     u_repl = torch.rand(ids.shape, generator=generator, dtype=torch.float64)
     selected = (u_select < rate) & ~is_special[ids]
-    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
-    to_mask = selected & (u_kind < 0.8)
-    to_random = selected & (u_kind >= 0.8) & (u_kind < 0.9)
+    labels = torch.where(selected, ids, IGNORE_INDEX)
     random_ids = allowed[(u_repl * allowed.numel()).long().clamp_(max=allowed.numel() - 1)]
-    out = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
-    out = torch.where(to_random, random_ids, out)
-    return out.to(input_ids.dtype), labels
+    out = torch.where(selected & (u_kind < 0.8), mask_id, ids)
+    out = torch.where(selected & (u_kind >= 0.8) & (u_kind < 0.9), random_ids, out)
+    return out, labels

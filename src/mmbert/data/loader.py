@@ -1,0 +1,364 @@
+"""The training data stream: language sampling → chunking → best-fit packing → MLM masking → batches.
+
+    from mmbert.data.loader import MLMLoader
+    loader = MLMLoader("out/shards", languages="top:60", tau=0.7, mask_rate=0.3, seq_len=1024,
+                       rows_per_batch=64, seed=0)          # rank / world_size from torch.distributed
+    batch = next(loader)            # or loader.next_batch(rows) — rows = GLOBAL rows (batch warm-up)
+    loss = model(input_ids=batch["input_ids"], cu_seqlens=batch["cu_seqlens"],
+                 max_seqlen=batch["max_seqlen"], position_ids=batch["position_ids"],
+                 labels=batch["labels"]).loss
+    state = loader.state_dict()     # JSON-able; MLMLoader(...same args...).load_state_dict(state)
+    loader.set_phase(languages="top:110", tau=0.5, mask_rate=0.15, seq_len=8192)   # phase boundary
+
+The stream (all deterministic functions of `seed`):
+1. Language draws. A phase's languages get p_ℓ ∝ w_ℓ·n_ℓ^τ (`mmbert.data.sampling`, optional epoch cap).
+   Draws are per DOCUMENT, with probability q_ℓ ∝ p_ℓ / L̄_ℓ (L̄_ℓ = mean document length), so the
+   expected share of TOKENS from ℓ is p_ℓ whatever the languages' document lengths. The uniforms come
+   in blocks of 4096 from `np.random.default_rng([seed, phase, block])`, so the stream position is
+   two small integers.
+2. Documents. Each language walks through a permutation of its documents, a fresh one per epoch
+   (`default_rng([seed, crc32(lang), epoch])`); a language's position carries over phase boundaries.
+3. Chunking and packing (`mmbert.data.packing`): each document becomes `<bos> … <eos>` chunks
+   (back-filled tails) that a streaming greedy best-fit packer puts into rows of exactly seq_len.
+4. Masking (`mmbert.data.masking`, 80/10/10, specials never selected) with a generator seeded by
+   (seed, global row index) — so a row's mask does not depend on batch size or world size.
+
+One GLOBAL sequence of rows exists per seed; `next_batch(rows)` takes the next `rows` of it. Every
+rank computes the same packing (cheap: lengths and references only) and materialises only its own
+contiguous share: rank r of W gets rows [start + r·rows/W, start + (r+1)·rows/W).
+
+Guarantees:
+- Determinism: same arguments + same sequence of `next_batch`/`set_phase` calls → same batches,
+  bit for bit, on any machine (numpy PCG64 + torch CPU generator; no threads involved).
+- Resume: `state_dict()` after batch k, loaded into a fresh loader built with the same arguments,
+  yields exactly batches k+1, k+2, … of the uninterrupted run (state includes the phase parameters,
+  so a restored loader is also in the right phase). The state is the same on every rank and does not
+  depend on rank or world size: save it from rank 0, load it everywhere — even with a new W.
+- Distributed: for a global batch of R rows (R divisible by W), the union over ranks of the W local
+  batches is exactly the single-process (W = 1) batch of R rows at that point of the stream: the same
+  rows, the same masks, in rank order. Ranks never share a row.
+Phase switch (`set_phase`): a change of languages/τ/weights/seq_len rebuilds the sampler; chunks
+already buffered in the packer carry over when their language stays active and they fit the new
+seq_len, the others are dropped (their documents count as drawn). A change of mask rate alone takes
+effect from the next row and leaves the stream untouched.
+
+Batch dict (rank-local, R_local rows of seq_len, N = R_local·seq_len, D = segments):
+  input_ids, labels (-100 = not a target), position_ids: int64 [N]; cu_seqlens: int32 [D+1] with
+  per-row offsets (trailing padding of a row is its own segment); max_seqlen: int; doc_lang: int64 [D]
+  index into `languages` (all shard languages, sorted; -1 = padding segment); languages: list[str];
+  num_masked, num_tokens (non-pad), rows, seq_len, first_row (global index): int. Per-token
+  language, e.g. for per-language losses: `doc_lang.repeat_interleave(cu_seqlens.diff())`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mmbert.data.masking import IGNORE_INDEX, apply_mask, check_mask_rate
+from mmbert.data.packing import (BestFitPacker, PackingError, chunk_spans, materialize_row,
+                                 row_layout)
+from mmbert.data.sampling import SamplingError, SamplingPlan, plan_phase
+from mmbert.data.shards import Shard, ShardIndex, open_shard
+
+STATE_VERSION = 1
+_BLOCK = 4096
+DEFAULT_SPECIAL_IDS = (0, 1, 2, 3, 4)   # pad, eos/sep, bos/cls, unk, mask (mmBERT / Gemma 2 ids)
+
+
+class LoaderError(ValueError):
+    """Bad loader arguments or a state that does not match them."""
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def rows_for_tokens(batch_tokens: int, seq_len: int, world_size: int = 1) -> int:
+    """Global rows for a target of `batch_tokens` tokens per step (batch-size warm-up helper):
+    rounded to the nearest multiple of `world_size`, at least `world_size`."""
+    r = max(1, round(batch_tokens / seq_len / world_size))
+    return r * world_size
+
+
+class MLMLoader:
+    """Deterministic, resumable, rank-aware packed MLM batches from token shards (module docstring).
+
+    Args (plain stream parameters; `mmbert.train` maps a recipe Phase onto them):
+      shards: folder with index.json (`mmbert.data.shards`).
+      languages: "all" | "top:K" | "min:X" | list of names (`mmbert.data.sampling.select_languages`).
+      tau: sampling temperature (> 0).  mask_rate: in (0, 1).  seq_len: row length (≥ 3).
+      rows_per_batch: default GLOBAL rows per `next(loader)`; divisible by world_size.
+      seed: stream seed.  rank / world_size: default from torch.distributed, else 0 / 1.
+      language_weights: extra factor w_ℓ on p_ℓ (renormalised), e.g. {"eng_Latn": 4.0}.
+      token_budget, epoch_cap: planned tokens for the phase and an optional cap on epochs per language
+        (excess redistributed, `mmbert.data.sampling.cap_epochs`); the budget also fills the plan table.
+      bos_id, eos_id, pad_id, mask_id, special_ids: token ids (defaults: mmBERT's 2, 1, 0, 4 and
+        {0..4} ∪ index.json's tokenizer.special_ids).  vocab_size: default from index.json.
+      buffer_size: packer buffer in chunks (bigger = fuller rows, more memory).  min_tail: chunk tail
+        rule (`mmbert.data.packing.chunk_spans`).
+    """
+
+    def __init__(self, shards: str | os.PathLike, *, languages: str | Sequence[str] = "all",
+                 tau: float = 0.7, mask_rate: float = 0.3, seq_len: int = 1024, rows_per_batch: int = 8,
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 language_weights: Mapping[str, float] | None = None, token_budget: float | None = None,
+                 epoch_cap: float | None = None, bos_id: int = 2, eos_id: int = 1, pad_id: int = 0,
+                 mask_id: int = 4, special_ids: Sequence[int] | None = None, vocab_size: int | None = None,
+                 buffer_size: int = 4096, min_tail: int | None = None):
+        self.index = ShardIndex.load(shards)
+        self.root = self.index.root
+        self.all_languages = self.index.languages
+        self._lang_pos = {l: i for i, l in enumerate(self.all_languages)}
+        d_rank, d_world = _dist_rank_world()
+        self.rank = d_rank if rank is None else int(rank)
+        self.world_size = d_world if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise LoaderError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.seed = int(seed)
+        self.bos_id, self.eos_id, self.pad_id, self.mask_id = int(bos_id), int(eos_id), int(pad_id), int(mask_id)
+        self.vocab_size = int(vocab_size or self.index.vocab_size)
+        extra = self.index.tokenizer.get("special_ids", []) if isinstance(self.index.tokenizer, dict) else []
+        specials = set(DEFAULT_SPECIAL_IDS if special_ids is None else special_ids) | {int(x) for x in extra}
+        specials |= {self.bos_id, self.eos_id, self.pad_id, self.mask_id}
+        if max(specials) >= self.vocab_size or min(specials) < 0:
+            raise LoaderError(f"special ids {sorted(specials)} must lie in [0, vocab_size={self.vocab_size})")
+        self._is_special = torch.zeros(self.vocab_size, dtype=torch.bool)
+        self._is_special[list(specials)] = True
+        self._allowed = (~self._is_special).nonzero().flatten()
+        self.buffer_size, self.min_tail = int(buffer_size), min_tail
+        self.rows_per_batch = self._check_rows(rows_per_batch)
+        self._shards: dict[str, Shard] = {}
+        self._perms: dict[tuple[str, int], np.ndarray] = {}
+        self.cursors: dict[str, list[int]] = {}      # lang → [epoch, position in that epoch's permutation]
+        self.rows_emitted = 0                         # global rows handed out so far (all phases)
+        self.tokens_seen = 0                          # global rows × their seq_len
+        self.phase_index = -1
+        self.packer: BestFitPacker | None = None
+        self.set_phase(languages=languages, tau=tau, mask_rate=mask_rate, seq_len=seq_len,
+                       language_weights=language_weights, token_budget=token_budget, epoch_cap=epoch_cap)
+
+    # ------------------------------------------------------------------ phase parameters
+    def _check_rows(self, rows: int) -> int:
+        rows = int(rows)
+        if rows < 1 or rows % self.world_size:
+            raise LoaderError(f"rows per batch ({rows}) must be a positive multiple of world_size "
+                              f"({self.world_size}); each rank takes rows/world_size rows")
+        return rows
+
+    def set_phase(self, *, languages: str | Sequence[str] | None = None, tau: float | None = None,
+                  mask_rate: float | None = None, seq_len: int | None = None,
+                  language_weights: Mapping[str, float] | None = None, token_budget: float | None = None,
+                  epoch_cap: float | None = None) -> SamplingPlan:
+        """Switch phase parameters (call at a phase boundary, on every rank, at the same stream
+        position). Arguments left as None keep their value, except budget/cap/weights, which belong
+        to one phase and reset unless given. Validates everything before changing anything."""
+        cur = getattr(self, "phase", None) or {}
+        new = {"languages": cur.get("languages_spec") if languages is None else languages,
+               "tau": cur.get("tau") if tau is None else float(tau),
+               "mask_rate": cur.get("mask_rate") if mask_rate is None else mask_rate,
+               "seq_len": cur.get("seq_len") if seq_len is None else int(seq_len),
+               "weights": dict(language_weights or {}), "budget": token_budget, "epoch_cap": epoch_cap}
+        check_mask_rate(new["mask_rate"])
+        if new["seq_len"] < 3:
+            raise PackingError(f"seq_len must be ≥ 3 to hold <bos> token <eos>, got {new['seq_len']}")
+        if self.min_tail is not None and not 1 <= self.min_tail <= new["seq_len"] - 2:
+            raise PackingError(f"min_tail {self.min_tail} must be in [1, seq_len - 2 = {new['seq_len'] - 2}]")
+        counts = {l: self.index.tokens(l) if self.index.has(l) else 0 for l in self.all_languages}
+        spec = new["languages"] if isinstance(new["languages"], str) else list(new["languages"])
+        plan = plan_phase(counts, spec, new["tau"], budget=new["budget"], epoch_cap=None, name=f"phase {self.phase_index + 1}")
+        bad_w = {k: v for k, v in new["weights"].items() if k not in plan.languages or not v > 0}
+        if bad_w:
+            raise SamplingError(f"language_weights {bad_w} name inactive languages or are ≤ 0; "
+                                f"active: {', '.join(plan.languages[:20])}")
+        if new["weights"]:
+            p = np.array(plan.probs) * np.array([new["weights"].get(l, 1.0) for l in plan.languages])
+            plan.probs = (p / p.sum()).tolist()
+        if new["epoch_cap"] is not None:
+            from mmbert.data.sampling import cap_epochs
+            if new["budget"] is None:
+                raise SamplingError("epoch_cap needs the phase's token_budget")
+            capped = cap_epochs(dict(zip(plan.languages, plan.tokens)), plan.as_dict(), new["budget"], new["epoch_cap"])
+            plan.probs = [capped[l] for l in plan.languages]
+            plan.epoch_cap = new["epoch_cap"]
+            plan.capped = [l for l, p, n in zip(plan.languages, plan.probs, plan.tokens)
+                           if p * new["budget"] >= new["epoch_cap"] * n * (1 - 1e-9)]
+        for l in plan.languages:                      # open (and validate) every shard up front
+            if l not in self._shards:
+                self._shards[l] = open_shard(self.root, l, "train", index=self.index)
+            if len(self._shards[l]) == 0:
+                raise SamplingError(f"language {l} has no training documents; drop it from the phase")
+        stream_changed = (cur.get("languages") != plan.languages or cur.get("tau") != new["tau"]
+                          or cur.get("seq_len") != new["seq_len"] or cur.get("probs") != plan.probs)
+        self.plan = plan
+        self.phase = {"languages_spec": spec, "languages": plan.languages, "tau": new["tau"],
+                      "mask_rate": float(new["mask_rate"]), "seq_len": new["seq_len"], "probs": plan.probs,
+                      "weights": new["weights"], "budget": new["budget"], "epoch_cap": new["epoch_cap"]}
+        if stream_changed:
+            self.phase_index += 1
+            self.plan.name = f"phase {self.phase_index}"
+            self._build_sampler()
+            old = self.packer
+            self.packer = BestFitPacker(new["seq_len"], self.buffer_size)
+            if old is not None:                        # carry buffered chunks that still apply
+                active = {self._lang_pos[l] for l in plan.languages}
+                for n, ref in old._items.values():
+                    if ref[0] in active and n <= new["seq_len"]:
+                        self.packer.add(n, ref)
+            self.draw = [0, 0]                          # [block, position in block] of the language draws
+        return plan
+
+    def _build_sampler(self) -> None:
+        langs = self.phase["languages"]
+        mean_len = np.array([self._shards[l].num_tokens / len(self._shards[l]) for l in langs])
+        # per-document draw probability q ∝ p / mean length → token shares ∝ p (framing aside)
+        q = np.array(self.phase["probs"]) / mean_len
+        self._cum_q = np.cumsum(q / q.sum())
+        self._cum_q[-1] = 1.0
+        self._block_cache: tuple[int, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ the stream
+    def _uniform(self) -> float:
+        b, i = self.draw
+        if self._block_cache is None or self._block_cache[0] != b:
+            rng = np.random.default_rng([self.seed, self.phase_index, b])
+            self._block_cache = (b, rng.random(_BLOCK))
+        u = float(self._block_cache[1][i])
+        self.draw = [b + 1, 0] if i + 1 == _BLOCK else [b, i + 1]
+        return u
+
+    def _perm(self, lang: str, epoch: int) -> np.ndarray:
+        key = (lang, epoch)
+        p = self._perms.get(key)
+        if p is None:
+            n = len(self._shards[lang])
+            p = np.random.default_rng([self.seed, zlib.crc32(lang.encode()), epoch]).permutation(n)
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != lang}   # keep one epoch per language
+            self._perms[key] = p
+        return p
+
+    def _next_doc(self) -> tuple[str, int]:
+        langs = self.phase["languages"]
+        lang = langs[min(int(np.searchsorted(self._cum_q, self._uniform(), side="right")), len(langs) - 1)]
+        epoch, pos = self.cursors.setdefault(lang, [0, 0])
+        doc = int(self._perm(lang, epoch)[pos])
+        pos += 1
+        self.cursors[lang] = [epoch + 1, 0] if pos == len(self._shards[lang]) else [epoch, pos]
+        return lang, doc
+
+    def _next_row_refs(self) -> tuple[list, list[int]]:
+        seq_len = self.phase["seq_len"]
+        while not self.packer.full:
+            lang, doc = self._next_doc()
+            sh = self._shards[lang]
+            length = int(sh.offsets[doc + 1] - sh.offsets[doc])
+            li = self._lang_pos[lang]
+            for s, e in chunk_spans(length, seq_len, self.min_tail):
+                self.packer.add(e - s + 2, [li, doc, s, e])
+        return self.packer.pop()
+
+    def _materialize(self, refs: list, lens: list[int], row_index: int) -> dict[str, Any]:
+        seq_len = self.phase["seq_len"]
+        chunks = []
+        for li, doc, s, e in refs:
+            sh = self._shards[self.all_languages[li]]
+            o = int(sh.offsets[doc])
+            chunks.append(sh.tokens[o + s:o + e])
+        ids = torch.from_numpy(materialize_row(chunks, seq_len, self.bos_id, self.eos_id, self.pad_id))
+        cu, pos = row_layout(lens, seq_len)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, row_index]).generate_state(1, np.uint64)[0] >> 1))
+        inputs, labels = self._mask(ids, g)
+        doc_lang = [li for li, _, _, _ in refs] + ([-1] if len(cu) - 1 > len(refs) else [])
+        return {"input_ids": inputs, "labels": labels, "position_ids": torch.from_numpy(pos),
+                "cu_seqlens": cu, "doc_lang": doc_lang, "num_pad": seq_len - sum(lens)}
+
+    def _mask(self, ids: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        # exactly mmbert.data.masking.mask_tokens' draws, with the special-id tables built once
+        return apply_mask(ids, self.phase["mask_rate"], self._is_special, self._allowed, self.mask_id, g)
+
+    def next_batch(self, rows: int | None = None) -> dict[str, Any]:
+        """The next `rows` GLOBAL rows of the stream (default `rows_per_batch`); returns this rank's
+        contiguous share of rows/world_size rows as one packed batch dict (module docstring)."""
+        rows = self.rows_per_batch if rows is None else self._check_rows(rows)
+        per_rank = rows // self.world_size
+        first = self.rows_emitted
+        lo = first + self.rank * per_rank
+        out = []
+        for j in range(rows):
+            refs, lens = self._next_row_refs()
+            if lo <= first + j < lo + per_rank:
+                out.append(self._materialize(refs, lens, first + j))
+        self.rows_emitted += rows
+        self.tokens_seen += rows * self.phase["seq_len"]
+        return self._collate(out, lo)
+
+    def _collate(self, rows: list[dict[str, Any]], first_row: int) -> dict[str, Any]:
+        seq_len = self.phase["seq_len"]
+        cus = [np.asarray(r["cu_seqlens"][1:], dtype=np.int64) + i * seq_len for i, r in enumerate(rows)]
+        cu = torch.from_numpy(np.concatenate([np.zeros(1, np.int64)] + cus).astype(np.int32))
+        labels = torch.cat([r["labels"] for r in rows])
+        return {
+            "input_ids": torch.cat([r["input_ids"] for r in rows]),
+            "labels": labels,
+            "position_ids": torch.cat([r["position_ids"] for r in rows]),
+            "cu_seqlens": cu,
+            "max_seqlen": int((cu[1:] - cu[:-1]).max()),
+            "doc_lang": torch.tensor([d for r in rows for d in r["doc_lang"]], dtype=torch.long),
+            "languages": self.all_languages,
+            "num_masked": int((labels != IGNORE_INDEX).sum()),
+            "num_tokens": len(rows) * seq_len - sum(r["num_pad"] for r in rows),
+            "rows": len(rows),
+            "seq_len": seq_len,
+            "first_row": first_row,
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return self.next_batch()
+
+    # ------------------------------------------------------------------ accounting
+    def epochs_seen(self) -> dict[str, float]:
+        """Documents drawn per language, in epochs of that language's data (all phases so far)."""
+        return {l: e + p / len(self._shards[l]) for l, (e, p) in sorted(self.cursors.items())}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-able state (ints, floats, strings, lists, dicts): identical on every rank."""
+        return {"version": STATE_VERSION, "seed": self.seed, "shard_languages": self.all_languages,
+                "phase": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.phase.items()},
+                "phase_index": self.phase_index, "draw": list(self.draw),
+                "cursors": {k: list(v) for k, v in self.cursors.items()},
+                "rows_emitted": self.rows_emitted, "tokens_seen": self.tokens_seen,
+                "packer": self.packer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()` (from any rank, any world size) into a loader built on the same
+        shards and seed; the phase parameters come from the state."""
+        if state.get("version") != STATE_VERSION:
+            raise LoaderError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}; "
+                              f"it was written by another mmbert version")
+        if int(state["seed"]) != self.seed or list(state["shard_languages"]) != self.all_languages:
+            raise LoaderError("loader state was saved with a different seed or shard set; build the loader "
+                              f"with seed={state['seed']} on the same shards to resume")
+        ph = state["phase"]
+        self.set_phase(languages=ph["languages_spec"], tau=ph["tau"], mask_rate=ph["mask_rate"],
+                       seq_len=ph["seq_len"], language_weights=ph["weights"], token_budget=ph["budget"],
+                       epoch_cap=ph["epoch_cap"])
+        if self.phase["probs"] != ph["probs"] or self.phase["languages"] != ph["languages"]:
+            raise LoaderError("the shards' token counts changed since the state was saved; resume on the same shards")
+        self.phase_index = int(state["phase_index"])
+        self._build_sampler()
+        self.draw = [int(x) for x in state["draw"]]
+        self.cursors = {k: [int(e), int(p)] for k, (e, p) in state["cursors"].items()}
+        self.rows_emitted, self.tokens_seen = int(state["rows_emitted"]), int(state["tokens_seen"])
+        self.packer = BestFitPacker(ph["seq_len"], self.buffer_size)
+        self.packer.load_state_dict(state["packer"])

@@ -1,0 +1,261 @@
+"""The loader: batch layout, determinism, bit-exact resume, rank split, phase switch, bad input."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from mmbert.data.loader import LoaderError, MLMLoader, rows_for_tokens
+from mmbert.data.masking import MaskingError
+from mmbert.data.packing import PackingError
+from mmbert.data.sampling import SamplingError
+from mmbert.data.shards import ShardNotFoundError, ShardWriter, open_shard, write_index, write_synthetic_shards
+
+LANGS = {"eng_Latn": (600, 120), "deu_Latn": (300, 60), "fao_Latn": (60, 30), "tir_Ethi": (20, 200)}
+KW = dict(languages="all", tau=0.5, mask_rate=0.3, seq_len=64, rows_per_batch=4, buffer_size=32, seed=7)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_synthetic_shards(root, LANGS, vocab_size=500, seed=1, heldout_docs=3)
+    return root
+
+
+def _eq(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_batch_layout_and_content(shards):
+    loader = MLMLoader(shards, **KW)
+    docs = {l: open_shard(shards, l) for l in LANGS}
+    for _ in range(5):
+        b = loader.next_batch()
+        n = b["rows"] * b["seq_len"]
+        assert b["input_ids"].shape == b["labels"].shape == b["position_ids"].shape == (n,)
+        cu = b["cu_seqlens"]
+        assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == n and (cu.diff() > 0).all()
+        assert set(range(0, n + 1, b["seq_len"])) <= set(cu.tolist())        # rows are segment-aligned
+        assert b["max_seqlen"] == int(cu.diff().max()) <= b["seq_len"]
+        assert len(b["doc_lang"]) == len(cu) - 1
+        seg_len = cu.diff().long()
+        starts = cu[:-1].long()
+        np.testing.assert_array_equal(b["position_ids"], torch.arange(n) - starts.repeat_interleave(seg_len))
+        original = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])
+        for a, e, lang in zip(cu[:-1].tolist(), cu[1:].tolist(), b["doc_lang"].tolist()):
+            seg = original[a:e]
+            if lang == -1:                                                   # padding segment
+                assert (seg == 0).all() and (b["labels"][a:e] == -100).all() and e % b["seq_len"] == 0
+                continue
+            assert seg[0] == 2 and seg[-1] == 1                              # <bos> chunk <eos>
+            body = seg[1:-1].numpy()
+            shard = docs[b["languages"][lang]]
+            tok = np.asarray(shard.tokens)
+            # the chunk is a contiguous piece of some document of that language
+            hits = np.flatnonzero(tok[: len(tok) - len(body) + 1] == body[0])
+            assert any(np.array_equal(tok[h:h + len(body)], body) for h in hits)
+        assert b["num_masked"] == int((b["labels"] != -100).sum()) > 0
+        assert b["num_tokens"] == n - sum(e - a for a, e, l in zip(cu[:-1].tolist(), cu[1:].tolist(),
+                                                                   b["doc_lang"].tolist()) if l == -1)
+
+
+def test_deterministic_and_seed_dependent(shards):
+    a, b, c = MLMLoader(shards, **KW), MLMLoader(shards, **KW), MLMLoader(shards, **{**KW, "seed": 8})
+    for _ in range(3):
+        x, y, z = next(a), next(b), next(c)
+        _eq(x, y)
+    assert not torch.equal(x["input_ids"], z["input_ids"])
+
+
+def test_resume_bit_exact_across_phase_switch_and_batch_sizes(shards):
+    def script(loader, calls):
+        out = []
+        for c in calls:
+            if isinstance(c, dict):
+                loader.set_phase(**c)
+            else:
+                out.append(loader.next_batch(c))
+        return out
+
+    phase2 = dict(languages=["deu_Latn", "eng_Latn", "fao_Latn"], tau=0.3, mask_rate=0.15, seq_len=96)
+    first = [4, 2, 6, phase2, 4]                     # N calls, a phase switch, batch-size changes
+    then = [2, 8, dict(mask_rate=0.05), 4, dict(languages="top:2", tau=0.7, seq_len=48), 4, 4]
+    ref = MLMLoader(shards, **KW)
+    script(ref, first)
+    state = json.loads(json.dumps(ref.state_dict()))    # JSON-able
+    expect = script(ref, then)
+    fresh = MLMLoader(shards, **KW)
+    fresh.load_state_dict(state)
+    got = script(fresh, then)
+    assert len(got) == 5
+    for x, y in zip(expect, got):
+        _eq(x, y)
+    # a restored loader is in the saved phase, whatever it was built with
+    other = MLMLoader(shards, **{**KW, "tau": 0.9, "seq_len": 32})
+    other.load_state_dict(state)
+    _eq(other.next_batch(2), expect[0])
+    with pytest.raises(LoaderError, match="seed"):
+        MLMLoader(shards, **{**KW, "seed": 0}).load_state_dict(state)
+
+
+def test_union_over_ranks_equals_single_process(shards):
+    single = MLMLoader(shards, **{**KW, "rows_per_batch": 4}, rank=0, world_size=1)
+    ranks = [MLMLoader(shards, **{**KW, "rows_per_batch": 4}, rank=r, world_size=2) for r in range(2)]
+    for rows in (4, 2, 8):
+        whole = single.next_batch(rows)
+        parts = [l.next_batch(rows) for l in ranks]
+        assert [p["rows"] for p in parts] == [rows // 2] * 2
+        for k in ("input_ids", "labels", "position_ids", "doc_lang"):
+            assert torch.equal(torch.cat([p[k] for p in parts]), whole[k]), k
+        n0 = parts[0]["input_ids"].numel()
+        assert torch.equal(torch.cat([parts[0]["cu_seqlens"], parts[1]["cu_seqlens"][1:] + n0]), whole["cu_seqlens"])
+        assert sum(p["num_masked"] for p in parts) == whole["num_masked"]
+    # the state does not depend on the rank: rank 1's state resumes rank 0 and a single process
+    st = ranks[1].state_dict()
+    assert st == ranks[0].state_dict() == single.state_dict()
+    with pytest.raises(LoaderError, match="multiple of world_size"):
+        ranks[0].next_batch(3)
+
+
+def test_token_shares_follow_p(shards):
+    # languages with very different document lengths still get token shares ≈ p_ℓ ∝ n_ℓ^τ
+    loader = MLMLoader(shards, **{**KW, "seq_len": 256, "rows_per_batch": 64, "buffer_size": 64})
+    counts = np.zeros(len(loader.all_languages))
+    for _ in range(6):
+        b = loader.next_batch()
+        seg = b["cu_seqlens"].diff().long()
+        for l, n in zip(b["doc_lang"].tolist(), seg.tolist()):
+            if l >= 0:
+                counts[l] += n
+    share = counts / counts.sum()
+    p = loader.plan.as_dict()
+    for i, l in enumerate(loader.all_languages):
+        assert abs(share[i] - p[l]) < 0.25 * p[l] + 0.01, (l, share[i], p[l])
+
+
+def test_phase_switch(shards):
+    loader = MLMLoader(shards, **KW)
+    next(loader)
+    plan = loader.set_phase(languages=["eng_Latn", "tir_Ethi"], tau=1.0, mask_rate=0.05, seq_len=128)
+    assert plan.languages == ["eng_Latn", "tir_Ethi"] and loader.phase["seq_len"] == 128
+    seen = set()
+    masked = total = 0
+    for _ in range(10):
+        b = next(loader)
+        assert b["seq_len"] == 128 and b["input_ids"].numel() == 4 * 128
+        seen |= {b["languages"][i] for i in b["doc_lang"].tolist() if i >= 0}
+        masked += b["num_masked"]
+        total += b["num_tokens"]
+    assert seen <= {"eng_Latn", "tir_Ethi"} and "eng_Latn" in seen
+    assert 0.02 < masked / total < 0.06          # 5% of non-special tokens (framing lowers it a bit)
+    assert loader.tokens_seen == 4 * 64 + 40 * 128 and loader.rows_emitted == 44
+    ep = loader.epochs_seen()
+    assert set(ep) <= set(LANGS) and all(v > 0 for v in ep.values())
+
+
+def test_epoch_cap_and_weights(shards):
+    loader = MLMLoader(shards, **{**KW, "token_budget": 200_000, "epoch_cap": 1.5,
+                                  "language_weights": {"eng_Latn": 4.0}})
+    n = dict(zip(loader.plan.languages, loader.plan.tokens))
+    p = loader.plan.as_dict()
+    assert all(p[l] * 200_000 / n[l] <= 1.5 + 1e-9 for l in p)
+    assert loader.plan.capped and sum(p.values()) == pytest.approx(1.0)
+    with pytest.raises(SamplingError, match="language_weights"):
+        MLMLoader(shards, **{**KW, "language_weights": {"xxx_Latn": 2.0}})
+
+
+def test_rows_for_tokens():
+    assert rows_for_tokens(4608 * 1024, 1024, 8) == 4608
+    assert rows_for_tokens(100, 64, 2) == 2
+    assert rows_for_tokens(768 * 1024 + 3000, 1024, 1) == 771
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    ({"languages": ["xxx_Latn"]}, SamplingError, "have no shard"),
+    ({"languages": "top:0"}, SamplingError, "whole K"),
+    ({"tau": 0.0}, SamplingError, "τ must be > 0"),
+    ({"tau": -1}, SamplingError, "τ must be > 0"),
+    ({"mask_rate": 0.0}, MaskingError, r"mask rate must be in \(0, 1\)"),
+    ({"mask_rate": 1.2}, MaskingError, r"mask rate must be in \(0, 1\)"),
+    ({"seq_len": 2}, PackingError, "seq_len"),
+    ({"rows_per_batch": 3, "world_size": 2, "rank": 0}, LoaderError, "multiple of world_size"),
+    ({"rank": 2, "world_size": 2}, LoaderError, "outside world_size"),
+])
+def test_bad_input(shards, kw, err, match):
+    with pytest.raises(err, match=match):
+        MLMLoader(shards, **{**KW, **kw})
+    assert issubclass(err, ValueError)          # the CLI prints these as one line
+
+
+def test_bad_input_on_phase_switch_changes_nothing(shards):
+    loader = MLMLoader(shards, **KW)
+    before = loader.state_dict()
+    with pytest.raises(MaskingError):
+        loader.set_phase(languages="top:1", mask_rate=1.0)
+    assert loader.state_dict() == before
+
+
+def test_empty_language_and_missing_shards(tmp_path):
+    with pytest.raises(ShardNotFoundError, match="no shard index"):
+        MLMLoader(tmp_path / "nope", **KW)
+    with ShardWriter(tmp_path, "eng_Latn", "train", "uint16") as w:
+        w.add(np.arange(5, 50))
+    with ShardWriter(tmp_path, "nul_Latn", "train", "uint16") as e:
+        pass
+    write_index(tmp_path, {"eng_Latn": {"train": w.counts}, "nul_Latn": {"train": e.counts}}, "uint16", 100)
+    with pytest.raises(SamplingError, match="nul_Latn have empty shards"):
+        MLMLoader(tmp_path, **KW)
+    assert MLMLoader(tmp_path, **{**KW, "languages": ["eng_Latn"]}).next_batch()["num_tokens"] > 0
+
+
+# ---------------------------------------------------------------------- 2 processes, gloo
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, root, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        loader = MLMLoader(root, **{**KW, "rows_per_batch": 4})      # rank/world from torch.distributed
+        assert (loader.rank, loader.world_size) == (rank, world)
+        batches = [loader.next_batch(r) for r in (4, 2)]
+        state = loader.state_dict()
+        batches += [loader.next_batch(4)]
+        resumed = MLMLoader(root, **{**KW, "rows_per_batch": 4})
+        resumed.load_state_dict(state)
+        again = resumed.next_batch(4)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, [{k: v for k, v in b.items() if k != "languages"} for b in batches])
+        if rank == 0:
+            torch.save({"gathered": gathered, "state": json.dumps(state)}, os.path.join(out_dir, "out.pt"))
+        assert torch.equal(again["input_ids"], batches[-1]["input_ids"])
+        assert torch.equal(again["labels"], batches[-1]["labels"])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_two_rank_gloo_union_and_resume(shards, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, _free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "out.pt", weights_only=False)
+    single = MLMLoader(shards, **{**KW, "rows_per_batch": 4}, rank=0, world_size=1)
+    for i, rows in enumerate((4, 2)):
+        whole = single.next_batch(rows)
+        for k in ("input_ids", "labels", "position_ids", "doc_lang"):
+            assert torch.equal(torch.cat([got["gathered"][r][i][k] for r in range(2)]), whole[k])
+    assert json.loads(got["state"]) == single.state_dict()
