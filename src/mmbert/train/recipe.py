@@ -97,6 +97,7 @@ class Recipe:
     eval_every_tokens: int = 10_000_000_000
     checkpoint_every_tokens: int = 10_000_000_000
     eval_tokens_per_lang: int = 65_536
+    eval_max_languages: int = 0  # 0 = every language with held-out data; else a spread over sizes
     log_every_steps: int = 10
 
     def __post_init__(self) -> None:
@@ -258,6 +259,8 @@ def validate_recipe(r: Recipe, max_position_embeddings: int | None = None) -> No
         raise RecipeError(f"recipe {r.name!r}: betas must be in [0, 1), got {r.betas}")
     if r.eps <= 0 or r.grad_clip < 0:
         raise RecipeError(f"recipe {r.name!r}: eps must be > 0 and grad_clip ≥ 0")
+    if r.eval_max_languages < 0:
+        raise RecipeError(f"recipe {r.name!r}: eval_max_languages must be ≥ 0")
     for f in ("eval_every_tokens", "checkpoint_every_tokens", "eval_tokens_per_lang", "log_every_steps"):
         if getattr(r, f) <= 0:
             raise RecipeError(f"recipe {r.name!r}: {f} must be > 0")
@@ -362,7 +365,7 @@ def cpu_demo() -> Recipe:
     variants["decay-cont"] = (dataclasses.replace(variants["decay-cont"][0], languages=mid.languages),)
     return Recipe("cpu-demo", phases=(pre, mid), variants=variants, preset="tiny",
                   eval_every_tokens=200_000, checkpoint_every_tokens=200_000, eval_tokens_per_lang=2048,
-                  log_every_steps=5)
+                  eval_max_languages=48, log_every_steps=5)
 
 
 RECIPES: dict[str, Callable[[], Recipe]] = {

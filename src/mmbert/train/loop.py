@@ -1,0 +1,436 @@
+"""The pretraining loop: one readable function per track of phases.
+
+    mmbert pretrain --recipe cpu-demo --data out/shards --out out/run            # CPU, ≈15 min
+    torchrun --nproc_per_node 8 -m mmbert.cli pretrain --recipe mmbert --preset mmbert-base \
+        --data /data/shards --out /runs/mmbert [--parallel fsdp] [--compile] [--resume]
+
+`train()` runs the recipe's main phases (pretrain → mid) as the "main" track, then every decay
+variant as its own track that starts from the main track's final checkpoint. Each step: schedule
+values from the phase and the tokens seen in it (schedules.py) → micro-batches from the loader →
+`train_step` (accumulation, loss / global masked-token count, clip, StableAdamW). At marked points:
+metrics.jsonl, per-language held-out MLM eval, checkpoints (atomic, keep-last-K, phase ends kept),
+a Hugging Face export at each phase end. A non-finite loss stops the run with the last good
+checkpoint named. Resume is exact: the loader, optimizer, RNG and schedule position come back from
+the checkpoint, and on CPU the losses after a resume equal the uninterrupted run's bit for bit.
+
+Run directory:
+  run.json                      what this run is (recipe, model config, seed, data) — the guard
+  metrics.jsonl                 one JSON record per step ("train") and per eval ("eval")
+  checkpoints/<track>/step_*/   see checkpoint.py
+  export/<phase>/               HF model directory at each phase end
+  plots/*.png, summary.md       plots.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mmbert.model.config import EncoderConfig
+from mmbert.train import checkpoint as ckpt
+from mmbert.train.optim import build_optimizer, set_lr_and_weight_decay
+from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize, unwrap
+from mmbert.train.recipe import Phase, Recipe, RecipeError, resolve_languages, select_tracks, validate_recipe
+from mmbert.train.schedules import batch_rows_at, lr_at, mask_rate_at, temperature_at
+from mmbert.train.step import mlm_loss_fn, train_step
+
+
+class RunDirError(FileExistsError):
+    """The output directory holds something else; nothing was overwritten."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became non-finite."""
+
+
+# ------------------------------------------------------------------ run directory and logging
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
+    """Guard: an output dir holding another run (or anything else) → one clear error."""
+    run_json = out / "run.json"
+    if run_json.is_file():
+        try:
+            old = json.loads(run_json.read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{run_json} is corrupt ({e}); choose a new --out directory") from e
+        if old.get("identity") != identity:
+            diff = sorted(k for k in set(old.get("identity", {})) | set(identity)
+                          if old.get("identity", {}).get(k) != identity.get(k))
+            raise RunDirError(f"--out {out} holds another run (differs in: {', '.join(diff)}); choose a new "
+                              f"--out directory, or pass the same settings to continue it with --resume")
+        if not resume:
+            raise RunDirError(f"--out {out} already holds this run; pass --resume to continue it, or choose "
+                              f"a new --out directory")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise RunDirError(f"--out {out} is not empty and holds no mmbert run; choose a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_json, json.dumps({"identity": identity}, indent=2, sort_keys=True))
+
+
+class Metrics:
+    """metrics.jsonl (rank 0), plus TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.path, self.enabled, self.tb = out / "metrics.jsonl", enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def truncate(self, track: str, after_step: int) -> None:
+        """Drop records a killed run wrote after its last checkpoint, so a resume logs them once."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines()
+                if ln.strip() and not (json.loads(ln).get("track") == track and json.loads(ln)["step"] > after_step)]
+        _atomic_write(self.path, "".join(ln + "\n" for ln in keep))
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            tag = f"{rec['track']}/{rec['type']}"
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self.tb.add_scalar(f"{tag}/{k}" + (f"/{rec['lang']}" if "lang" in rec else ""), v, rec["tokens"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------ throughput
+
+def flops_per_token(cfg: EncoderConfig, seq_len: int, mask_rate: float) -> float:
+    """Training FLOPs per token: 6·(non-embedding params) + 6·(decoder for the masked fraction,
+    sparse prediction) + attention 12·L·h·context (context = window on local layers)."""
+    h, L = cfg.hidden_size, cfg.num_hidden_layers
+    dense = cfg.num_parameters(include_embeddings=False, head="mlm") - (cfg.vocab_size if cfg.decoder_bias else 0)
+    decoder = h * cfg.vocab_size * mask_rate
+    ctx = sum(seq_len if cfg.is_global_layer(i) else min(seq_len, cfg.local_attention) for i in range(L))
+    return 6.0 * (dense + decoder) + 12.0 * h * ctx
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of known GPUs; $MMBERT_PEAK_FLOPS overrides (e.g. for a CPU)."""
+    if os.environ.get("MMBERT_PEAK_FLOPS"):
+        return float(os.environ["MMBERT_PEAK_FLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, val in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("A10", 125e12),
+                     ("4090", 165e12), ("3090", 71e12)):
+        if key in name:
+            return val
+    return None
+
+
+# ------------------------------------------------------------------ the loader, mapped from a Phase
+
+@dataclass
+class _Stream:
+    """The data loader (mmbert.data.loader) driven by Phase records."""
+
+    data: Path
+    counts: dict[str, int]
+    seed: int
+    d: Dist
+    micro_tokens: int
+    loader: Any = None
+    phase: Phase | None = None  # the phase the loader is known to be configured for
+
+    def micro_rows(self, p: Phase) -> int:
+        return max(1, self.micro_tokens // p.seq_len)
+
+    def params(self, p: Phase) -> dict[str, Any]:
+        return dict(languages=resolve_languages(p.languages, self.counts), tau=temperature_at(p, 0),
+                    mask_rate=mask_rate_at(p, 0), seq_len=p.seq_len,
+                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens)
+
+    def open(self, p: Phase) -> None:
+        from mmbert.data.loader import MLMLoader
+
+        self.loader = MLMLoader(self.data, seed=self.seed, rank=self.d.rank, world_size=self.d.world_size,
+                                rows_per_batch=self.micro_rows(p) * self.d.world_size, **self.params(p))
+        self.phase = p
+
+    def switch(self, p: Phase) -> None:
+        """At a phase boundary: new language set, τ, mask rate, sequence length."""
+        self.loader.set_phase(**self.params(p))
+        self.phase = p
+
+    def next_batch(self, p: Phase) -> dict[str, Any]:
+        """One micro-batch: the next micro_rows × world_size GLOBAL rows of the stream, of which this
+        rank gets its contiguous share — so the union over ranks equals the 1-process micro-batch."""
+        return self.loader.next_batch(self.micro_rows(p) * self.d.world_size)
+
+
+# ------------------------------------------------------------------ train
+
+def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: str | os.PathLike, *,
+          seed: int = 0, resume: bool = False, phases: Sequence[str] | None = None,
+          micro_batch_tokens: int | None = None, parallel: str = "auto", compile: bool = False,
+          device: str | None = None, keep_last: int = 3, stop_at_step: int | None = None,
+          eval: bool = True, progress: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Run the recipe's tracks into `out`; returns {"tracks": {name: {"step", "tokens", "loss"}}}.
+
+    micro_batch_tokens: tokens per micro-batch per rank (memory knob; the global batch comes from the
+    recipe). stop_at_step: end a track after this global step without saving — a simulated kill.
+    """
+    from mmbert.data.shards import ShardIndex
+
+    data, out = Path(data), Path(out)
+    d = init_distributed(device)
+    validate_recipe(recipe, max_position_embeddings=config.max_position_embeddings)
+    index = ShardIndex.load(data)
+    if index.vocab_size > config.vocab_size:
+        raise RecipeError(f"the shards in {data} use a {index.vocab_size}-token vocabulary but the model has "
+                          f"vocab_size {config.vocab_size}; build the model with vocab_size={index.vocab_size}")
+    counts = {lang: index.tokens(lang) for lang in index.languages}
+    for p in recipe.all_phases():  # every language set resolves before anything is written
+        resolve_languages(p.languages, counts)
+    tracks = select_tracks(recipe, phases)
+    identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed,
+                "data": str(data.resolve()), "world_size": d.world_size}
+    if d.is_main:
+        prepare_run_dir(out, identity, resume)
+    barrier(d)
+    metrics = Metrics(out, enabled=d.is_main)
+    micro_tokens = micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096)
+    result: dict[str, Any] = {"tracks": {}}
+    try:
+        main_end = _main_phase_count(recipe, phases)
+        result["tracks"]["main"] = _run_track(
+            "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
+            micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, init_from=None)
+        if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
+            branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
+            for name, track in tracks.items():
+                if name == "main":
+                    continue
+                result["tracks"][name] = _run_track(
+                    name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
+                    compile, keep_last, stop_at_step, eval, progress, init_from=branch)
+                if result["tracks"][name].get("stopped"):
+                    break
+    finally:
+        metrics.close()
+    stopped = any(r.get("stopped") for r in result["tracks"].values())
+    if d.is_main and plots and not stopped:
+        from mmbert.train.plots import make_plots
+
+        make_plots(out)
+    cleanup(d)
+    return result
+
+
+def _main_phase_count(recipe: Recipe, only: Sequence[str] | None) -> int:
+    """Main phases to run: all, unless `--phase` names only main phases (then up to the last named)."""
+    if not only:
+        return len(recipe.phases)
+    names = [p.name for p in recipe.phases]
+    if any(o in recipe.variants or o not in names for o in only):
+        return len(recipe.phases)
+    return max(names.index(o) for o in only) + 1
+
+
+def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: EncoderConfig, data: Path, out: Path,
+               counts: dict[str, int], seed: int, d: Dist, metrics: Metrics, micro_tokens: int, parallel: str,
+               compile: bool, keep_last: int, stop_at_step: int | None, do_eval: bool, progress: bool,
+               init_from: Path | None) -> dict[str, Any]:
+    from mmbert.model import build_model
+
+    torch.manual_seed(seed)
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    model = build_model(config.replace(), head="mlm")  # a copy: set_rope_theta edits the model's config
+    model = parallelize(model, d, mode=parallel, compile=compile)
+    optimizer = build_optimizer(model, lr=phases[0].lr_peak, weight_decay=phases[0].weight_decay,
+                                betas=recipe.betas, eps=recipe.eps, max_lr=max(p.lr_peak for p in phases))
+    stream = _Stream(data, counts, seed, d, micro_tokens)
+    state = {"track": track, "phase": 0, "phase_tokens": 0, "tokens": 0, "step": 0, "done": False}
+    ck_root = out / "checkpoints" / track
+    run_config = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "track": track,
+                  "phases": [p.name for p in phases], "world_size": d.world_size, "micro_tokens": micro_tokens}
+    start = ckpt.latest_checkpoint(ck_root) or init_from
+    if start is None:
+        stream.open(phases[0])
+    else:
+        loaded = ckpt.load_checkpoint(start, model=model, optimizer=optimizer)
+        st = loaded["train_state"]
+        state.update({k: st[k] for k in ("phase", "phase_tokens", "tokens", "step")})
+        state["done"] = bool(st.get("done")) and start != init_from
+        if start == init_from:  # a branch: the main track ended here, the variant's phase starts next
+            state.update(phase=len(recipe.phases), phase_tokens=0)
+        if state["phase"] >= len(phases) or state["done"]:
+            return {"step": state["step"], "tokens": state["tokens"], "loss": None, "skipped": True}
+        stream.open(phases[state["phase"]])
+        stream.loader.load_state_dict(loaded["loader_state"])
+        # saved at a phase end, the loader still holds the previous phase: switch at the loop top
+        # exactly as the uninterrupted run did; saved inside a phase, it is already configured
+        stream.phase = phases[state["phase"]] if state["phase_tokens"] > 0 else None
+        metrics.truncate(track, state["step"])
+
+    amp = torch.bfloat16 if d.device.type == "cuda" else None
+    peak = peak_flops(d.device)
+    inner = unwrap(model)
+    total = sum(p.tokens for p in phases)
+    done_before = sum(p.tokens for p in phases[:state["phase"]]) + state["phase_tokens"]
+    bar = _progress(progress and d.is_main, total, done_before, track)
+    last_loss = None
+    applied: Phase | None = None
+    while state["phase"] < len(phases):
+        p = phases[state["phase"]]
+        if applied is not p:  # phase start (or resume inside it): θ, languages, τ, mask, seq len
+            inner.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
+            if stream.phase is not p:
+                stream.switch(p)
+            applied = p
+        t = state["phase_tokens"]
+        gran = stream.micro_rows(p) * d.world_size
+        rows = batch_rows_at(p, t, gran)
+        left_rows = math.ceil((p.tokens - t) / p.seq_len)
+        rows = min(rows, math.ceil(left_rows / gran) * gran)  # do not overshoot the phase's budget
+        lr = lr_at(p, t)
+        set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
+        micro = [stream.next_batch(p) for _ in range(rows // gran)]
+        t0 = time.perf_counter()
+        stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
+        dt = time.perf_counter() - t0
+        step_tokens = rows * p.seq_len
+        state["step"] += 1
+        state["phase_tokens"] += step_tokens
+        state["tokens"] += step_tokens
+        if stats.skipped and stats.num_items > 0:
+            good = ckpt.latest_checkpoint(ck_root) or init_from
+            raise TrainingDiverged(
+                f"{track}/{p.name}: loss {stats.loss} / grad norm {stats.grad_norm} is not finite at step "
+                f"{state['step']}; stopped without saving. Last good checkpoint: {good or 'none'}. Lower the "
+                f"LR (lr_peak {p.lr_peak:g}) or the batch warm-up and resume from it")
+        tps = step_tokens / dt
+        mfu = (flops_per_token(inner.config, p.seq_len, p.mask_rate) * tps / peak) if peak else None
+        last_loss = stats.loss
+        metrics.log({"type": "train", "track": track, "phase": p.name, "step": state["step"],
+                     "tokens": state["tokens"], "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
+                     "mask_rate": mask_rate_at(p, t), "temperature": temperature_at(p, t), "seq_len": p.seq_len,
+                     "batch_rows": rows, "masked_tokens": stats.num_items, "tokens_per_s": tps, "mfu": mfu,
+                     "theta_global": p.global_rope_theta})
+        if bar is not None:
+            bar.update(step_tokens)
+            if state["step"] % recipe.log_every_steps == 0:
+                bar.set_postfix(phase=p.name, loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+                                mfu=f"{mfu:.1%}" if mfu is not None else "-")
+        phase_end = state["phase_tokens"] >= p.tokens
+        if phase_end:
+            state["phase"] += 1
+            state["phase_tokens"] = 0
+        crossed = lambda every: state["tokens"] // every > (state["tokens"] - step_tokens) // every  # noqa: E731
+        if do_eval and (phase_end or crossed(recipe.eval_every_tokens)):
+            _evaluate(inner, data, recipe, phases, track, p, state, metrics, d, counts)
+        if stop_at_step is not None and state["step"] >= stop_at_step:
+            if bar is not None:
+                bar.close()
+            return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss, "stopped": True}
+        if phase_end or crossed(recipe.checkpoint_every_tokens):
+            state["done"] = state["phase"] >= len(phases)
+            ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer, train_state=dict(state),
+                                 loader_state=stream.loader.state_dict(), run_config=run_config,
+                                 keep_last=keep_last, keep=phase_end, write=d.is_main)
+            if phase_end:
+                _export(model, inner, out / "export" / p.name, d)
+            barrier(d)
+    if bar is not None:
+        bar.close()
+    return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss}
+
+
+def _progress(enabled: bool, total: int, initial: int, track: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=f"pretrain[{track}]",
+                dynamic_ncols=True)
+
+
+def _evaluate(model, data: Path, recipe: Recipe, phases: Sequence[Phase], track: str, p: Phase,
+              state: dict[str, Any], metrics: Metrics, d: Dist, counts: dict[str, int]) -> None:
+    """Per-language held-out MLM loss/accuracy (mmbert.eval.mlm), when that module is available.
+    Runs under fork_rng so evaluating (or not) never changes the training stream."""
+    try:
+        from mmbert.eval.mlm import evaluate_mlm
+    except ImportError:
+        return
+    from mmbert.data.shards import ShardIndex
+
+    index = ShardIndex.load(data)
+    langs = [lang for lang in index.languages if index.has(lang, "heldout")]
+    if recipe.eval_max_languages and len(langs) > recipe.eval_max_languages:
+        langs = _eval_subset(langs, counts, recipe.eval_max_languages)
+    if not langs:
+        return
+    tiers = [(ph.name, ph.languages if isinstance(ph.languages, str) else list(ph.languages))
+             for ph in recipe.phases] + [("rest", "all")]
+    devices = [d.device.index] if d.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        res = evaluate_mlm(model, data, langs, max_tokens_per_lang=recipe.eval_tokens_per_lang, seed=0,
+                           seq_len=min(p.seq_len, 512), tiers=tiers)
+    base = {"type": "eval", "track": track, "phase": p.name, "step": state["step"], "tokens": state["tokens"]}
+    for lang, r in res["languages"].items():
+        metrics.log({**base, "lang": lang, "tier": r["tier"], "loss": r["loss"], "accuracy": r["accuracy"]})
+    for tier, r in res["tiers"].items():
+        metrics.log({**base, "lang": f"tier:{tier}", "tier": tier, "loss": r["loss"], "accuracy": r["accuracy"]})
+    metrics.log({**base, "lang": "macro", "tier": "macro", **{k: res["macro"][k] for k in ("loss", "accuracy")}})
+
+
+def _eval_subset(langs: list[str], counts: dict[str, int], k: int) -> list[str]:
+    """k languages spread over the size ranking (largest, smallest and evenly between)."""
+    ranked = sorted(langs, key=lambda x: (-counts.get(x, 0), x))
+    idx = sorted({round(i * (len(ranked) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+    return sorted(ranked[i] for i in idx)
+
+
+def _export(model, inner, path: Path, d: Dist) -> None:
+    """Phase-end Hugging Face directory, written to a temp dir and renamed into place."""
+    from mmbert.model import build_model
+
+    if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+        sd = ckpt.model_state(model)  # all ranks gather
+        if not d.is_main:
+            return
+        inner_cpu = build_model(inner.config, head="mlm", init=False)
+        inner_cpu.load_state_dict(sd, strict=False)
+        inner = inner_cpu
+    if not d.is_main:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inner.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

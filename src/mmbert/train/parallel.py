@@ -1,0 +1,105 @@
+"""Parallelism applied from outside a single-device model: compile, DDP or FSDP2.
+
+    python -m mmbert.cli pretrain ...                          # CPU or one GPU: no wrapper
+    torchrun --nproc_per_node 8 -m mmbert.cli pretrain ...     # same entry point, DDP (default)
+    torchrun --nproc_per_node 8 -m mmbert.cli pretrain ... --parallel fsdp   # FSDP2 fully_shard
+
+The model (mmbert.model) knows nothing about ranks. `init_distributed()` reads torchrun's
+environment (RANK / WORLD_SIZE / LOCAL_RANK) and starts a process group — NCCL on CUDA, gloo on
+CPU — or returns a one-process `Dist` when not launched by torchrun. `parallelize()` then wraps the
+built model: FSDP2 shards each encoder layer and the root (tied embedding/decoder stay in the root
+group), DDP replicates, and torch.compile (optional) compiles each layer before wrapping, so the
+parameter names seen by checkpoints stay the single-device names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join torchrun's process group if launched by it; pick the device (cuda:LOCAL_RANK or cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def parallelize(model: nn.Module, d: Dist, *, mode: str = "auto", compile: bool = False) -> nn.Module:
+    """Move to the device and wrap. mode: "auto" (DDP when world_size > 1), "none", "ddp", "fsdp"."""
+    if mode not in ("auto", "none", "ddp", "fsdp"):
+        raise ValueError(f"unknown parallel mode {mode!r}; use auto, none, ddp or fsdp")
+    if mode == "auto":
+        mode = "ddp" if d.enabled else "none"
+    if mode in ("ddp", "fsdp") and not d.enabled:
+        mode = "none"  # one process: nothing to shard or replicate
+    model = model.to(d.device)
+    layers = _layers(model)
+    if compile:
+        for layer in layers:
+            layer.compile(dynamic=True)  # in place: parameter names unchanged
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if d.device.type == "cuda" else None
+        kw = {"mp_policy": mp} if mp is not None else {}
+        for layer in layers:
+            fully_shard(layer, **kw)
+        fully_shard(model, **kw)
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    return model
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    enc = getattr(model, "model", model)
+    return list(getattr(enc, "layers", []))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The single-device module under a DDP wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def cleanup(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
