@@ -20,8 +20,11 @@ The stream (all deterministic functions of `seed`):
    (`default_rng([seed, crc32(lang), epoch])`); a language's position carries over phase boundaries.
 3. Chunking and packing (`mmbert.data.packing`): each document becomes `<bos> … <eos>` chunks
    (back-filled tails) that a streaming greedy best-fit packer puts into rows of exactly seq_len.
-4. Masking (`mmbert.data.masking`, 80/10/10, specials never selected) with a generator seeded by
-   (seed, global row index) — so a row's mask does not depend on batch size or world size.
+4. Masking (`mmbert.data.masking.apply_mask`, 80/10/10, specials never selected) with a numpy
+   generator seeded by (seed, global row index) — so a row's mask does not depend on batch size or
+   world size. The loader does its per-row work in numpy (single-threaded) rather than torch, whose
+   intra-op thread pool belongs to the training step (on a busy 2-core box, small torch ops
+   contending for it were 50× slower).
 
 One GLOBAL sequence of rows exists per seed; `next_batch(rows)` takes the next `rows` of it. Every
 rank computes the same packing (cheap: lengths and references only) and materialises only its own
@@ -29,7 +32,7 @@ contiguous share: rank r of W gets rows [start + r·rows/W, start + (r+1)·rows/
 
 Guarantees:
 - Determinism: same arguments + same sequence of `next_batch`/`set_phase` calls → same batches,
-  bit for bit, on any machine (numpy PCG64 + torch CPU generator; no threads involved).
+  bit for bit, on any machine (numpy PCG64 streams only; no threads involved).
 - Resume: `state_dict()` after batch k, loaded into a fresh loader built with the same arguments,
   yields exactly batches k+1, k+2, … of the uninterrupted run (state includes the phase parameters,
   so a restored loader is also in the right phase). The state is the same on every rank and does not
@@ -60,7 +63,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from mmbert.data.masking import IGNORE_INDEX, apply_mask, check_mask_rate
+from mmbert.data.masking import IGNORE_INDEX, apply_mask, check_mask_rate, special_table
 from mmbert.data.packing import (BestFitPacker, PackingError, chunk_spans, materialize_row,
                                  row_layout)
 from mmbert.data.sampling import SamplingError, SamplingPlan, plan_phase
@@ -130,9 +133,7 @@ class MLMLoader:
         specials |= {self.bos_id, self.eos_id, self.pad_id, self.mask_id}
         if max(specials) >= self.vocab_size or min(specials) < 0:
             raise LoaderError(f"special ids {sorted(specials)} must lie in [0, vocab_size={self.vocab_size})")
-        self._is_special = torch.zeros(self.vocab_size, dtype=torch.bool)
-        self._is_special[list(specials)] = True
-        self._allowed = (~self._is_special).nonzero().flatten()
+        self._is_special, self._allowed = special_table(sorted(specials), self.vocab_size, self.mask_id)
         self.buffer_size, self.min_tail = int(buffer_size), min_tail
         self.rows_per_batch = self._check_rows(rows_per_batch)
         self._shards: dict[str, Shard] = {}
@@ -271,17 +272,18 @@ class MLMLoader:
             sh = self._shards[self.all_languages[li]]
             o = int(sh.offsets[doc])
             chunks.append(sh.tokens[o + s:o + e])
-        ids = torch.from_numpy(materialize_row(chunks, seq_len, self.bos_id, self.eos_id, self.pad_id))
+        ids = materialize_row(chunks, seq_len, self.bos_id, self.eos_id, self.pad_id)
+        if ids.max() >= self.vocab_size:
+            raise LoaderError(f"shard token id {int(ids.max())} ≥ vocab_size {self.vocab_size}; "
+                              f"the shards were made with another tokenizer")
         cu, pos = row_layout(lens, seq_len)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, row_index]).generate_state(1, np.uint64)[0] >> 1))
-        inputs, labels = self._mask(ids, g)
+        # the row's mask depends only on (seed, global row index): independent of batch size and ranks
+        rng = np.random.default_rng([self.seed, row_index])
+        inputs, labels = apply_mask(ids, self.phase["mask_rate"], self._is_special, self._allowed,
+                                    self.mask_id, rng)
         doc_lang = [li for li, _, _, _ in refs] + ([-1] if len(cu) - 1 > len(refs) else [])
-        return {"input_ids": inputs, "labels": labels, "position_ids": torch.from_numpy(pos),
+        return {"input_ids": inputs, "labels": labels, "position_ids": pos,
                 "cu_seqlens": cu, "doc_lang": doc_lang, "num_pad": seq_len - sum(lens)}
-
-    def _mask(self, ids: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # exactly mmbert.data.masking.mask_tokens' draws, with the special-id tables built once
-        return apply_mask(ids, self.phase["mask_rate"], self._is_special, self._allowed, self.mask_id, g)
 
     def next_batch(self, rows: int | None = None) -> dict[str, Any]:
         """The next `rows` GLOBAL rows of the stream (default `rows_per_batch`); returns this rank's
@@ -302,17 +304,17 @@ class MLMLoader:
     def _collate(self, rows: list[dict[str, Any]], first_row: int) -> dict[str, Any]:
         seq_len = self.phase["seq_len"]
         cus = [np.asarray(r["cu_seqlens"][1:], dtype=np.int64) + i * seq_len for i, r in enumerate(rows)]
-        cu = torch.from_numpy(np.concatenate([np.zeros(1, np.int64)] + cus).astype(np.int32))
-        labels = torch.cat([r["labels"] for r in rows])
+        cu = np.concatenate([np.zeros(1, np.int64)] + cus)
+        labels = np.concatenate([r["labels"] for r in rows])
         return {
-            "input_ids": torch.cat([r["input_ids"] for r in rows]),
-            "labels": labels,
-            "position_ids": torch.cat([r["position_ids"] for r in rows]),
-            "cu_seqlens": cu,
-            "max_seqlen": int((cu[1:] - cu[:-1]).max()),
+            "input_ids": torch.from_numpy(np.concatenate([r["input_ids"] for r in rows])),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(np.concatenate([r["position_ids"] for r in rows])),
+            "cu_seqlens": torch.from_numpy(cu.astype(np.int32)),
+            "max_seqlen": int(np.diff(cu).max()),
             "doc_lang": torch.tensor([d for r in rows for d in r["doc_lang"]], dtype=torch.long),
             "languages": self.all_languages,
-            "num_masked": int((labels != IGNORE_INDEX).sum()),
+            "num_masked": int(np.count_nonzero(labels != IGNORE_INDEX)),
             "num_tokens": len(rows) * seq_len - sum(r["num_pad"] for r in rows),
             "rows": len(rows),
             "seq_len": seq_len,

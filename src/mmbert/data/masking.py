@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -32,13 +33,20 @@ def check_mask_rate(rate: float) -> float:
     return rate
 
 
-def _special_tensor(special_ids: Iterable[int] | torch.Tensor, vocab_size: int) -> torch.Tensor:
-    sp = torch.as_tensor(list(special_ids) if not isinstance(special_ids, torch.Tensor) else special_ids,
-                         dtype=torch.long).flatten()
-    is_special = torch.zeros(vocab_size, dtype=torch.bool)
-    sp = sp[(sp >= 0) & (sp < vocab_size)]
-    is_special[sp] = True
-    return is_special
+def special_table(special_ids: Iterable[int] | torch.Tensor, vocab_size: int,
+                  mask_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(is_special bool [vocab], allowed = the non-special ids int64) — `mask_id` always special."""
+    if not 0 <= mask_id < vocab_size:
+        raise MaskingError(f"mask_id {mask_id} is outside the vocabulary [0, {vocab_size})")
+    sp = np.asarray(special_ids.tolist() if isinstance(special_ids, torch.Tensor) else list(special_ids),
+                    dtype=np.int64).reshape(-1)
+    is_special = np.zeros(vocab_size, dtype=bool)
+    is_special[sp[(sp >= 0) & (sp < vocab_size)]] = True
+    is_special[mask_id] = True      # a token that is already <mask> is never a target
+    allowed = np.flatnonzero(~is_special)
+    if allowed.size == 0:
+        raise MaskingError("every vocabulary id is special; nothing can be masked or drawn")
+    return is_special, allowed
 
 
 def mask_tokens(input_ids: torch.Tensor, rate: float, *, special_ids: Iterable[int] | torch.Tensor,
@@ -46,38 +54,32 @@ def mask_tokens(input_ids: torch.Tensor, rate: float, *, special_ids: Iterable[i
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (masked_input_ids, labels) for integer `input_ids` of any shape (see module docstring).
 
-    Deterministic given `generator`'s state; draws exactly three `torch.rand`-style tensors of
-    `input_ids`' shape (select, kind, replacement), so the result for a given seed does not depend on
-    how many tokens are special.
+    Deterministic given `generator`'s state (the global torch RNG when None): one 63-bit seed is drawn
+    from it and the masking itself runs in numpy (`apply_mask`) — numpy is single-threaded, which
+    keeps masking fast in a process whose torch thread pool is busy training.
     """
     rate = check_mask_rate(rate)
-    if not 0 <= mask_id < vocab_size:
-        raise MaskingError(f"mask_id {mask_id} is outside the vocabulary [0, {vocab_size})")
-    is_special = _special_tensor(special_ids, vocab_size)
-    if not bool(is_special[mask_id]):
-        is_special[mask_id] = True   # a token that is already <mask> is never a target
-    allowed = (~is_special).nonzero().flatten()
-    if allowed.numel() == 0:
-        raise MaskingError("every vocabulary id is special; nothing can be masked or drawn")
-    ids = input_ids.long()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    is_special, allowed = special_table(special_ids, vocab_size, mask_id)
+    ids = input_ids.detach().cpu().long().numpy()
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise MaskingError(f"input ids span [{int(ids.min())}, {int(ids.max())}] outside the vocabulary "
                            f"[0, {vocab_size}); check the tokenizer/model vocab_size")
-    out, labels = apply_mask(ids, rate, is_special, allowed, mask_id, generator)
-    return out.to(input_ids.dtype), labels
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+    out, labels = apply_mask(ids, rate, is_special, allowed, mask_id, np.random.default_rng(seed))
+    return (torch.from_numpy(out).to(device=input_ids.device, dtype=input_ids.dtype),
+            torch.from_numpy(labels).to(input_ids.device))
 
 
-def apply_mask(ids: torch.Tensor, rate: float, is_special: torch.Tensor, allowed: torch.Tensor,
-               mask_id: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The core of `mask_tokens` with the special-id tables precomputed (the loader calls it per row):
-    `is_special` bool [vocab], `allowed` = the non-special ids. `ids` int64, already range-checked."""
-    u_select = torch.rand(ids.shape, generator=generator)
-    u_kind = torch.rand(ids.shape, generator=generator)
+def apply_mask(ids: np.ndarray, rate: float, is_special: np.ndarray, allowed: np.ndarray, mask_id: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The masking core (the loader calls it per row): int64 `ids` (range-checked) → (inputs, labels).
+    Draws three uniform arrays of ids' shape (select, kind, replacement), so the outcome for a seed does
+    not depend on which tokens are special."""
+    u = rng.random((3,) + ids.shape)
+    selected = (u[0] < rate) & ~is_special[ids]
+    labels = np.where(selected, ids, IGNORE_INDEX)
     # uniform over the allowed ids: floor(u * len) with a float64 u has no visible bias for any vocab
-    u_repl = torch.rand(ids.shape, generator=generator, dtype=torch.float64)
-    selected = (u_select < rate) & ~is_special[ids]
-    labels = torch.where(selected, ids, IGNORE_INDEX)
-    random_ids = allowed[(u_repl * allowed.numel()).long().clamp_(max=allowed.numel() - 1)]
-    out = torch.where(selected & (u_kind < 0.8), mask_id, ids)
-    out = torch.where(selected & (u_kind >= 0.8) & (u_kind < 0.9), random_ids, out)
+    random_ids = allowed[np.minimum((u[2] * allowed.size).astype(np.int64), allowed.size - 1)]
+    out = np.where(selected & (u[1] < 0.8), mask_id, ids)
+    out = np.where(selected & (u[1] >= 0.8) & (u[1] < 0.9), random_ids, out)
     return out, labels
