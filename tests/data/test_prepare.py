@@ -1,0 +1,111 @@
+"""Tiny corpus → tokenizer trained in the test → shards → the shards decode back to the original text;
+index counts exact; held-out split fixed; bad input counted; no half-written shards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mmbert.corpus.byo import open_corpus
+from mmbert.data.prepare import heldout_indices, prepare_shards
+from mmbert.data.shards import ShardIndex, open_shard
+from mmbert.tokenizer import load_tokenizer, train_tokenizer_from_texts
+
+DOCS = {
+    "deu_Latn": [f"Dokument {i}: Alle Menschen sind frei und gleich an Würde und Rechten geboren." for i in range(23)],
+    "rus_Cyrl": [f"Документ {i}. Все люди рождаются свободными и равными." for i in range(7)],
+    "tha_Thai": ["มนุษย์ทั้งหลายเกิดมามีอิสระ"],
+    "jpn_Jpan": ["すべての人間は、生まれながらにして自由である。\n二行目。", "  先頭の空白と 😀 絵文字  "],
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep")
+    corpus = root / "corpus"
+    for lang, docs in DOCS.items():
+        (corpus / lang).mkdir(parents=True)
+        (corpus / lang / "a.jsonl").write_text(
+            "".join(json.dumps({"text": d, "source": "test"}, ensure_ascii=False) + "\n" for d in docs),
+            encoding="utf-8")
+    (corpus / "deu_Latn" / "broken.txt").write_bytes(b"\xff\xfe kaputt")
+    (corpus / "zzz_Latn").mkdir()                   # unknown ISO 639-3 code
+    (corpus / "spa_Latn").mkdir()                   # a language folder with nothing usable
+    (corpus / "spa_Latn" / "a.jsonl").write_text('{"no_text": 1}\n')
+    tok = train_tokenizer_from_texts([d for docs in DOCS.values() for d in docs] * 5, 512)
+    tok.save(root / "tok")
+    return root, corpus
+
+
+def test_heldout_indices():
+    assert heldout_indices(1) == []
+    assert heldout_indices(2, 0.01) == [1]
+    assert heldout_indices(1000, 0.01) == list(range(50, 1000, 100))
+    assert len(heldout_indices(10**6, 0.01, max_heldout_docs=200)) == 200
+    assert heldout_indices(23, 0.1) == [3, 11, 19]
+
+
+def _check(root, corpus, out):
+    tok = load_tokenizer(root / "tok")
+    index = ShardIndex.load(out)
+    assert index.languages == sorted(DOCS) and index.vocab_size == 512 and index.dtype == np.uint16
+    for lang, docs in DOCS.items():
+        held = set(heldout_indices(len(docs), 0.1))
+        want = {"train": [d for i, d in enumerate(docs) if i not in held],
+                "heldout": [d for i, d in enumerate(docs) if i in held]}
+        for split, texts in want.items():
+            if not texts:
+                assert not index.has(lang, split)
+                continue
+            shard = open_shard(out, lang, split)
+            assert [tok.decode(shard[i]) for i in range(len(shard))] == texts
+            ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+            assert index.docs(lang, split) == len(texts) == len(shard)
+            assert index.tokens(lang, split) == sum(map(len, ids)) == shard.num_tokens
+            assert all(tok.bos_id not in shard[i] and tok.eos_id not in shard[i] for i in range(len(shard)))
+
+
+def test_round_trip_and_exact_counts(setup, tmp_path):
+    root, corpus = setup
+    out = tmp_path / "shards"
+    res = prepare_shards(corpus, root / "tok", out, workers=1, heldout_fraction=0.1, progress=False)
+    _check(root, corpus, out)
+    assert res["skipped"] == {"invalid-utf8": 1, "unknown-language-folder": 1, "bad-jsonl-line": 1,
+                              "empty-file": 1, "empty-language": 1}
+    # Deterministic: a second run gives identical files.
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tokens")}
+    prepare_shards(corpus, root / "tok", out, workers=1, heldout_fraction=0.1, progress=False)
+    assert first == {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tokens")}
+
+
+@pytest.mark.dist
+def test_two_workers_same_result(setup, tmp_path):
+    root, corpus = setup
+    prepare_shards(corpus, root / "tok", tmp_path / "a", workers=1, heldout_fraction=0.1, progress=False)
+    prepare_shards(corpus, root / "tok", tmp_path / "b", workers=2, heldout_fraction=0.1, progress=False)
+    _check(root, corpus, tmp_path / "b")
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.*s")}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.*s")}
+    assert a == b and len(a) > 0
+
+
+def test_crash_leaves_no_half_written_shard(setup, tmp_path, monkeypatch):
+    root, corpus = setup
+    out = tmp_path / "shards"
+    import mmbert.tokenizer as T
+
+    def boom(self, texts, add_special_tokens=True):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(T.Tokenizer, "encode_batch", boom)
+    with pytest.raises(RuntimeError):
+        prepare_shards(corpus, root / "tok", out, workers=1, progress=False)
+    assert not list(out.rglob("*.tokens")) and not list(out.rglob("*.offsets"))
+    assert not (out / "index.json").exists()
+
+
+def test_unknown_language_and_missing_tokenizer(setup, tmp_path):
+    root, corpus = setup
+    with pytest.raises(KeyError, match="not in corpus"):
+        prepare_shards(corpus, root / "tok", tmp_path / "s", languages=["fra_Latn"], progress=False)
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        prepare_shards(corpus, tmp_path / "nope", tmp_path / "s", progress=False)
