@@ -130,6 +130,38 @@ def _add_init_from(sub):
     p.set_defaults(func=run)
 
 
+@command
+def _add_sampling_plan(sub):
+    p = sub.add_parser("sampling-plan", help="per-phase language sampling tables (p ∝ n^τ, expected "
+                                             "epochs) and a plot of the distributions",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p, "out")
+    p.add_argument("--shards", required=True, help="token shard folder (index.json)")
+    p.add_argument("--phase", nargs="+", action="append", metavar="ARG",
+                   help="NAME LANGUAGES TAU [BUDGET_TOKENS]; LANGUAGES = all | top:K | min:X | a,b,c "
+                        "(repeat per phase; default: mmBERT's pretrain top:60 0.7, mid top:110 0.5, decay all 0.3)")
+    p.add_argument("--epoch-cap", type=float, default=None, help="cap on expected epochs per language "
+                                                                  "(needs a budget; excess redistributed)")
+
+    def run(args):
+        from mmbert.data.sampling import plan_phase, report_plans
+        from mmbert.data.shards import ShardIndex
+
+        index = ShardIndex.load(args.shards)
+        counts = {l: index.tokens(l) if index.has(l) else 0 for l in index.languages}
+        phases = args.phase or [["pretrain", "top:60", "0.7"], ["mid", "top:110", "0.5"], ["decay", "all", "0.3"]]
+        plans = []
+        for ph in phases:
+            if len(ph) not in (3, 4):
+                raise ValueError(f"--phase takes NAME LANGUAGES TAU [BUDGET], got {' '.join(ph)!r}")
+            langs = ph[1] if ph[1] == "all" or ":" in ph[1] else ph[1].split(",")
+            plans.append(plan_phase(counts, langs, float(ph[2]), budget=float(ph[3]) if len(ph) == 4 else None,
+                                    epoch_cap=args.epoch_cap, name=ph[0]))
+        paths = report_plans(plans, args.out)
+        print(f"wrote {len(paths)} files to {args.out}")
+
+    p.set_defaults(func=run)
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

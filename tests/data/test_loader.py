@@ -259,3 +259,20 @@ def test_two_rank_gloo_union_and_resume(shards, tmp_path):
         for k in ("input_ids", "labels", "position_ids", "doc_lang"):
             assert torch.equal(torch.cat([got["gathered"][r][i][k] for r in range(2)]), whole[k])
     assert json.loads(got["state"]) == single.state_dict()
+
+
+def test_prefetcher_same_batches_and_exact_state(shards):
+    from mmbert.data.loader import Prefetcher
+
+    plain = MLMLoader(shards, **KW)
+    expect = [plain.next_batch() for _ in range(7)]
+    stream = Prefetcher(MLMLoader(shards, **KW), depth=3)
+    got = [next(stream) for _ in range(4)]
+    state = stream.state_dict()
+    loader = stream.close()                       # rewound to just after batch 4, though more were made
+    assert loader.state_dict() == state
+    got += [loader.next_batch() for _ in range(3)]
+    for x, y in zip(expect, got):
+        _eq(x, y)
+    with pytest.raises(LoaderError, match="closed"):
+        next(stream)

@@ -140,3 +140,21 @@ def test_reproduces_mmbert_pretraining_shares():
     # and not by accident: τ = 0.5 (the wrong temperature) misses clearly
     wrong = plan_phase({k: mid[k] ** 2 for k in pre}, "all", 0.5).as_dict()
     assert 0.5 * sum(abs(wrong[k] - target[k]) for k in pre) > 3 * tv
+
+
+def test_sampling_plan_cli(tmp_path, capsys):
+    from mmbert.cli import main
+    from mmbert.data.shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path / "sh", {"eng_Latn": (40, 50), "deu_Latn": (20, 50), "tir_Ethi": (3, 20)},
+                           vocab_size=100)
+    rc = main(["sampling-plan", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "plans"),
+               "--phase", "pre", "top:2", "0.7", "1e4", "--phase", "decay", "all", "0.3", "1e4"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "### pre: τ = 0.7, 2 languages" in out and "| tir_Ethi |" in out
+    assert {p.name for p in (tmp_path / "plans").iterdir()} == {
+        "sampling.png", "sampling_0_pre.md", "sampling_0_pre.json", "sampling_1_decay.md", "sampling_1_decay.json"}
+    assert main(["sampling-plan", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "p2"),
+                 "--phase", "x", "xxx_Latn", "0.5"]) != 0
+    assert "have no shard" in capsys.readouterr().err

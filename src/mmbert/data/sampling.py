@@ -256,3 +256,17 @@ def plot_plans(plans: Sequence[SamplingPlan], path: str | os.PathLike, max_langu
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def report_plans(plans: Sequence[SamplingPlan], out_dir: str | os.PathLike, *, print_fn=print,
+                 max_rows: int | None = 40) -> list[Path]:
+    """Print every phase's table (at most `max_rows` rows on screen; the files hold all) and save
+    `<out_dir>/sampling_<i>_<name>.md/.json` per phase plus `<out_dir>/sampling.png` (all phases)."""
+    out = Path(out_dir)
+    paths: list[Path] = []
+    for i, pl in enumerate(plans):
+        print_fn(pl.table(max_rows=max_rows))
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", pl.name).strip("-") or "phase"
+        paths += pl.save(out / f"sampling_{i}_{stem}")
+    paths.append(plot_plans(plans, out / "sampling.png"))
+    return paths
