@@ -1,0 +1,16 @@
+"""Worker for test_dist.py, launched as `torchrun --nproc_per_node 2 tests/train/ddp_worker.py SHARDS OUT MICRO`:
+the same `train()` entry point as one process, here under DDP (gloo, CPU)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import tiny_config, tiny_recipe  # noqa: E402
+
+from mmbert.train.loop import train  # noqa: E402
+
+if __name__ == "__main__":
+    shards, out, micro = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    train(tiny_recipe(), tiny_config(), shards, out, phases=["pretrain"], micro_batch_tokens=micro,
+          progress=False, eval=False, plots=False)
