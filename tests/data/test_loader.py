@@ -276,3 +276,25 @@ def test_prefetcher_same_batches_and_exact_state(shards):
         _eq(x, y)
     with pytest.raises(LoaderError, match="closed"):
         next(stream)
+
+
+def test_special_ids_from_index(tmp_path):
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path, "eng_Latn", "train", "uint16") as w:
+        for _ in range(50):
+            w.add(rng.integers(0, 200, size=int(rng.integers(1, 40))))   # ids 0..4 are NOT special here
+    write_index(tmp_path, {"eng_Latn": {"train": w.counts}}, "uint16", 300,
+                {"bos_id": 201, "eos_id": 202, "pad_id": 203, "unk_id": 204, "mask_id": 205})
+    loader = MLMLoader(tmp_path, **{**KW, "special_ids": []})
+    assert (loader.bos_id, loader.eos_id, loader.pad_id, loader.mask_id) == (201, 202, 203, 205)
+    b = loader.next_batch(8)
+    cu = b["cu_seqlens"].tolist()
+    for a, e, l in zip(cu[:-1], cu[1:], b["doc_lang"].tolist()):
+        seg = torch.where(b["labels"][a:e] != -100, b["labels"][a:e], b["input_ids"][a:e])
+        if l == -1:
+            assert (seg == 203).all() and (b["labels"][a:e] == -100).all()
+        else:
+            assert seg[0] == 201 and seg[-1] == 202
+            assert b["labels"][a] == -100 and b["labels"][e - 1] == -100
+    masked = b["labels"] != -100
+    assert (b["labels"][masked] < 200).all() and (b["labels"][masked] < 5).any()   # 0..4 maskable now

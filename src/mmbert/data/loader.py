@@ -103,8 +103,9 @@ class MLMLoader:
       language_weights: extra factor w_ℓ on p_ℓ (renormalised), e.g. {"eng_Latn": 4.0}.
       token_budget, epoch_cap: planned tokens for the phase and an optional cap on epochs per language
         (excess redistributed, `mmbert.data.sampling.cap_epochs`); the budget also fills the plan table.
-      bos_id, eos_id, pad_id, mask_id, special_ids: token ids (defaults: mmBERT's 2, 1, 0, 4 and
-        {0..4} ∪ index.json's tokenizer.special_ids).  vocab_size: default from index.json.
+      bos_id, eos_id, pad_id, mask_id: default to index.json's tokenizer info (`*_id` keys), else
+        mmBERT's 2, 1, 0, 4.  special_ids: never masked; default {0..4} ∪ those ids ∪ unk_id ∪
+        tokenizer.special_ids.  vocab_size: default from index.json.
       buffer_size: packer buffer in chunks (bigger = fuller rows, more memory).  min_tail: chunk tail
         rule (`mmbert.data.packing.chunk_spans`).
     """
@@ -113,8 +114,9 @@ class MLMLoader:
                  tau: float = 0.7, mask_rate: float = 0.3, seq_len: int = 1024, rows_per_batch: int = 8,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  language_weights: Mapping[str, float] | None = None, token_budget: float | None = None,
-                 epoch_cap: float | None = None, bos_id: int = 2, eos_id: int = 1, pad_id: int = 0,
-                 mask_id: int = 4, special_ids: Sequence[int] | None = None, vocab_size: int | None = None,
+                 epoch_cap: float | None = None, bos_id: int | None = None, eos_id: int | None = None,
+                 pad_id: int | None = None, mask_id: int | None = None,
+                 special_ids: Sequence[int] | None = None, vocab_size: int | None = None,
                  buffer_size: int = 4096, min_tail: int | None = None):
         self.index = ShardIndex.load(shards)
         self.root = self.index.root
@@ -126,11 +128,17 @@ class MLMLoader:
         if not 0 <= self.rank < self.world_size:
             raise LoaderError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.seed = int(seed)
-        self.bos_id, self.eos_id, self.pad_id, self.mask_id = int(bos_id), int(eos_id), int(pad_id), int(mask_id)
+        tok = self.index.tokenizer if isinstance(self.index.tokenizer, dict) else {}
+        pick = lambda given, key, default: int(given if given is not None else (  # noqa: E731
+            tok[key] if isinstance(tok.get(key), int) else default))
+        self.bos_id, self.eos_id = pick(bos_id, "bos_id", 2), pick(eos_id, "eos_id", 1)
+        self.pad_id, self.mask_id = pick(pad_id, "pad_id", 0), pick(mask_id, "mask_id", 4)
         self.vocab_size = int(vocab_size or self.index.vocab_size)
-        extra = self.index.tokenizer.get("special_ids", []) if isinstance(self.index.tokenizer, dict) else []
-        specials = set(DEFAULT_SPECIAL_IDS if special_ids is None else special_ids) | {int(x) for x in extra}
+        specials = set(DEFAULT_SPECIAL_IDS if special_ids is None else special_ids)
+        specials |= {int(x) for x in tok.get("special_ids", [])}
         specials |= {self.bos_id, self.eos_id, self.pad_id, self.mask_id}
+        if isinstance(tok.get("unk_id"), int):
+            specials.add(tok["unk_id"])
         if max(specials) >= self.vocab_size or min(specials) < 0:
             raise LoaderError(f"special ids {sorted(specials)} must lie in [0, vocab_size={self.vocab_size})")
         self._is_special, self._allowed = special_table(sorted(specials), self.vocab_size, self.mask_id)
