@@ -298,3 +298,21 @@ def test_special_ids_from_index(tmp_path):
             assert b["labels"][a] == -100 and b["labels"][e - 1] == -100
     masked = b["labels"] != -100
     assert (b["labels"][masked] < 200).all() and (b["labels"][masked] < 5).any()   # 0..4 maskable now
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([2, 4, 6]), min_size=0, max_size=4),
+       st.lists(st.sampled_from([2, 4]), min_size=1, max_size=3), st.integers(0, 3), st.sampled_from([16, 40, 64]))
+def test_resume_property(shards, before, after, seed, seq_len):
+    kw = {**KW, "seed": seed, "seq_len": seq_len, "buffer_size": 8}
+    ref = MLMLoader(shards, **kw)
+    for r in before:
+        ref.next_batch(r)
+    state = json.loads(json.dumps(ref.state_dict()))
+    fresh = MLMLoader(shards, **kw)
+    fresh.load_state_dict(state)
+    for r in after:
+        _eq(ref.next_batch(r), fresh.next_batch(r))

@@ -9,6 +9,8 @@
                  labels=batch["labels"]).loss
     state = loader.state_dict()     # JSON-able; MLMLoader(...same args...).load_state_dict(state)
     loader.set_phase(languages="top:110", tau=0.5, mask_rate=0.15, seq_len=8192)   # phase boundary
+    # batch-size warm-up: ask for the rows your schedule wants at this point of the run
+    batch = loader.next_batch(rows_for_tokens(batch_tokens_at(loader.tokens_seen), 8192, world_size))
 
 The stream (all deterministic functions of `seed`):
 1. Language draws. A phase's languages get p_ℓ ∝ w_ℓ·n_ℓ^τ (`mmbert.data.sampling`, optional epoch cap).
