@@ -117,6 +117,10 @@ def main() -> None:
     print(f"| packing efficiency (non-pad / all), {args.rows_1024:,} / {args.rows_8192:,} rows, "
           f"buffer {args.buffer_size} | {e1:.4%} | {e8:.4%} |")
     print(f"| packing alone (rows/s) | {r1:,.0f} | {r8:,.0f} |")
+    for b in (256, 1024):
+        s1, _ = efficiency(args.shards, 1024, args.rows_1024, b)
+        s8, _ = efficiency(args.shards, 8192, args.rows_8192, b)
+        print(f"| packing efficiency, buffer {b} (smaller buffer, for comparison) | {s1:.4%} | {s8:.4%} |")
     l1 = loader_throughput(args.shards, 1024, 16, 40)
     l8 = loader_throughput(args.shards, 8192, 2, 40)
     print(f"| loader throughput (tokens/s; 16 / 2 rows per batch) | {l1:,.0f} | {l8:,.0f} |")
