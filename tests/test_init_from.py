@@ -230,3 +230,22 @@ def test_init_from_directory_and_cli(tmp_path, capsys):
     assert cli_main(["init-from", "--model", str(tmp_path / "nope"), "--preset", "tiny",
                      "--out", str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shrunk_model_beats_random_init_after_equal_training():
+    """The acceptance experiment, scaled down: benchmarks/shrink_transfer.py holds the full run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shrink_transfer.py"
+    spec = importlib.util.spec_from_file_location("shrink_transfer", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, src_curve, rows = bench.run_experiment(source_steps=80, target_steps=24, hidden=32, layers=2,
+                                              batch=8, seq=32, log=lambda m: None)
+    assert src_curve[80] < src_curve[0] - 0.2  # the source learned something to transfer
+    final = {(name, init): curve[24] for name, _, init, curve in rows}
+    for name in {n for n, _ in final}:
+        for rule in ("magnitude", "strided"):
+            assert final[(name, f"shrink: {rule}")] < final[(name, "random")], (name, rule, final)
