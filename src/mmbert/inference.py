@@ -1,0 +1,327 @@
+"""Fast inference: `encode` (embeddings) and `fill_mask` on the unpadded, variable-length path.
+
+    import mmbert
+    from mmbert.inference import encode, fill_mask
+    model = mmbert.from_pretrained("path/to/model")          # ours or a transformers ModernBERT dir
+    vecs = encode(model, ["a sentence", "another one"])       # [2, hidden] float32, mean-pooled
+    fill_mask(model, ["Paris is the <mask> of France."], top_k=3)
+
+    mmbert embed --model DIR --input texts.txt --out vectors.npy
+    mmbert fill-mask --model DIR "Paris is the <mask> of France."
+
+How it is fast (benchmarks/efficiency.py measures each lever; results in benchmarks/results/):
+- inputs are sorted by length and cut into batches by a token budget, then run *packed*
+  (documents back to back with `cu_seqlens`): no FLOP is spent on padding, in the linear layers or
+  in attention (model/attention.py "varlen" on CPU, flash-attn's varlen kernel on CUDA);
+- bf16 weights where the hardware has fast bf16 matmuls (AMX on Xeon, any CUDA GPU) — detected at
+  run time; fp32 elsewhere, and always available with `dtype="fp32"` (the tested oracle path);
+- optional `torch.compile` of the MLP blocks (fuses GELU·gate; `compile=True`), applied from
+  outside on a private copy so the caller's model is never modified;
+- CPU threads capped at the cores this process may run on.
+Outputs come back in the caller's order, as float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+POOLINGS = ("mean", "first", "none")
+DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- hardware
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """True when bf16 matmuls run on AMX tiles (Sapphire Rapids and later). AVX512-BF16 alone only
+    speeds up dot products ~2× and loses on the elementwise ops, so it does not count."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return "amx_bf16" in flags.split() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" → bf16 on CUDA (with bf16 support) and on AMX CPUs, float32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: auto, fp32, bf16")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+
+
+def default_threads() -> int:
+    """torch's default (physical cores) capped at the cores this process is allowed to use."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        allowed = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), allowed))
+
+
+# ----------------------------------------------------------------------------- model preparation
+# A cast / compiled copy per (model, dtype, compile), rebuilt when the model's weights change
+# (parameter version counters move on every in-place update, e.g. an optimizer step).
+_PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _weights_version(model: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def prepare(model: nn.Module, dtype: torch.dtype, compile: bool = False) -> nn.Module:
+    """The model in eval mode and `dtype`, MLPs compiled when asked; the caller's model is returned
+    as is when nothing needs changing, otherwise a cached copy."""
+    param = next(model.parameters())
+    if param.dtype == dtype and not compile and not model.training:
+        return model
+    cache = _PREPARED.setdefault(model, {})
+    key, version = (dtype, compile), _weights_version(model)
+    hit = cache.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    prepared = copy.deepcopy(model).to(dtype).eval()
+    if compile:
+        for layer in _bare_encoder(prepared).layers:
+            layer.mlp.compile(dynamic=True)
+    cache[key] = (version, prepared)
+    return prepared
+
+
+def _bare_encoder(model: nn.Module) -> nn.Module:
+    """The Encoder inside any of our model classes (MaskedLM.model, …) or the model itself."""
+    enc = getattr(model, "model", model)
+    if not hasattr(enc, "layers") or not hasattr(enc, "embeddings"):
+        raise ValueError(f"{type(model).__name__} is not an mmbert model; load one with "
+                         f"mmbert.from_pretrained(path)")
+    return enc
+
+
+def _load(model: Any, head: str) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    import mmbert
+
+    return mmbert.from_pretrained(model, head=head)
+
+
+# ----------------------------------------------------------------------------- tokens and batches
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids with special tokens, from a `tokenizers.Tokenizer`, our tokenizer wrapper or a
+    transformers tokenizer."""
+    if tokenizer is None:
+        raise ValueError("texts need a tokenizer: pass tokenizer=…, load a model directory that has "
+                         "tokenizer files, or pass token-id lists instead of strings")
+    if hasattr(tokenizer, "encode_batch"):
+        out = tokenizer.encode_batch(list(texts))
+        return [list(e.ids) if hasattr(e, "ids") else list(e) for e in out]
+    if callable(tokenizer):  # transformers
+        return [list(x) for x in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    raise ValueError(f"unsupported tokenizer type {type(tokenizer).__name__}; use a tokenizers.Tokenizer "
+                     f"or a transformers tokenizer")
+
+
+def _as_token_lists(inputs, tokenizer) -> list[list[int]]:
+    if isinstance(inputs, (str, torch.Tensor)) and not (isinstance(inputs, torch.Tensor) and inputs.dim() == 2):
+        raise ValueError("encode takes a list of texts or of token-id lists, not a single "
+                         f"{type(inputs).__name__}; wrap it in a list")
+    items = list(inputs)
+    if not items:
+        return []
+    if all(isinstance(x, str) for x in items):
+        return tokenize(tokenizer, items)
+    if any(isinstance(x, str) for x in items):
+        raise ValueError("inputs mix texts and token-id lists; pass one kind")
+    return [x.tolist() if isinstance(x, torch.Tensor) else [int(t) for t in x] for x in items]
+
+
+def _truncate(ids: list[list[int]], max_length: int, truncate: str, sep_id: int | None) -> list[list[int]]:
+    if truncate not in ("warn", "error"):
+        raise ValueError(f"truncate must be 'warn' or 'error', got {truncate!r}")
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if not long:
+        return ids
+    if truncate == "error":
+        i = long[0]
+        raise ValueError(f"input {i} has {len(ids[i])} tokens, more than max_length={max_length} "
+                         f"({len(long)} inputs are too long); shorten them, raise max_length (≤ the model's "
+                         f"max_position_embeddings) or pass truncate='warn'")
+    warnings.warn(f"{len(long)} input(s) longer than max_length={max_length} tokens were truncated "
+                  f"(the first is input {long[0]} with {len(ids[long[0]])} tokens)", stacklevel=3)
+    out = list(ids)
+    for i in long:  # keep the closing separator, as tokenizers' own truncation does
+        x = ids[i]
+        out[i] = x[:max_length - 1] + [x[-1]] if sep_id is not None and x[-1] == sep_id else x[:max_length]
+    return out
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length (longest first) and cut greedily so each batch holds at most
+    `batch_tokens` tokens (a longer single input gets a batch of its own). Similar lengths share a
+    batch, which keeps the attention buckets tight."""
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be ≥ 1, got {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur, used = [], [], 0
+    for i in order:
+        if cur and used + lengths[i] > batch_tokens:
+            batches.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += lengths[i]
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@dataclass
+class _Packed:
+    input_ids: torch.Tensor  # [N]
+    cu_seqlens: torch.Tensor  # [D+1] int32
+    max_seqlen: int
+
+
+def pack(seqs: Sequence[Sequence[int]], device: torch.device) -> _Packed:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
+    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return _Packed(flat.to(device), cu.to(device), int(lengths.max()))
+
+
+class _threads:
+    """Set torch's intra-op threads for a block and restore them after."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None and self.n != self.old:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.old:
+            torch.set_num_threads(self.old)
+
+
+# ----------------------------------------------------------------------------- public API
+@torch.inference_mode()
+def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, *,
+           pooling: str = "mean", batch_tokens: int = 16384, max_length: int | None = None,
+           truncate: str = "warn", dtype: str | torch.dtype = "auto", compile: bool = False,
+           threads: int | None = None, progress: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    """Hidden states for texts or token-id lists, in the input order.
+
+    pooling "mean" (over each input's tokens) or "first" (the CLS token) → float32 tensor
+    [n, hidden]; "none" → a list of [len_i, hidden] float32 tensors. Inputs longer than
+    `max_length` (default: the model's max_position_embeddings) are cut with a warning, or raise a
+    ValueError with `truncate="error"`. `dtype` "auto" uses bf16 where it is fast (see module
+    docstring), "fp32" is exact. Any of our model classes works (their encoder is used).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    model = _load(model, head="none")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    config = model.config
+    ids = _as_token_lists(inputs, tokenizer)
+    hidden_size = config.hidden_size
+    if not ids:
+        return [] if pooling == "none" else torch.empty(0, hidden_size)
+    if any(len(x) == 0 for x in ids):
+        i = next(i for i, x in enumerate(ids) if len(x) == 0)
+        raise ValueError(f"input {i} has no tokens; drop empty inputs before encoding")
+    max_length = max_length or config.max_position_embeddings
+    ids = _truncate(ids, max_length, truncate, config.sep_token_id)
+
+    encoder = _bare_encoder(model)
+    device = next(encoder.parameters()).device
+    encoder = prepare(encoder, resolve_dtype(dtype, device), compile)
+    results: list[torch.Tensor | None] = [None] * len(ids)
+    batches = plan_batches([len(x) for x in ids], batch_tokens)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="encode", unit="batch")
+    with _threads(threads if threads is not None else (default_threads() if device.type == "cpu" else None)):
+        for batch in batches:
+            p = pack([ids[i] for i in batch], device)
+            hidden = encoder(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state
+            for j, i in enumerate(batch):
+                h = hidden[int(p.cu_seqlens[j]):int(p.cu_seqlens[j + 1])]
+                if pooling == "mean":
+                    h = h.float().mean(0)
+                elif pooling == "first":
+                    h = h[0]
+                results[i] = h.float().cpu()
+    return results if pooling == "none" else torch.stack(results)
+
+
+@torch.inference_mode()
+def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = None, top_k: int = 5, *,
+              batch_tokens: int = 16384, max_length: int | None = None, truncate: str = "warn",
+              dtype: str | torch.dtype = "auto", threads: int | None = None) -> list[list[list[dict]]]:
+    """Top-k predictions for every mask token: result[text][mask_position] = [{"token", "token_id",
+    "score"}, …] sorted by score (softmax probability). The model needs its MLM head."""
+    model = _load(model, head="mlm")
+    if getattr(model, "head_type", None) != "mlm":
+        raise ValueError(f"fill_mask needs a masked-LM model, got head {getattr(model, 'head_type', '?')!r}; "
+                         f"load it with mmbert.from_pretrained(path, head='mlm')")
+    if top_k < 1:
+        raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if isinstance(texts, str):
+        texts = [texts]
+    ids = _as_token_lists(texts, tokenizer)
+    if not ids:
+        return []
+    config = model.config
+    mask_id = config.mask_token_id
+    for i, x in enumerate(ids):
+        if mask_id not in x:
+            raise ValueError(f"text {i} has no mask token (id {mask_id}, {_token_str(tokenizer, mask_id)!r}); "
+                             f"put one where the prediction should go")
+    ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, config.sep_token_id)
+    device = next(model.parameters()).device
+    model = prepare(model, resolve_dtype(dtype, device))
+    encoder = _bare_encoder(model)
+    top_k = min(top_k, config.vocab_size)
+    results: list[list[list[dict]]] = [[] for _ in ids]
+    with _threads(threads if threads is not None else (default_threads() if device.type == "cpu" else None)):
+        for batch in plan_batches([len(x) for x in ids], batch_tokens):
+            p = pack([ids[i] for i in batch], device)
+            hidden = encoder(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state
+            where = (p.input_ids == mask_id).nonzero().squeeze(1)  # decode only the masked positions
+            probs = model.decoder(model.head(hidden[where])).float().softmax(-1)
+            scores, top = probs.topk(top_k, dim=-1)
+            doc = torch.searchsorted(p.cu_seqlens.long(), where, right=True) - 1
+            for d, s_row, t_row in zip(doc.tolist(), scores.tolist(), top.tolist()):
+                results[batch[d]].append([{"token": _token_str(tokenizer, t), "token_id": t, "score": s}
+                                          for s, t in zip(s_row, t_row)])
+    return results
+
+
+def _token_str(tokenizer: Any, token_id: int) -> str | None:
+    if tokenizer is None:
+        return None
+    tokenizer = getattr(tokenizer, "hf", tokenizer)  # our wrapper holds a tokenizers.Tokenizer
+    if hasattr(tokenizer, "id_to_token"):
+        return tokenizer.id_to_token(token_id)
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return tokenizer.convert_ids_to_tokens(token_id)
+    return tokenizer.decode([token_id])

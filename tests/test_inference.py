@@ -1,0 +1,175 @@
+"""mmbert.inference: packed, length-sorted encode/fill_mask against the padded eager reference."""
+
+import random
+import warnings
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from mmbert import EncoderConfig
+from mmbert.inference import encode, fill_mask, plan_batches, prepare
+from mmbert.model import build_model
+
+# local window 16 → |i−j| ≤ 8, so lengths 40 and 70 exercise the band; 3 layers: global, local, local
+CFG = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                num_attention_heads=2, local_attention=16, max_position_embeddings=128)
+LENGTHS = [40, 1, 7, 70, 16, 3, 33, 9, 17, 64]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(CFG, head="mlm").eval()
+
+
+def _docs(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(5, CFG.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def _reference(model, docs):
+    """Padded batch through the eager backend (the oracle), per-document hidden states."""
+    T = max(len(d) for d in docs)
+    ids = torch.zeros(len(docs), T, dtype=torch.long)
+    mask = torch.zeros(len(docs), T, dtype=torch.long)
+    for i, d in enumerate(docs):
+        ids[i, :len(d)] = torch.tensor(d)
+        mask[i, :len(d)] = 1
+    with torch.no_grad():
+        h = model.model(ids, mask, backend="eager").last_hidden_state
+    return [h[i, :len(d)] for i, d in enumerate(docs)]
+
+
+@pytest.mark.parametrize("order_seed", [0, 1])
+def test_encode_equals_padded_eager_reference(model, order_seed):
+    lengths = LENGTHS[:]
+    random.Random(order_seed).shuffle(lengths)
+    docs = _docs(lengths, order_seed)
+    ref = _reference(model, docs)
+    # a small token budget forces several batches, so sorting and un-sorting both matter
+    out = encode(model, docs, pooling="none", dtype="fp32", batch_tokens=64)
+    assert len(out) == len(docs)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+    mean = encode(model, docs, pooling="mean", dtype="fp32", batch_tokens=100)
+    first = encode(model, docs, pooling="first", dtype="fp32")
+    torch.testing.assert_close(mean, torch.stack([r.mean(0) for r in ref]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first, torch.stack([r[0] for r in ref]), atol=1e-5, rtol=1e-5)
+
+
+def test_any_model_class_and_tensor_inputs(model):
+    docs = _docs([5, 12])
+    enc_only = build_model(CFG, head="none").eval()
+    enc_only.load_state_dict(model.model.state_dict())
+    a = encode(model, docs, dtype="fp32")
+    b = encode(enc_only, [torch.tensor(d) for d in docs], dtype="fp32")
+    torch.testing.assert_close(a, b)
+
+
+def test_empty_input_gives_empty_output(model):
+    assert encode(model, [], dtype="fp32", pooling="none") == []
+    out = encode(model, [], dtype="fp32")
+    assert out.shape == (0, CFG.hidden_size)
+
+
+def test_overlong_input_is_truncated_with_warning_or_rejected(model):
+    docs = _docs([20, 150, 9])  # 150 > max_position_embeddings = 128
+    with pytest.warns(UserWarning, match="truncated"):
+        out = encode(model, docs, pooling="none", dtype="fp32")
+    assert out[1].shape[0] == 128
+    torch.testing.assert_close(out[1], _reference(model, [docs[1][:128]])[0], atol=1e-5, rtol=1e-5)
+    with pytest.warns(UserWarning):
+        short = encode(model, docs, pooling="none", dtype="fp32", max_length=10)
+    assert [o.shape[0] for o in short] == [10, 10, 9]
+    with pytest.raises(ValueError, match="input 1 has 150 tokens.*max_length=128"):
+        encode(model, docs, dtype="fp32", truncate="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to truncate: no warning
+        encode(model, docs[:1], dtype="fp32")
+
+
+def test_truncation_keeps_the_closing_separator(model):
+    doc = [CFG.cls_token_id] + _docs([200])[0] + [CFG.sep_token_id]
+    with pytest.warns(UserWarning):
+        out = encode(model, [doc], pooling="none", dtype="fp32", max_length=30)
+    ref = _reference(model, [doc[:29] + [CFG.sep_token_id]])[0]
+    torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_arguments_have_clear_errors(model):
+    with pytest.raises(ValueError, match="pooling"):
+        encode(model, [[5]], pooling="max")
+    with pytest.raises(ValueError, match="tokenizer"):
+        encode(model, ["text without a tokenizer"])
+    with pytest.raises(ValueError, match="no tokens"):
+        encode(model, [[5], []])
+    with pytest.raises(ValueError, match="dtype"):
+        encode(model, [[5]], dtype="fp8")
+    with pytest.raises(ValueError, match="list"):
+        encode(model, "a single string")
+
+
+def test_bf16_is_close_and_leaves_the_callers_model_alone(model):
+    docs = _docs([30, 5, 70])
+    ref = encode(model, docs, dtype="fp32")
+    out = encode(model, docs, dtype="bf16")
+    assert next(model.parameters()).dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99
+
+
+def test_prepared_copy_follows_weight_updates(model):
+    m = build_model(CFG, head="none").eval()
+    a = prepare(m, torch.bfloat16)
+    assert prepare(m, torch.bfloat16) is a  # cached
+    with torch.no_grad():
+        m.final_norm.weight.mul_(2.0)
+    b = prepare(m, torch.bfloat16)
+    assert b is not a
+    torch.testing.assert_close(b.final_norm.weight.float(), m.final_norm.weight)
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    lengths = [5, 300, 17, 64, 64, 1, 120]
+    batches = plan_batches(lengths, 128)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or sum(lengths[i] for i in b) <= 128
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+
+
+def _word_tokenizer():
+    vocab = {"[PAD]": 0, "[SEP]": 1, "[CLS]": 2, "[UNK]": 3, "[MASK]": 4}
+    for w in "the cat sat on a mat dog ran far away big small red".split():
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["[PAD]", "[SEP]", "[CLS]", "[UNK]", "[MASK]"])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                                  ("[SEP]", 1)])
+    return tok
+
+
+def test_texts_and_fill_mask_match_the_reference(model):
+    tok = _word_tokenizer()
+    texts = ["the cat sat on the [MASK]", "a [MASK] dog ran far [MASK]", "[MASK]"]
+    ids = [e.ids for e in tok.encode_batch(texts)]
+    torch.testing.assert_close(encode(model, texts, tok, dtype="fp32"), encode(model, ids, dtype="fp32"))
+
+    res = fill_mask(model, texts, tok, top_k=3, dtype="fp32")
+    assert [len(r) for r in res] == [1, 2, 1]  # one entry per mask token
+    for text_ids, per_text in zip(ids, res):
+        with torch.no_grad():
+            logits = model(torch.tensor([text_ids]), backend="eager").logits[0]
+        probs = logits.softmax(-1)
+        positions = [i for i, t in enumerate(text_ids) if t == CFG.mask_token_id]
+        for pos, cands in zip(positions, per_text):
+            top = probs[pos].topk(3)
+            assert [c["token_id"] for c in cands] == top.indices.tolist()
+            torch.testing.assert_close(torch.tensor([c["score"] for c in cands]), top.values, atol=1e-5, rtol=1e-5)
+            assert cands[0]["token"] == tok.id_to_token(cands[0]["token_id"])
+    with pytest.raises(ValueError, match="no mask token"):
+        fill_mask(model, ["the cat"], tok)
+    with pytest.raises(ValueError, match="masked-LM"):
+        fill_mask(build_model(CFG, head="none"), texts, tok)
