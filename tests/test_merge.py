@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import mmbert
 from mmbert import EncoderConfig
 from mmbert.cli import main as cli_main
 from mmbert.merge import (MergeError, ema_weights, linear_merge_tensors, merge, ties_merge_tensors,
@@ -185,6 +186,8 @@ def test_merged_dir_loads_in_transformers(tmp_path):
     ids = torch.tensor([[2, 7, 9, 11, 1]])
     with torch.no_grad():
         torch.testing.assert_close(m2(ids).logits, m(ids).logits)
+        ours = mmbert.from_pretrained(out).eval()  # and it is one of our model directories
+        torch.testing.assert_close(ours(ids).logits, m(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -20,8 +20,10 @@ Notable:
   tests/test_merge.py checks when mergekit is installed.
 - Linear: θ = Σ_i w_i θ_i / Σ_i w_i. EMA over a checkpoint series given oldest → newest:
   w ∝ α^k with k = 0 for the newest, so α → 0 returns the newest checkpoint and α = 1 the mean.
-- Memory ≈ two models: inputs are memory-mapped with `safetensors.safe_open` and read one tensor
-  name at a time; only the output model is held whole (safetensors writes one file at once).
+- Memory ≈ two models, not N: inputs are memory-mapped with `safetensors.safe_open` and read one
+  tensor name at a time; only the output model is held whole (safetensors writes one file at
+  once), plus, transiently, N float64 copies of the tensor being merged (the largest is the
+  embedding matrix). Arithmetic is in float64, outputs are cast back to the first model's dtype.
 - Tied decoder: our directories do not store `decoder.weight`; a transformers directory may store
   it as well as, or (older exports) instead of, the token embeddings. It is read once, under the
   embedding name, and the output stores only the embeddings (loaders re-tie).
