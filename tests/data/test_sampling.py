@@ -158,3 +158,14 @@ def test_sampling_plan_cli(tmp_path, capsys):
     assert main(["sampling-plan", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "p2"),
                  "--phase", "x", "xxx_Latn", "0.5"]) != 0
     assert "have no shard" in capsys.readouterr().err
+
+
+def test_language_weights():
+    # τ = 1 and w_deu = 10: weights (1000, 1000, 10, 1) / 2011
+    p = plan_phase(COUNTS, "all", 1.0, weights={"deu_Latn": 10}).as_dict()
+    assert p["eng_Latn"] == pytest.approx(1000 / 2011) and p["deu_Latn"] == pytest.approx(1000 / 2011)
+    assert p["tir_Ethi"] == pytest.approx(1 / 2011)
+    with pytest.raises(SamplingError, match="inactive"):
+        plan_phase(COUNTS, "top:2", 1.0, weights={"tir_Ethi": 2})
+    with pytest.raises(SamplingError, match="≤ 0"):
+        plan_phase(COUNTS, "all", 1.0, weights={"tir_Ethi": 0})

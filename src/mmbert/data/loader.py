@@ -184,23 +184,8 @@ class MLMLoader:
             raise PackingError(f"min_tail {self.min_tail} must be in [1, seq_len - 2 = {new['seq_len'] - 2}]")
         counts = {l: self.index.tokens(l) if self.index.has(l) else 0 for l in self.all_languages}
         spec = new["languages"] if isinstance(new["languages"], str) else list(new["languages"])
-        plan = plan_phase(counts, spec, new["tau"], budget=new["budget"], epoch_cap=None, name=f"phase {self.phase_index + 1}")
-        bad_w = {k: v for k, v in new["weights"].items() if k not in plan.languages or not v > 0}
-        if bad_w:
-            raise SamplingError(f"language_weights {bad_w} name inactive languages or are ≤ 0; "
-                                f"active: {', '.join(plan.languages[:20])}")
-        if new["weights"]:
-            p = np.array(plan.probs) * np.array([new["weights"].get(l, 1.0) for l in plan.languages])
-            plan.probs = (p / p.sum()).tolist()
-        if new["epoch_cap"] is not None:
-            from mmbert.data.sampling import cap_epochs
-            if new["budget"] is None:
-                raise SamplingError("epoch_cap needs the phase's token_budget")
-            capped = cap_epochs(dict(zip(plan.languages, plan.tokens)), plan.as_dict(), new["budget"], new["epoch_cap"])
-            plan.probs = [capped[l] for l in plan.languages]
-            plan.epoch_cap = new["epoch_cap"]
-            plan.capped = [l for l, p, n in zip(plan.languages, plan.probs, plan.tokens)
-                           if p * new["budget"] >= new["epoch_cap"] * n * (1 - 1e-9)]
+        plan = plan_phase(counts, spec, new["tau"], budget=new["budget"], epoch_cap=new["epoch_cap"],
+                          name=f"phase {self.phase_index + 1}", weights=new["weights"])
         for l in plan.languages:                      # open (and validate) every shard up front
             if l not in self._shards:
                 self._shards[l] = open_shard(self.root, l, "train", index=self.index)

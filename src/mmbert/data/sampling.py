@@ -200,11 +200,20 @@ class SamplingPlan:
 
 def plan_phase(available: Mapping[str, int], languages: str | Sequence[str], tau: float,
                budget: float | None = None, epoch_cap: float | None = None,
-               name: str = "phase") -> SamplingPlan:
-    """Select the phase's languages, compute p ∝ n^τ, apply the optional epoch cap."""
+               name: str = "phase", weights: Mapping[str, float] | None = None) -> SamplingPlan:
+    """Select the phase's languages, compute p ∝ w·n^τ (`weights` w_ℓ default 1, e.g. {"eng_Latn": 4}
+    for an English-heavy mix), then apply the optional epoch cap."""
     langs = select_languages(available, languages)
     toks = {k: int(available[k]) for k in langs}
     probs = temperature_probs(toks, tau)
+    if weights:
+        bad = {k: v for k, v in weights.items() if k not in toks or not float(v) > 0}
+        if bad:
+            raise SamplingError(f"language_weights {bad} name inactive languages or are ≤ 0; "
+                                f"active: {', '.join(langs[:20])}{' …' if len(langs) > 20 else ''}")
+        w = {k: probs[k] * float(weights.get(k, 1.0)) for k in langs}
+        z = sum(w.values())
+        probs = {k: v / z for k, v in w.items()}
     capped: list[str] = []
     if epoch_cap is not None:
         if budget is None:
