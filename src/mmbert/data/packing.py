@@ -19,9 +19,10 @@ Packing (`BestFitPacker`). Streaming greedy best fit over a buffer of `buffer_si
 row starts with the oldest buffered chunk (bounded waiting: a chunk leaves within `buffer_size`
 rows of arriving), then takes, again and again, the longest buffered chunk that fits the space left
 (ties: the oldest), until none fits; the rest is padding. The larger the buffer, the more short
-chunks are around to fill holes (efficiency ≥ 99.5% at seq 1024 needs a few thousand; see
-benchmarks/data_stream.py). Deterministic; a chunk never crosses a row boundary, and documents
-cross rows only as separate chunks.
+chunks are around to fill holes: on web-like lognormal lengths at seq 1024, 99.70% of tokens are
+real with a 256-chunk buffer and 99.87% with the default 4096 (benchmarks/data_stream.py).
+Deterministic; a chunk never crosses a row boundary, and documents cross rows only as separate
+chunks.
 
 Row layout (`row_layout`). `cu_seqlens` (int32) starts at 0, has one boundary per chunk, and ends at
 seq_len: trailing padding, if any, is ITS OWN final segment (so a flash-attn varlen call sees every
