@@ -293,6 +293,32 @@ def _add_data(sub):
     d.set_defaults(func=run_prepare)
 
 
+@command
+def _add_eval(sub):
+    p = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="evaluate a checkpoint or any transformers encoder: per-language MLM, fine-tuned "
+                            "tasks (SIB-200, XNLI, PAWS-X, WikiANN, UD POS, SST-2, NusaX), zero-shot retrieval")
+    _common(p, "model", "out", "data-dir", "seed")
+    p.add_argument("--suite", choices=["quick", "full"], default="quick", help="task set (docs/eval.md)")
+    p.add_argument("--num-seeds", type=int, default=None,
+                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick, 3 for full)")
+    p.add_argument("--shards", default=None, help="token shards with a held-out split (per-language MLM task)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
+    p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+
+    def run(args):
+        from mmbert.eval.runner import run_suite
+
+        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" else 3)
+        res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
+                        seeds=range(args.seed, args.seed + k), shards_root=args.shards,
+                        tasks=args.tasks.split(",") if args.tasks else None, device=args.device)
+        print(f"{args.out}/results.md ({res['seconds']:.0f} s)")
+        return 1 if any("error" in r for r in res["tasks"].values()) else 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

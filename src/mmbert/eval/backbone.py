@@ -1,0 +1,246 @@
+"""One interface over every encoder the harness evaluates: ours or any transformers encoder directory.
+
+    from mmbert.eval.backbone import load_backbone
+    bb = load_backbone("out/ckpt")                 # ModernBERT-dialect dir (ours or HF) or BERT/XLM-R dir
+    ids = bb.tokenize(["Hello world"], max_len=128)
+    input_ids, mask = bb.pad(ids)
+    h = bb.encode(input_ids, mask)                 # [B, T, H] last hidden states
+
+ModernBERT-dialect directories (our checkpoints, our HF exports, transformers ModernBERT) load through
+`mmbert.from_pretrained(path, head="none")`; anything else through transformers' AutoModel (BertModel,
+XLMRobertaModel, ...). The tokenizer comes from the same directory. Special-token framing is taken
+from the tokenizer when it adds specials itself (BERT: [CLS] a [SEP] b [SEP], XLM-R: <s> a </s></s>
+b </s>); a bare tokenizer.json (ours) is framed as <cls> a <sep> b <sep> with the config's ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+class BackboneError(ValueError):
+    """The model directory cannot be evaluated as given; the message says what is missing."""
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Loading an encoder from an *ForMaskedLM checkpoint logs unused-weight notices: expected here."""
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+
+
+def _read_config(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {path} not found; pass --model a checkpoint or "
+                                f"transformers model directory")
+    if not cfg_path.is_file():
+        raise BackboneError(f"{path} has no config.json; pass a model directory written by "
+                            f"save_pretrained (ours or transformers)")
+    return json.loads(cfg_path.read_text())
+
+
+def load_tokenizer(path: str | os.PathLike, config: dict | None = None):
+    """The directory's tokenizer: AutoTokenizer, or a bare tokenizer.json wrapped as a fast tokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    config = config if config is not None else _read_config(path)
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - fall back to a bare tokenizer.json below
+        err = e
+    tj = path / "tokenizer.json"
+    if tj.is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tj))
+        # mmBERT / Gemma 2 convention for ids when the file does not name its specials
+        names = {}
+        for key, default in (("pad", 0), ("unk", 3), ("mask", 4), ("cls", 2), ("sep", 1)):
+            tid = config.get(f"{key}_token_id", default)
+            tokname = tok.id_to_token(tid) if tid is not None else None
+            if tokname is not None:
+                names[f"{key}_token"] = tokname
+        return PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+    raise BackboneError(f"{path} has no usable tokenizer ({type(err).__name__}: {err}); save the "
+                        f"tokenizer into the model directory (tokenizer.json)")
+
+
+@dataclass
+class Backbone:
+    """A bare encoder + its tokenizer, with the framing and padding the harness needs."""
+
+    model: nn.Module
+    tokenizer: Any
+    hidden_size: int
+    pad_id: int
+    prefix: list[int]  # special ids before a single text
+    suffix: list[int]  # special ids after a single text (and between / after a pair's texts)
+    native: bool  # True: the tokenizer frames pairs itself
+    name: str
+    _fingerprint: str = field(default="", repr=False)
+
+    # ------------------------------------------------------------------ model
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids + mask → [B, T, H] last hidden states."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if hasattr(out, "last_hidden_state"):
+            return out.last_hidden_state
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ text → ids
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                 max_len: int = 128) -> list[list[int]]:
+        """Texts (or text pairs) → framed id lists of at most max_len (pairs truncated longest-first)."""
+        texts = list(texts)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"tokenize: {len(texts)} texts but {len(pairs)} pairs")
+        if self.native:
+            enc = self.tokenizer(texts, list(pairs) if pairs is not None else None, truncation=True,
+                                 max_length=max_len)
+            return [list(x) for x in enc["input_ids"]]
+        a = self._raw(texts)
+        if pairs is None:
+            budget = max_len - len(self.prefix) - len(self.suffix)
+            return [self.prefix + x[:budget] + self.suffix for x in a]
+        b = self._raw(list(pairs))
+        budget = max_len - len(self.prefix) - 2 * len(self.suffix)
+        out = []
+        for x, y in zip(a, b):
+            x, y = list(x), list(y)
+            while len(x) + len(y) > budget:  # longest-first, like transformers
+                (x if len(x) >= len(y) else y).pop()
+            out.append(self.prefix + x + self.suffix + y + self.suffix)
+        return out
+
+    def _raw(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def tokenize_words(self, sentences: Sequence[Sequence[str]], *, max_len: int = 128
+                       ) -> tuple[list[list[int]], list[list[int]]]:
+        """Pre-split words → (framed ids, first-subword position of each word, -1 if truncated away).
+
+        Each distinct word is tokenized once on its own (SentencePiece-style tokenizers see it with
+        its word-start marker, as in running text).
+        """
+        vocab = sorted({w for s in sentences for w in s})
+        pieces = dict(zip(vocab, self._raw(vocab)))
+        unk = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
+        budget = max_len - len(self.prefix) - len(self.suffix)
+        all_ids, all_starts = [], []
+        for words in sentences:
+            ids, starts = list(self.prefix), []
+            for w in words:
+                p = pieces[w] or [unk]
+                if len(ids) - len(self.prefix) + len(p) > budget:
+                    starts.append(-1)
+                    continue
+                starts.append(len(ids))
+                ids.extend(p)
+            all_ids.append(ids + list(self.suffix))
+            all_starts.append(starts)
+        return all_ids, all_starts
+
+    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad id lists → (input_ids [B, T] long, attention_mask [B, T] long)."""
+        T = max(len(x) for x in batch)
+        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for i, x in enumerate(batch):
+            ids[i, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+            mask[i, :len(x)] = 1
+        return ids, mask
+
+    def fingerprint(self) -> str:
+        """Hash of the tokenizer + framing: the key of the tokenized-data cache."""
+        return self._fingerprint
+
+
+def _framing(tokenizer, cfg: dict) -> tuple[list[int], list[int], bool]:
+    probe = "a b"
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe)["input_ids"])
+    if len(full) > len(bare):
+        for i in range(len(full) - len(bare) + 1):
+            if full[i:i + len(bare)] == bare:
+                return full[:i], full[i + len(bare):], True
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    cls = cls if cls is not None else cfg.get("cls_token_id", cfg.get("bos_token_id", 2))
+    sep = sep if sep is not None else cfg.get("sep_token_id", cfg.get("eos_token_id", 1))
+    return [int(cls)], [int(sep)], False
+
+
+def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Backbone:
+    """Load a bare encoder + tokenizer from a model directory (see the module docstring)."""
+    path = Path(path)
+    cfg = _read_config(path)
+    tokenizer = load_tokenizer(path, cfg)
+    model = None
+    name = cfg.get("model_type", "?")
+    if cfg.get("model_type") == "modernbert":
+        try:
+            import mmbert
+
+            model = mmbert.from_pretrained(path, head="none")
+            name = "mmbert:" + name
+        except ModuleNotFoundError:  # our loader not installed in this tree: transformers reads it
+            model = None
+    if model is None:
+        from transformers import AutoModel
+
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(str(path))
+        name = "transformers:" + type(model).__name__
+    model = model.to(device).eval()
+    hidden = int(cfg.get("hidden_size") or cfg.get("d_model"))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.get("pad_token_id", 0)
+    prefix, suffix, native = _framing(tokenizer, cfg)
+    h = hashlib.sha1()
+    try:
+        h.update(tokenizer.backend_tokenizer.to_str().encode())
+    except AttributeError:  # slow tokenizer: its vocabulary identifies it
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([prefix, suffix, native, int(pad)]).encode())
+    return Backbone(model=model, tokenizer=tokenizer, hidden_size=hidden, pad_id=int(pad), prefix=prefix,
+                    suffix=suffix, native=native, name=name, _fingerprint=h.hexdigest()[:16])
+
+
+def load_mlm_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The directory's encoder WITH its MLM head (for per-language MLM evaluation)."""
+    path = Path(path)
+    cfg = _read_config(path)
+    if cfg.get("model_type") == "modernbert":
+        try:
+            import mmbert
+
+            return mmbert.from_pretrained(path, head="mlm").to(device).eval()
+        except ModuleNotFoundError:
+            pass
+    from transformers import AutoModelForMaskedLM
+
+    with _quiet_transformers():
+        return AutoModelForMaskedLM.from_pretrained(str(path)).to(device).eval()

@@ -1,0 +1,368 @@
+"""Evaluation data: one small reader per dataset folder of the eval data directory.
+
+The data directory (read-only, never copied into the repo) holds the folders described in its
+SOURCES.md: sib200/, xnli/, pawsx/, wikiann/, ud/, glue/sst2/, nusax/, tatoeba/, xquad/. It is found
+in this order: an explicit `data_dir`, the MMBERT_EVAL_DATA environment variable, then
+`../shared/data/eval` next to the repository.
+
+    from mmbert.eval import data
+    root = data.resolve_data_dir()                       # Path (may not exist: check data.available)
+    train = data.load_sib200(root, "eng_Latn", "train")  # list[Example]
+    sents = data.load_wikiann(root, "fr")                # list[TaggedSentence] (dev)
+
+Labels are mapped through FIXED label lists defined here (not "labels seen in this file"), so the id
+of a label is the same in every language and every split. An unknown label, a wrong column count or
+an unreadable line raises EvalDataError naming the file and the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+ENV_VAR = "MMBERT_EVAL_DATA"
+
+# Fixed label inventories: index = label id, identical across languages.
+SIB200_LABELS = ("entertainment", "geography", "health", "politics", "science/technology", "sports",
+                 "travel")
+XNLI_LABELS = ("entailment", "neutral", "contradiction")
+PAWSX_LABELS = ("0", "1")  # 1 = paraphrase
+SST2_LABELS = ("0", "1")  # 1 = positive
+NUSAX_LABELS = ("negative", "neutral", "positive")
+WIKIANN_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
+             "PUNCT", "SCONJ", "SYM", "VERB", "X")
+
+DATASETS = ("sib200", "xnli", "pawsx", "wikiann", "ud", "glue/sst2", "nusax", "tatoeba", "xquad")
+
+
+class EvalDataError(ValueError):
+    """A malformed line in an eval data file: the message names the file and the line number."""
+
+
+class EvalDataMissing(FileNotFoundError):
+    """The data directory or a dataset folder/file is absent; the message says how to point at it."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One classification example (text pair for NLI / paraphrase tasks)."""
+
+    text: str
+    label: int
+    text_pair: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """One sentence as words with one tag id per word (NER BIO tags or UPOS)."""
+
+    words: tuple[str, ...]
+    tags: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------- data directory
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Explicit argument > $MMBERT_EVAL_DATA > <repo>/../shared/data/eval. Does not check existence."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    repo = Path(__file__).resolve().parents[3]  # src/mmbert/eval/data.py -> repo root
+    return (repo / ".." / "shared" / "data" / "eval").resolve()
+
+
+def available(root: str | os.PathLike | None) -> dict[str, bool]:
+    """Which dataset folders exist under `root` (all False when root itself is absent)."""
+    root = Path(root) if root is not None else None
+    return {name: bool(root is not None and (root / name).is_dir()) for name in DATASETS}
+
+
+def require_dir(root: Path, name: str) -> Path:
+    d = Path(root) / name
+    if not d.is_dir():
+        raise EvalDataMissing(
+            f"eval dataset folder {d} not found; pass --data-dir (or set ${ENV_VAR}) to the folder "
+            f"holding SOURCES.md and {name}/")
+    return d
+
+
+# ----------------------------------------------------------------------------- low-level readers
+def _label_id(labels: tuple[str, ...], value: str, path: Path, lineno: int) -> int:
+    try:
+        return labels.index(value.strip())
+    except ValueError:
+        raise EvalDataError(f"{path}:{lineno}: unknown label {value.strip()!r}; expected one of "
+                            f"{', '.join(labels)} (fix or remove the line)") from None
+
+
+def _tsv_rows(path: Path, ncols: int, header: tuple[str, ...] | None = None
+              ) -> Iterator[tuple[int, list[str]]]:
+    """Yield (1-based line number, fields) of a tab-separated file with exactly `ncols` columns.
+
+    Plain split on tabs, no quote handling: these files contain literal quote characters.
+    """
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if lineno == 1 and header is not None:
+                if tuple(c.strip() for c in line.split("\t")) != header:
+                    raise EvalDataError(f"{path}:1: expected header {'<TAB>'.join(header)!r}, "
+                                        f"got {line[:80]!r}")
+                continue
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != ncols:
+                raise EvalDataError(f"{path}:{lineno}: expected {ncols} tab-separated columns, got "
+                                    f"{len(fields)}: {line[:80]!r}")
+            yield lineno, fields
+
+
+# ----------------------------------------------------------------------------- SIB-200
+def sib200_languages(root: Path) -> list[str]:
+    d = require_dir(root, "sib200")
+    return sorted(p.name for p in d.iterdir() if p.is_dir())
+
+
+def load_sib200(root: Path, lang: str, split: str = "test") -> list[Example]:
+    """sib200/<lang_Script>/<split>.tsv: header index_id, category, text. id = index_id (parallel)."""
+    path = require_dir(root, "sib200") / lang / f"{split}.tsv"
+    return [Example(text=f[2], label=_label_id(SIB200_LABELS, f[1], path, n), id=f[0].strip())
+            for n, f in _tsv_rows(path, 3, header=("index_id", "category", "text"))]
+
+
+# ----------------------------------------------------------------------------- XNLI, PAWS-X
+def _pair_langs(root: Path, name: str) -> list[str]:
+    d = require_dir(root, name)
+    return sorted(p.name[len("dev-"):-len(".tsv")] for p in d.glob("dev-*.tsv"))
+
+
+def xnli_languages(root: Path) -> list[str]:
+    return _pair_langs(root, "xnli")
+
+
+def pawsx_languages(root: Path) -> list[str]:
+    return _pair_langs(root, "pawsx")
+
+
+def load_xnli(root: Path, lang: str) -> list[Example]:
+    """xnli/dev-<ll>.tsv: headerless premise, hypothesis, label. Rows are parallel across languages."""
+    path = require_dir(root, "xnli") / f"dev-{lang}.tsv"
+    return [Example(text=f[0], text_pair=f[1], label=_label_id(XNLI_LABELS, f[2], path, n), id=str(i))
+            for i, (n, f) in enumerate(_tsv_rows(path, 3))]
+
+
+def load_pawsx(root: Path, lang: str) -> list[Example]:
+    """pawsx/dev-<ll>.tsv: headerless s1, s2, 0/1. Rows are parallel across languages."""
+    path = require_dir(root, "pawsx") / f"dev-{lang}.tsv"
+    return [Example(text=f[0], text_pair=f[1], label=_label_id(PAWSX_LABELS, f[2], path, n), id=str(i))
+            for i, (n, f) in enumerate(_tsv_rows(path, 3))]
+
+
+# ----------------------------------------------------------------------------- SST-2, NusaX
+def load_sst2(root: Path, split: str = "test") -> list[Example]:
+    """glue/sst2/<split>.tsv: header sentence, label (test = the labelled GLUE dev set)."""
+    path = require_dir(root, "glue/sst2") / f"{split}.tsv"
+    return [Example(text=f[0].strip(), label=_label_id(SST2_LABELS, f[1], path, n))
+            for n, f in _tsv_rows(path, 2, header=("sentence", "label"))]
+
+
+def nusax_languages(root: Path) -> list[str]:
+    d = require_dir(root, "nusax") / "sentiment"
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def load_nusax(root: Path, language: str, split: str = "test") -> list[Example]:
+    """nusax/sentiment/<language>/<split>.csv: CSV (quoted fields) with header id,text,label."""
+    path = require_dir(root, "nusax") / "sentiment" / language / f"{split}.csv"
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                n = reader.line_num
+                if n == 1 and [c.strip() for c in row] == ["id", "text", "label"]:
+                    continue
+                if n == 1:
+                    raise EvalDataError(f"{path}:1: expected header 'id,text,label', got {row!r}")
+                if not row:
+                    continue
+                if len(row) != 3:
+                    raise EvalDataError(f"{path}:{n}: expected 3 comma-separated fields (id,text,label), "
+                                        f"got {len(row)}")
+                out.append(Example(text=row[1], label=_label_id(NUSAX_LABELS, row[2], path, n), id=row[0]))
+        except csv.Error as e:
+            raise EvalDataError(f"{path}:{reader.line_num}: unreadable CSV line ({e})") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- WikiANN, UD
+def wikiann_languages(root: Path) -> list[str]:
+    return _pair_langs(root, "wikiann")
+
+
+def _read_tagged(path: Path, parse_line, tags: tuple[str, ...]) -> list[TaggedSentence]:
+    """Sentences separated by blank lines; `parse_line(fields)` → (word, tag) or None to skip."""
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
+    sents: list[TaggedSentence] = []
+    words: list[str] = []
+    ids: list[int] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if words:
+                    sents.append(TaggedSentence(tuple(words), tuple(ids)))
+                    words, ids = [], []
+                continue
+            parsed = parse_line(line, path, lineno)
+            if parsed is None:
+                continue
+            word, tag = parsed
+            words.append(word)
+            ids.append(_label_id(tags, tag, path, lineno))
+    if words:
+        sents.append(TaggedSentence(tuple(words), tuple(ids)))
+    return sents
+
+
+def _wikiann_line(line: str, path: Path, lineno: int):
+    fields = line.split("\t")
+    if len(fields) != 2:
+        raise EvalDataError(f"{path}:{lineno}: expected 'token<TAB>TAG', got {len(fields)} columns: "
+                            f"{line[:80]!r}")
+    return fields[0], fields[1]
+
+
+def load_wikiann(root: Path, lang: str, split: str = "dev") -> list[TaggedSentence]:
+    """wikiann/<split>-<ll>.tsv: token<TAB>BIO-tag per line, blank line between sentences."""
+    return _read_tagged(require_dir(root, "wikiann") / f"{split}-{lang}.tsv", _wikiann_line, WIKIANN_TAGS)
+
+
+def _conllu_line(line: str, path: Path, lineno: int):
+    if line.startswith("#"):
+        return None
+    fields = line.split("\t")
+    if len(fields) != 10:
+        raise EvalDataError(f"{path}:{lineno}: CoNLL-U lines have 10 tab-separated columns, got "
+                            f"{len(fields)}: {line[:80]!r}")
+    tok_id = fields[0]
+    if "-" in tok_id or "." in tok_id:  # multiword range (1-2) or empty node (1.1): not a word
+        return None
+    if not tok_id.isdigit():
+        raise EvalDataError(f"{path}:{lineno}: CoNLL-U ID column must be an integer, got {tok_id!r}")
+    return fields[1], fields[3]  # FORM, UPOS
+
+
+def load_conllu(path: str | os.PathLike) -> list[TaggedSentence]:
+    """A CoNLL-U file → sentences of (FORM, UPOS); skips comments, `1-2` ranges and `1.1` empty nodes."""
+    return _read_tagged(Path(path), _conllu_line, UPOS_TAGS)
+
+
+def ud_treebanks(root: Path) -> dict[str, dict[str, Path]]:
+    """{"UD_English-EWT": {"dev": path, "test": path}, ...} for every treebank folder present."""
+    d = require_dir(root, "ud")
+    out: dict[str, dict[str, Path]] = {}
+    for tb in sorted(p for p in d.iterdir() if p.is_dir()):
+        splits = {}
+        for f in sorted(tb.glob("*.conllu")):
+            split = f.stem.rsplit("-", 1)[-1]  # xx_yyy-ud-test -> test
+            splits[split] = f
+        if splits:
+            out[tb.name] = splits
+    return out
+
+
+# ----------------------------------------------------------------------------- Tatoeba, XQuAD
+def tatoeba_languages(root: Path) -> list[str]:
+    d = require_dir(root, "tatoeba")
+    langs = {p.name.split(".")[1].split("-")[0] for p in d.glob("tatoeba.*-eng.eng")}
+    return sorted(langs)
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
+    with open(path, encoding="utf-8", newline="") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def load_tatoeba(root: Path, lang: str) -> tuple[list[str], list[str]]:
+    """tatoeba/tatoeba.<xxx>-eng.{xxx,eng}: line-aligned (xxx sentences, English sentences)."""
+    d = require_dir(root, "tatoeba")
+    src, eng = d / f"tatoeba.{lang}-eng.{lang}", d / f"tatoeba.{lang}-eng.eng"
+    a, b = _lines(src), _lines(eng)
+    if len(a) != len(b):
+        n = min(len(a), len(b)) + 1
+        raise EvalDataError(f"{src if len(a) < len(b) else eng}:{n}: line-aligned pair files differ in "
+                            f"length ({len(a)} vs {len(b)} lines); the shorter one ends here")
+    return a, b
+
+
+def xquad_languages(root: Path) -> list[str]:
+    d = require_dir(root, "xquad")
+    return sorted(p.name.split(".")[1] for p in d.glob("xquad.*.json"))
+
+
+def load_xquad(root: Path, lang: str) -> list[dict]:
+    """xquad/xquad.<ll>.json (SQuAD v1.1) → [{"id", "question", "context", "answers": [...]}]."""
+    path = require_dir(root, "xquad") / f"xquad.{lang}.json"
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    out = []
+    for article in doc.get("data", []):
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                out.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
+                            "answers": [a["text"] for a in qa["answers"]]})
+    return out
+
+
+def check_all(root: str | os.PathLike) -> dict[str, int]:
+    """Parse every file of every dataset folder present; returns items read per dataset.
+
+    Used by the tests and by `run_suite` to fail early with file:line on a malformed line.
+    """
+    root = Path(root)
+    have = available(root)
+    n: dict[str, int] = {}
+    if have["sib200"]:
+        n["sib200"] = sum(len(load_sib200(root, lang, s)) for lang in sib200_languages(root)
+                          for s in ("train", "dev", "test") if (root / "sib200" / lang / f"{s}.tsv").exists())
+    if have["xnli"]:
+        n["xnli"] = sum(len(load_xnli(root, lang)) for lang in xnli_languages(root))
+    if have["pawsx"]:
+        n["pawsx"] = sum(len(load_pawsx(root, lang)) for lang in pawsx_languages(root))
+    if have["wikiann"]:
+        n["wikiann"] = sum(len(load_wikiann(root, lang)) for lang in wikiann_languages(root))
+        if (root / "wikiann" / "train-en.tsv").exists():
+            n["wikiann"] += len(load_wikiann(root, "en", "train"))
+    if have["ud"]:
+        n["ud"] = sum(len(load_conllu(p)) for splits in ud_treebanks(root).values() for p in splits.values())
+    if have["glue/sst2"]:
+        n["glue/sst2"] = sum(len(load_sst2(root, s)) for s in ("train", "dev", "test")
+                             if (root / "glue" / "sst2" / f"{s}.tsv").exists())
+    if have["nusax"]:
+        n["nusax"] = sum(len(load_nusax(root, lang, s)) for lang in nusax_languages(root)
+                         for s in ("train", "valid", "test")
+                         if (root / "nusax" / "sentiment" / lang / f"{s}.csv").exists())
+    if have["tatoeba"]:
+        n["tatoeba"] = sum(len(load_tatoeba(root, lang)[0]) for lang in tatoeba_languages(root))
+    if have["xquad"]:
+        n["xquad"] = sum(len(load_xquad(root, lang)) for lang in xquad_languages(root))
+    return n
