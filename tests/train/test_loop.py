@@ -1,6 +1,7 @@
 """The training loop end to end on tiny synthetic shards: loss falls, golden losses, exact
 kill-and-resume across phase boundaries and into a decay variant, run-dir guard, bad input."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -114,9 +115,12 @@ def test_bad_input_fails_before_writing(shards, tmp_path):
         train(tiny_recipe(), tiny_config(max_position_embeddings=48), shards, out, **KW)
     with pytest.raises(ValueError, match="xxx_Latn"):
         r = tiny_recipe()
-        import dataclasses
         bad = dataclasses.replace(r.phases[1], languages=("eng_Latn", "xxx_Latn"))
         train(r.replace(phases=(r.phases[0], bad)), tiny_config(), shards, out, **KW)
+    with pytest.raises(RecipeError, match="language_weights name.*zul_Latn"):
+        r = tiny_recipe()
+        bad = dataclasses.replace(r.variants["decay-all"][0], language_weights={"zul_Latn": 2.0})
+        train(r.replace(variants={"decay-all": (bad,)}), tiny_config(), shards, out, **KW)
     with pytest.raises(RecipeError, match="vocabulary"):
         train(tiny_recipe(), tiny_config(vocab_size=256), shards, out, **KW)
     with pytest.raises(FileNotFoundError, match="index.json"):

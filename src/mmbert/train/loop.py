@@ -208,7 +208,11 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                           f"vocab_size {config.vocab_size}; build the model with vocab_size={index.vocab_size}")
     counts = {lang: index.tokens(lang) for lang in index.languages}
     for p in recipe.all_phases():  # every language set resolves before anything is written
-        resolve_languages(p.languages, counts)
+        langs = resolve_languages(p.languages, counts)
+        extra = sorted(set(p.language_weights) - set(langs))
+        if extra:
+            raise RecipeError(f"phase {p.name!r}: language_weights name {extra}, which are not among its "
+                              f"{len(langs)} languages on these shards; fix the weights or the language set")
     tracks = select_tracks(recipe, phases)
     identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed,
                 "data": str(data.resolve()), "world_size": d.world_size}
