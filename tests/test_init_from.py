@@ -145,6 +145,24 @@ def test_grow_head_dim_keeps_rotary_pairs():
     runs(dst, new)
 
 
+@pytest.mark.parametrize("head", ["none", "sequence-classification", "mlm"])
+def test_transfer_other_heads_and_biases(head):
+    """Bare encoders (no "model." prefix), classifiers, and every bias/norm-bias tensor."""
+    flags = dict(attention_bias=True, mlp_bias=True, norm_bias=True, num_labels=3)
+    src = SRC.replace(**flags)
+    torch.manual_seed(0)
+    sd = {k: torch.randn_like(v) for k, v in to_hf_state_dict(build_model(src, head=head)).items()}
+    for dst in (BIG.replace(**flags), SMALL.replace(**flags)):
+        new, plan = transfer_state_dict(sd, src, dst)
+        want = {k: v.shape for k, v in to_hf_state_dict(build_model(dst, head=head)).items()}
+        assert {k: v.shape for k, v in new.items()} == want
+        p = "" if head == "none" else "model."
+        b_new, b_old = new[f"{p}layers.0.attn.Wqkv.bias"], sd[f"{p}layers.{plan.layers[0]}.attn.Wqkv.bias"]
+        hd = src.head_dim
+        h0 = int(plan.heads[0][0])  # first new head's q bias = its source head's q bias
+        assert torch.equal(b_new[:dst.head_dim], b_old[h0 * hd:(h0 + 1) * hd][plan.head_dim])
+
+
 # ----------------------------------------------------------------------------- shrink
 @pytest.mark.parametrize("rule", ["magnitude", "strided"])
 def test_shrink_keeps_whole_heads_and_aligned_glu_halves(rule):
