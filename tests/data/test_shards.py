@@ -99,3 +99,14 @@ def test_empty_shard_opens(tmp_path):
     write_index(tmp_path, {"nld_Latn": {"heldout": w.counts}}, "uint16", 10)
     s = open_shard(tmp_path, "nld_Latn", "heldout")
     assert len(s) == 0 and s.num_tokens == 0
+
+
+def test_small_files_read_large_files_mapped(tmp_path, monkeypatch):
+    import mmbert.data.shards as shards
+
+    _write(tmp_path)
+    assert not isinstance(open_shard(tmp_path, "deu_Latn").tokens, np.memmap)   # tiny: in memory, no fd held
+    monkeypatch.setattr(shards, "SMALL_FILE_BYTES", 0)
+    s = open_shard(tmp_path, "deu_Latn")
+    assert isinstance(s.tokens, np.memmap) and isinstance(s.offsets, np.memmap)
+    np.testing.assert_array_equal(s[0], [5, 6, 7])

@@ -86,6 +86,23 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _ensure_open_files(n: int) -> None:
+    """Memory-mapped shards hold a file descriptor each; raise the soft limit when a phase with many
+    languages needs more than it allows (up to the hard limit), else say how to fix it."""
+    try:
+        import resource
+    except ImportError:      # not on POSIX: nothing to do
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = n + 256           # headroom for everything else the process opens
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise LoaderError(f"the phase needs about {need} open files but the hard limit is {hard}; "
+                          f"raise it (ulimit -Hn) or use fewer languages")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
 def rows_for_tokens(batch_tokens: int, seq_len: int, world_size: int = 1) -> int:
     """Global rows for a target of `batch_tokens` tokens per step (batch-size warm-up helper):
     rounded to the nearest multiple of `world_size`, at least `world_size`."""
@@ -186,6 +203,7 @@ class MLMLoader:
         spec = new["languages"] if isinstance(new["languages"], str) else list(new["languages"])
         plan = plan_phase(counts, spec, new["tau"], budget=new["budget"], epoch_cap=new["epoch_cap"],
                           name=f"phase {self.phase_index + 1}", weights=new["weights"])
+        _ensure_open_files(sum(2 for l in plan.languages if l not in self._shards) + len(self._shards) * 2)
         for l in plan.languages:                      # open (and validate) every shard up front
             if l not in self._shards:
                 self._shards[l] = open_shard(self.root, l, "train", index=self.index)

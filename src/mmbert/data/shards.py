@@ -265,6 +265,19 @@ class Shard:
         return f"Shard({self.lang}/{self.split}: {len(self)} docs, {self.num_tokens} tokens)"
 
 
+# Files up to this size are read into memory instead of memory-mapped: every np.memmap holds a file
+# descriptor, and a 1,833-language phase would otherwise need ~3,700 of them (default limit: 1,024).
+SMALL_FILE_BYTES = 1 << 20
+
+
+def _map_or_read(path: Path, dtype: np.dtype, nbytes: int) -> np.ndarray:
+    if nbytes == 0:       # np.memmap refuses empty files; an empty shard is legal on disk
+        return np.zeros(0, dtype=dtype)
+    if nbytes <= SMALL_FILE_BYTES:
+        return np.fromfile(path, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
 def open_shard(root: str | os.PathLike, lang: str, split: str = "train",
                index: ShardIndex | None = None) -> Shard:
     """Memory-map one shard and validate it against its offsets and the index (clear error if not)."""
@@ -282,10 +295,8 @@ def open_shard(root: str | os.PathLike, lang: str, split: str = "train",
         raise ShardError(f"corrupt shard {d}/{split}.*: file sizes {tok_bytes}/{off_bytes} bytes are not "
                          f"whole {index.dtype.name}/uint64 arrays; rebuild the shards")
     n_tok = tok_bytes // itemsize
-    # np.memmap refuses empty files; an empty shard is legal on disk (the loader rejects it in use).
-    tokens = (np.memmap(tok_path, dtype=index.dtype, mode="r") if n_tok
-              else np.zeros(0, dtype=index.dtype))
-    offsets = np.memmap(off_path, dtype=np.uint64, mode="r")
+    tokens = _map_or_read(tok_path, index.dtype, tok_bytes)
+    offsets = _map_or_read(off_path, np.dtype(np.uint64), off_bytes)
     if int(offsets[0]) != 0 or int(offsets[-1]) != n_tok or (len(offsets) > 1 and
                                                                bool(np.any(np.diff(offsets.astype(np.int64)) < 0))):
         raise ShardError(f"corrupt shard {d}/{split}.*: offsets (first {int(offsets[0])}, last "
