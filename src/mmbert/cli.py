@@ -319,6 +319,80 @@ def _add_eval(sub):
     p.set_defaults(func=run)
 
 
+@command
+def _add_embed(sub):
+    p = sub.add_parser("embed", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="embed a text file (one text per line) into a .npy or .jsonl file")
+    _common(p, "model")
+    p.add_argument("--input", required=True, help="text file, one text per line (blank lines skipped)")
+    p.add_argument("--out", required=True, help="output file: .npy (float32 [n, hidden]) or .jsonl")
+    p.add_argument("--pooling", choices=("mean", "first"), default="mean")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="token budget per packed batch")
+    p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
+    p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise")
+
+    def run(args):
+        from mmbert.inference import embed_file
+
+        n = embed_file(args.model, args.input, args.out, pooling=args.pooling, batch_tokens=args.batch_tokens,
+                       max_length=args.max_length, truncate=args.truncate, dtype=args.dtype)
+        print(f"embedded {n} texts into {args.out}")
+
+    p.set_defaults(func=run)
+
+
+@command
+def _add_fill_mask(sub):
+    p = sub.add_parser("fill-mask", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="top-k predictions for the mask token(s) in each text")
+    _common(p, "model")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto")
+
+    def run(args):
+        from mmbert.inference import fill_mask
+
+        for text, masks in zip(args.texts, fill_mask(args.model, args.texts, top_k=args.top_k, dtype=args.dtype)):
+            print(text)
+            for i, cands in enumerate(masks):
+                print(f"  mask {i}: " + ", ".join(f"{c['token']!s} {c['score']:.3f}" for c in cands))
+
+    p.set_defaults(func=run)
+
+
+@command
+def _add_bench(sub):
+    p = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="efficiency benchmark: ours vs transformers ModernBERT vs XLM-R-style (tokens/s, MFU)")
+    sets = ("fixed512", "normal256", "fixed8192", "normal4096")
+    p.add_argument("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
+    p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
+    p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"])
+    p.add_argument("--sets", nargs="+", default=list(sets), choices=sets)
+    p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="dtypes the transformers peers run in")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="our dtype")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="token budget per batch (same for all systems)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per cell (median reported)")
+    p.add_argument("--cell-budget", type=float, default=20.0,
+                   help="stop timing a cell after this many seconds (at least one pass)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args):
+        from mmbert.bench import BenchConfig, run_and_report
+
+        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets), quick=args.quick,
+                                   batch_tokens=args.batch_tokens, repeats=args.repeats,
+                                   cell_budget_s=args.cell_budget, peer_dtypes=tuple(args.peer_dtypes),
+                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed),
+                       json_path=args.json)
+
+    p.set_defaults(func=run)
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

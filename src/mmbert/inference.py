@@ -325,3 +325,33 @@ def _token_str(tokenizer: Any, token_id: int) -> str | None:
     if hasattr(tokenizer, "convert_ids_to_tokens"):
         return tokenizer.convert_ids_to_tokens(token_id)
     return tokenizer.decode([token_id])
+
+
+def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: str | os.PathLike, *,
+               pooling: str = "mean", **encode_kwargs) -> int:
+    """Embed a text file (one text per line; blank lines are skipped) into `out_path`: `.npy`
+    (float32 [n, hidden]) or `.jsonl` (one vector per line). Written atomically; returns n."""
+    from pathlib import Path
+
+    import numpy as np
+
+    src, out = Path(input_path), Path(out_path)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such input file (expected one text per line)")
+    if out.suffix not in (".npy", ".jsonl"):
+        raise ValueError(f"{out}: unsupported output type {out.suffix!r}; use a .npy or .jsonl file name")
+    if pooling == "none":
+        raise ValueError("embed writes one vector per text; use pooling 'mean' or 'first'")
+    texts = [line.rstrip("\n") for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    vecs = encode(model, texts, pooling=pooling, progress=True, **encode_kwargs).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, vecs)
+    else:
+        import json
+
+        tmp.write_text("".join(json.dumps([round(float(x), 6) for x in v]) + "\n" for v in vecs))
+    os.replace(tmp, out)
+    return len(texts)

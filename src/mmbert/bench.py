@@ -1,0 +1,361 @@
+"""The ModernBERT efficiency benchmark, side by side in one process (issue 8).
+
+    mmbert bench --quick                          # ≤ 3 min: mmbert-small, fixed512 + normal256
+    mmbert bench --json out/eff.json              # full run: both presets, four sets
+    python benchmarks/efficiency.py --quick       # the same thing
+
+Method (after ModernBERT, Warner et al. 2024, §4 "efficiency"): synthetic token sets — fixed 512,
+lengths ~ Normal(256, 64), fixed 8192, lengths ~ Normal(4096, 1024) — shuffled once and cut into
+the same batches (a token budget per batch) for every system. Each system gets one warm-up call,
+then timed passes over the whole set (up to `repeats`, fewer when a pass is slower than the
+per-cell time budget); the median pass gives tokens/s (real tokens only; padding is waste).
+
+Systems, same weights where they share an architecture (ours is copied into transformers through
+save_pretrained → from_pretrained):
+- mmbert: ours, the packed varlen path (no compute on padding), in the dtype `encode` picks
+  ("auto": bf16 on AMX CPUs);
+- hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
+- xlmr: transformers XLMRobertaModel, same width, 12 layers (MiniLM-L12-H384 / XLM-R-base shapes),
+  max length 512 so the long sets are n/a, padded batches, random weights.
+Peers run in fp32 and, with `--peer-dtypes fp32 bf16`, also in bf16.
+
+MFU = achieved FLOP/s ÷ this machine's measured GEMM FLOP/s (a large square matmul timed in the
+same run, fp32 and bf16). FLOPs per real token = 2 × (weights of the linear layers) + attention
+4·hidden per attended (query, key) pair, counted with the real window on local layers and the
+real document length on global ones — work on padding is not counted as useful.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SETS = ("fixed512", "normal256", "fixed8192", "normal4096")
+SYSTEMS = ("mmbert", "hf_modernbert", "xlmr")
+PEER_MAX_LEN = {"xlmr": 512}
+# documents per set: full run / --quick (sized for ≤ 10 min / ≤ 3 min on a 2-core Xeon)
+DOCS = {"fixed512": (16, 8), "normal256": (32, 16), "fixed8192": (1, 1), "normal4096": (2, 1)}
+# XLM-R-style peers: the real models' shapes at the same width (MiniLM-L12-H384, XLM-R base)
+XLMR_SHAPES = {384: dict(num_attention_heads=12, intermediate_size=1536),
+               768: dict(num_attention_heads=12, intermediate_size=3072)}
+
+
+# ----------------------------------------------------------------------------- data
+def set_lengths(name: str, n_docs: int, seed: int = 0) -> list[int]:
+    g = random.Random(seed)
+    if name == "fixed512":
+        return [512] * n_docs
+    if name == "fixed8192":
+        return [8192] * n_docs
+    if name == "normal256":
+        return [min(512, max(16, round(g.gauss(256, 64)))) for _ in range(n_docs)]
+    if name == "normal4096":
+        return [min(8192, max(64, round(g.gauss(4096, 1024)))) for _ in range(n_docs)]
+    raise ValueError(f"unknown set {name!r}; choose from {', '.join(SETS)}")
+
+
+def make_batches(lengths: list[int], vocab_size: int, batch_tokens: int, seed: int = 0) -> list[list[list[int]]]:
+    """Random token ids (never special ids 0-4), shuffled, grouped greedily by token budget; every
+    system gets exactly these batches in this order."""
+    g = torch.Generator().manual_seed(seed)
+    docs = [torch.randint(5, vocab_size, (n,), generator=g).tolist() for n in lengths]
+    random.Random(seed).shuffle(docs)
+    batches, cur, used = [], [], 0
+    for d in docs:
+        if cur and used + len(d) > batch_tokens:
+            batches.append(cur)
+            cur, used = [], 0
+        cur.append(d)
+        used += len(d)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+# ----------------------------------------------------------------------------- FLOPs and the machine
+def attended_pairs(length: int, half_window: int | None) -> int:
+    """(query, key) pairs inside one document: all L² globally, |i−j| ≤ w locally."""
+    if half_window is None or length <= half_window:
+        return length * length
+    return length * (2 * half_window + 1) - half_window * (half_window + 1)
+
+
+def model_flops(lengths: list[int], *, linear_params: int, hidden: int, layer_windows: list[int | None]) -> float:
+    """Forward FLOPs for these documents (no padding): 2·params per token + 4·hidden per pair per layer."""
+    tokens = sum(lengths)
+    attn = sum(4 * hidden * attended_pairs(n, w) for n in lengths for w in layer_windows)
+    return 2.0 * linear_params * tokens + attn
+
+
+def linear_params(model: torch.nn.Module) -> int:
+    """Weights that take part in matmuls (every nn.Linear inside the encoder layers)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def gemm_flops_per_s(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict:
+    import transformers
+
+    from mmbert.inference import cpu_has_fast_bf16
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count()
+    return {"cpu": cpu_model(), "cores": cores, "threads": threads, "amx_bf16": cpu_has_fast_bf16(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+# ----------------------------------------------------------------------------- systems
+@dataclass
+class System:
+    name: str
+    dtype: torch.dtype
+    run: Callable[[list[list[int]]], None]  # one batch of documents
+    flops: Callable[[list[int]], float]  # useful FLOPs for these document lengths
+    max_len: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(d) for d in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(batch), T, dtype=torch.long)
+    for i, d in enumerate(batch):
+        ids[i, :len(d)] = torch.tensor(d)
+        mask[i, :len(d)] = 1
+    return ids, mask
+
+
+def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
+                  seed: int = 0) -> list[System]:
+    import transformers
+
+    from mmbert import EncoderConfig
+    from mmbert.inference import pack, prepare, resolve_dtype
+    from mmbert.model import build_model
+
+    torch.manual_seed(seed)
+    cfg = EncoderConfig.from_preset(preset)
+    ours = build_model(cfg, head="none").eval()
+    lin = linear_params(ours)
+    half = cfg.local_attention // 2
+    windows = [None if cfg.is_global_layer(i) else half for i in range(cfg.num_hidden_layers)]
+    flops_mm = lambda lengths: model_flops(lengths, linear_params=lin, hidden=cfg.hidden_size,  # noqa: E731
+                                           layer_windows=windows)
+    dt = resolve_dtype(ours_dtype, torch.device("cpu"))
+    fast = prepare(ours, dt)
+
+    def run_ours(batch):
+        p = pack(batch, torch.device("cpu"))
+        fast(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen)
+
+    systems = [System("mmbert", dt, run_ours, flops_mm)]
+
+    with tempfile.TemporaryDirectory() as d:
+        ours.save_pretrained(d)  # identical weights in transformers' ModernBertModel
+        hf_models = {pdt: transformers.ModernBertModel.from_pretrained(d, attn_implementation="sdpa",
+                                                                       dtype=pdt).eval()
+                     for pdt in peer_dtypes}
+    for pdt, hf in hf_models.items():
+        def run_hf(batch, hf=hf):
+            ids, mask = _padded(batch, cfg.pad_token_id)
+            hf(input_ids=ids, attention_mask=mask)
+
+        systems.append(System("hf_modernbert", pdt, run_hf, flops_mm))
+
+    shape = XLMR_SHAPES.get(cfg.hidden_size, dict(num_attention_heads=cfg.num_attention_heads,
+                                                  intermediate_size=4 * cfg.hidden_size))
+    xcfg = transformers.XLMRobertaConfig(vocab_size=250002, hidden_size=cfg.hidden_size, num_hidden_layers=12,
+                                         max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                                         **shape)
+    xlmr = transformers.XLMRobertaModel._from_config(xcfg, attn_implementation="sdpa",
+                                                     add_pooling_layer=False).eval()
+    x_lin = linear_params(xlmr)
+    flops_x = lambda lengths: model_flops(lengths, linear_params=x_lin, hidden=cfg.hidden_size,  # noqa: E731
+                                          layer_windows=[None] * 12)
+    for pdt in peer_dtypes:
+        xm = xlmr if pdt == torch.float32 else copy.deepcopy(xlmr).to(pdt)
+
+        def run_x(batch, xm=xm):
+            ids, mask = _padded(batch, 1)
+            xm(input_ids=ids, attention_mask=mask)
+
+        systems.append(System("xlmr", pdt, run_x, flops_x, max_len=512))
+    return systems
+
+
+# ----------------------------------------------------------------------------- timing
+@torch.inference_mode()
+def time_system(system: System, batches: list[list[list[int]]], repeats: int, cell_budget_s: float) -> dict:
+    """Warm up on the first batch, then time whole passes over the set; median tokens/s."""
+    system.run(batches[0])
+    times = []
+    while len(times) < repeats:
+        t = time.perf_counter()
+        for b in batches:
+            system.run(b)
+        times.append(time.perf_counter() - t)
+        if sum(times) > cell_budget_s:
+            break
+    lengths = [len(d) for b in batches for d in b]
+    sec = statistics.median(times)
+    return {"tokens_per_s": sum(lengths) / sec, "flops_per_s": system.flops(lengths) / sec,
+            "repeats": len(times), "seconds": sec}
+
+
+@dataclass
+class BenchConfig:
+    presets: tuple[str, ...] = ("mmbert-small", "mmbert-base")
+    sets: tuple[str, ...] = SETS
+    quick: bool = False
+    batch_tokens: int = 8192
+    repeats: int = 3
+    cell_budget_s: float = 20.0
+    peer_dtypes: tuple[str, ...] = ("fp32",)
+    ours_dtype: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """All presets × sets × systems; returns the JSON-shaped result (see module docstring)."""
+    from mmbert.inference import DTYPES, default_threads
+
+    if cfg.quick:
+        cfg.presets, cfg.sets = ("mmbert-small",), ("fixed512", "normal256")
+    bad = [s for s in cfg.sets if s not in SETS]
+    if bad:
+        raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
+    threads = cfg.threads or default_threads()
+    torch.set_num_threads(threads)
+    peer_dtypes = [DTYPES[d] for d in cfg.peer_dtypes]
+    result = {"machine": machine_info(threads), "method": {
+        "batch_tokens": cfg.batch_tokens, "repeats": cfg.repeats, "cell_budget_s": cfg.cell_budget_s,
+        "docs": {s: DOCS[s][1 if cfg.quick else 0] for s in cfg.sets}, "statistic": "median pass"}}
+    result["machine"]["gemm_flops_per_s"] = {"fp32": gemm_flops_per_s(torch.float32),
+                                             "bf16": gemm_flops_per_s(torch.bfloat16)}
+    log(f"GEMM 2048³: fp32 {result['machine']['gemm_flops_per_s']['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {result['machine']['gemm_flops_per_s']['bf16'] / 1e9:.0f} GFLOP/s, {threads} threads")
+    result["presets"] = {}
+    for preset in cfg.presets:
+        systems = build_systems(preset, peer_dtypes, cfg.ours_dtype, cfg.seed)
+        vocab = 256000
+        per_set = {}
+        for set_name in cfg.sets:
+            n_docs = DOCS[set_name][1 if cfg.quick else 0]
+            lengths = set_lengths(set_name, n_docs, cfg.seed)
+            batches = make_batches(lengths, vocab, max(cfg.batch_tokens, max(lengths)), cfg.seed)
+            cells = {}
+            for s in systems:
+                if s.max_len is not None and max(lengths) > s.max_len:
+                    continue  # n/a: the peer cannot take documents this long
+                r = time_system(s, batches, cfg.repeats, cfg.cell_budget_s)
+                r["dtype"] = str(s.dtype).replace("torch.", "")
+                gemm = result["machine"]["gemm_flops_per_s"]
+                r["mfu_fp32_gemm"] = r["flops_per_s"] / gemm["fp32"]
+                r["mfu_same_dtype_gemm"] = r["flops_per_s"] / gemm["bf16" if s.dtype == torch.bfloat16 else "fp32"]
+                key = s.name if s.dtype == torch.float32 or s.name == "mmbert" else f"{s.name}_bf16"
+                cells[key] = r
+                log(f"{preset:13s} {set_name:10s} {key:18s} {r['dtype']:8s} {r['tokens_per_s']:9.0f} tok/s  "
+                    f"MFU(fp32 GEMM) {r['mfu_fp32_gemm']:.2f}  ({r['repeats']} passes)")
+            per_set[set_name] = cells
+        result["presets"][preset] = per_set
+    # the issue's shape: sets → tokens_per_s per system (first preset run = mmbert-small when present)
+    main = "mmbert-small" if "mmbert-small" in result["presets"] else next(iter(result["presets"]))
+    result["sets"] = {s: {"tokens_per_s": {k: v["tokens_per_s"] for k, v in cells.items()}}
+                      for s, cells in result["presets"][main].items()}
+    result["sets_preset"] = main
+    return result
+
+
+def markdown(result: dict) -> str:
+    """Tables: tokens/s per system and set, ratios ours ÷ peers, MFU."""
+    m = result["machine"]
+    g = m["gemm_flops_per_s"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, "
+             f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}; load average at start "
+             f"{m['load_avg_1m_at_start']}.",
+             f"Measured GEMM (2048³): fp32 {g['fp32'] / 1e9:.0f} GFLOP/s, bf16 {g['bf16'] / 1e9:.0f} GFLOP/s.", ""]
+    for preset, sets in result["presets"].items():
+        systems = []
+        for cells in sets.values():
+            systems += [k for k in cells if k not in systems]
+        lines += [f"### {preset}", "",
+                  "| set | " + " | ".join(f"{k} ({_dtype_of(sets, k)}) tok/s" for k in systems) + " | "
+                  + " | ".join(f"mmbert ÷ {k}" for k in systems if k != "mmbert")
+                  + " | MFU mmbert (vs fp32 GEMM / vs same-dtype GEMM) |",
+                  "|---" * (2 + 2 * (len(systems) - 1) + 1) + "|"]
+        for set_name, cells in sets.items():
+            row = [set_name] + [f"{cells[k]['tokens_per_s']:.0f}" if k in cells else "n/a" for k in systems]
+            ours = cells.get("mmbert")
+            for k in systems:
+                if k == "mmbert":
+                    continue
+                row.append(f"{ours['tokens_per_s'] / cells[k]['tokens_per_s']:.2f}×" if ours and k in cells else "n/a")
+            row.append(f"{ours['mfu_fp32_gemm']:.2f} / {ours['mfu_same_dtype_gemm']:.2f}" if ours else "n/a")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _dtype_of(sets: dict, key: str) -> str:
+    for cells in sets.values():
+        if key in cells:
+            return cells[key]["dtype"]
+    return "?"
+
+
+def write_json(result: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
+
+def run_and_report(cfg: BenchConfig, json_path: str | os.PathLike | None = None) -> dict:
+    """Run, print the markdown tables, and write the JSON when asked (`mmbert bench`)."""
+    result = run_benchmark(cfg)
+    print()
+    print(markdown(result))
+    if json_path:
+        write_json(result, json_path)
+        print(f"wrote {json_path}")
+    return result
