@@ -248,7 +248,8 @@ def _decoder() -> decoders.Decoder:
 
 
 def train_tokenizer_from_texts(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
-                               max_token_length: int = 16, limit_alphabet: int = 8000) -> Tokenizer:
+                               max_token_length: int = 16, limit_alphabet: int = 8000,
+                               progress: bool = False) -> Tokenizer:
     """Train on an iterable of texts (see the module docstring for the design)."""
     if vocab_size % VOCAB_MULTIPLE or vocab_size < 512:
         raise ValueError(f"vocab_size {vocab_size} must be a multiple of {VOCAB_MULTIPLE} and at least 512 "
@@ -258,7 +259,7 @@ def train_tokenizer_from_texts(texts: Iterable[str], vocab_size: int, *, min_fre
     work.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_fixed, min_frequency=min_frequency,
                                   limit_alphabet=limit_alphabet, max_token_length=max_token_length,
-                                  show_progress=False, special_tokens=[],
+                                  show_progress=progress, special_tokens=[],
                                   # printable ASCII always gets its own tokens, seen or not
                                   initial_alphabet=[chr(c) for c in range(0x21, 0x7F)])
     work.train_from_iterator(texts, trainer=trainer)
@@ -298,7 +299,7 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
     if progress:
         print(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} M characters "
               f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
-    tok = train_tokenizer_from_texts(texts, vocab_size)
+    tok = train_tokenizer_from_texts(texts, vocab_size, progress=progress)
     if out_dir is not None:
         out = tok.save(out_dir)
         report = fertility_report(tok, corpus_dir, languages=languages, max_chars=fertility_chars)
