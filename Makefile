@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# PyLate pins fast-plaid (-> torch 2.11) and exact sentence-transformers/transformers versions;
+	# its models.ColBERT needs none of those pins, so it is installed without its dependencies.
+	$(PY) -m pip install -q -c constraints.txt --no-deps pylate==1.6.0 ujson==5.12.0
 	touch $@
 
 test: setup
