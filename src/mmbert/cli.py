@@ -305,10 +305,15 @@ def _add_eval(sub):
     p.add_argument("--shards", default=None, help="token shards with a held-out split (per-language MLM task)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
 
     def run(args):
+        import torch
+
         from mmbert.eval.runner import run_suite
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" else 3)
         res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
                         seeds=range(args.seed, args.seed + k), shards_root=args.shards,

@@ -140,6 +140,13 @@ def write_fixture_data(root: Path, n: int = 24, seed: int = 0) -> Path:
     for xxx, short in (("deu", "de"), ("fra", "de")):
         w(f"tatoeba/tatoeba.{xxx}-eng.{xxx}", [sent(short) for _ in range(n)])
         w(f"tatoeba/tatoeba.{xxx}-eng.eng", [sent("en") for _ in range(n)])
+    import json
+
+    for lang in ("en", "de"):
+        paras = [{"context": sent(lang, 12), "qas": [{"id": f"{k}-{j}", "question": sent(lang, 4),
+                                                    "answers": [{"answer_start": 0, "text": "x"}]} for j in range(3)]}
+                 for k in range(4)]
+        w(f"xquad/xquad.{lang}.json", [json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]})])
     return root
 
 

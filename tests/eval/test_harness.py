@@ -18,7 +18,7 @@ TINY = [  # every task of the full suite, shrunk to the fixture data
     TaskSpec("sib200", epochs=1), TaskSpec("sib200-retrieval"), TaskSpec("tatoeba", max_eval=10),
     TaskSpec("xnli", epochs=1, train_rows=20), TaskSpec("pawsx", epochs=1, train_rows=20),
     TaskSpec("wikiann", epochs=1, max_eval=8), TaskSpec("udpos", epochs=1), TaskSpec("sst2", epochs=1, max_train=16),
-    TaskSpec("nusax", epochs=1, max_train=8), TaskSpec("mlm"),
+    TaskSpec("nusax", epochs=1, max_train=8), TaskSpec("xquad-retrieval"), TaskSpec("mlm"),
 ]
 
 
@@ -116,7 +116,7 @@ def test_suites_are_consistent():
     full, quick = suite_tasks("full"), suite_tasks("quick")
     assert {t.name for t in quick} <= {t.name for t in full}
     assert {t.name for t in full} == {"mlm", "sib200", "sib200-retrieval", "tatoeba", "xnli", "pawsx", "wikiann",
-                                      "udpos", "sst2", "nusax"}
+                                      "udpos", "sst2", "nusax", "xquad-retrieval"}
     with pytest.raises(ValueError, match="quick"):
         suite_tasks("medium")
 

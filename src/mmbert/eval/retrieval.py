@@ -69,3 +69,27 @@ def sib200_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | Non
         acc = bitext_accuracy(embed(bb, [e.text for e in ex], max_len=max_len), cache[keys])
         res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
     return res
+
+
+def xquad_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None, pivot: str = "en",
+                    max_len: int = 256, progress: bool = True) -> dict[str, dict[str, float]]:
+    """XQuAD question (each language) → paragraph (pivot language) retrieval, accuracy@1.
+
+    XQuAD is parallel: question i of every language belongs to the same paragraph. Each question
+    must retrieve its paragraph among the pivot's 240 distinct paragraphs (one direction only: a
+    paragraph has several questions). Returns {"lang": {"q2p": acc}}.
+    """
+    pivot_qa = D.load_xquad(root, pivot)
+    paragraphs = list(dict.fromkeys(q["context"] for q in pivot_qa))
+    target = torch.tensor([paragraphs.index(q["context"]) for q in pivot_qa])
+    para_emb = embed(bb, paragraphs, max_len=max_len)
+    res = {}
+    for lang in tqdm(list(languages) if languages is not None else D.xquad_languages(root), desc="xquad-retrieval",
+                     disable=not progress, leave=False):
+        qa = D.load_xquad(root, lang)
+        if len(qa) != len(pivot_qa):
+            raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: {len(qa)} questions, the pivot "
+                                  f"has {len(pivot_qa)}; XQuAD files must be parallel")
+        q = embed(bb, [x["question"] for x in qa], max_len=max_len)
+        res[lang] = {"q2p": float(((q @ para_emb.T).argmax(-1) == target).float().mean())}
+    return res

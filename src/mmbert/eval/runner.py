@@ -39,7 +39,7 @@ from mmbert.eval.metrics import accuracy, mean_std, span_f1, token_accuracy
 class TaskSpec:
     """One task of a suite. `languages=None` = every language present; caps are per language."""
 
-    name: str  # sib200 | xnli | pawsx | wikiann | udpos | sst2 | nusax | tatoeba | sib200-retrieval | mlm
+    name: str  # a key of TASKS (below)
     languages: tuple[str, ...] | None = None
     max_train: int | None = None
     max_eval: int | None = None
@@ -67,6 +67,7 @@ def suite_tasks(suite: str) -> list[TaskSpec]:
         TaskSpec("udpos", max_eval=500, epochs=2),
         TaskSpec("sst2", max_train=10000, epochs=1),
         TaskSpec("nusax", epochs=2),
+        TaskSpec("xquad-retrieval", max_len=256),
     ]
     if suite == "full":
         return full
@@ -75,6 +76,7 @@ def suite_tasks(suite: str) -> list[TaskSpec]:
         return [
             dataclasses.replace(by["mlm"]),
             dataclasses.replace(by["sib200"], languages=QUICK_SIB200),
+            dataclasses.replace(by["sib200-retrieval"], languages=QUICK_SIB200),
             dataclasses.replace(by["tatoeba"], languages=QUICK_TATOEBA, max_eval=300),
             dataclasses.replace(by["sst2"], max_train=2000),
         ]
@@ -286,6 +288,17 @@ def task_sib200_retrieval(ctx, spec):
     return _retrieval_result(res, "zero-shot, mean-pooled, test sentences aligned with eng_Latn by index_id")
 
 
+def task_xquad_retrieval(ctx, spec):
+    from mmbert.eval.retrieval import xquad_retrieval
+
+    langs = _langs(spec, D.xquad_languages(ctx.root))
+    res = xquad_retrieval(ctx.bb, ctx.root, languages=langs, max_len=spec.max_len, progress=ctx.progress)
+    langs_out = {l: {"mean": v["q2p"], "std": 0.0, **v} for l, v in res.items()}
+    return {"metric": "accuracy@1 question → English paragraph", "languages": langs_out,
+            "protocol": "zero-shot, mean-pooled; each language's questions against the 240 English paragraphs",
+            "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0}}
+
+
 def task_mlm(ctx, spec):
     from mmbert.eval.backbone import load_mlm_model
     from mmbert.eval.mlm import evaluate_mlm
@@ -317,6 +330,7 @@ TASKS: dict[str, tuple[Callable[[_Ctx, TaskSpec], dict], str | None]] = {
     "udpos": (task_udpos, "ud"),
     "sst2": (task_sst2, "glue/sst2"),
     "nusax": (task_nusax, "nusax"),
+    "xquad-retrieval": (task_xquad_retrieval, "xquad"),
 }
 
 
@@ -331,7 +345,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     seeds: fine-tuning seeds (default: (0,) for quick, (0, 1, 2) for full); results are mean ± std.
     tasks: run only these task names of the suite; task_specs: replace the suite entirely.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     specs = list(task_specs) if task_specs is not None else suite_tasks(suite)
     if tasks is not None:
         unknown = set(tasks) - set(TASKS)
@@ -357,7 +371,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": {}}
     for spec in tqdm(specs, desc=f"eval {suite}", disable=not progress):
         fn, folder = TASKS[spec.name]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if folder is not None and not have[folder]:
             r = {"skipped": f"data folder {folder}/ absent"}
             if root.is_dir():
@@ -372,9 +386,14 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
                 r = {"error": str(e)}
                 log(f"{spec.name}: error: {e}")
         r["seconds"] = round(time.perf_counter() - t0, 1)
+        # CPU time of this process (all its threads): on a shared machine, the wall clock on an idle one
+        # lies between cpu_seconds / threads and cpu_seconds
+        r["cpu_seconds"] = round(time.process_time() - c0, 1)
         results["tasks"][spec.name] = r
         write_json(out / "results.json", results)  # after every task: nothing finished is lost
     results["seconds"] = round(time.perf_counter() - t_start, 1)
+    results["cpu_seconds"] = round(time.process_time() - c_start, 1)
+    results["torch_threads"] = torch.get_num_threads()
     write_json(out / "results.json", results)
     _atomic_write(out / "results.md", format_markdown(results))
     if plots:
@@ -394,17 +413,17 @@ def format_markdown(results: dict) -> str:
     lines = [f"# Eval `{results['suite']}` — {results['model']}", "",
              f"backbone {results['backbone']}, seeds {results['seeds']}, device {results['device']}, "
              f"torch {results['torch']}, data {results['data_dir']}, started {results['started']}, "
-             f"total {results.get('seconds', 0):.0f} s", "",
-             "| task | metric | average (×100, mean ± std over seeds) | languages | protocol | seconds |",
-             "|---|---|---:|---:|---|---:|"]
+             f"total {results.get('seconds', 0):.0f} s wall, {results.get('cpu_seconds', 0):.0f} s CPU", "",
+             "| task | metric | average (×100, mean ± std over seeds) | languages | protocol | seconds | CPU s |",
+             "|---|---|---:|---:|---|---:|---:|"]
     for name, r in results["tasks"].items():
         if "skipped" in r or "error" in r:
             lines.append(f"| {name} | {'skipped' if 'skipped' in r else 'ERROR'} | – | – | "
-                         f"{r.get('skipped') or r.get('error')} | {r['seconds']} |")
+                         f"{r.get('skipped') or r.get('error')} | {r['seconds']} | {r['cpu_seconds']} |")
             continue
         a = r["average"]
         lines.append(f"| {name} | {r['metric']} | {_fmt(a['mean'], a['std'])} | {len(r['languages'])} | "
-                     f"{r['protocol']} | {r['seconds']} |")
+                     f"{r['protocol']} | {r['seconds']} | {r['cpu_seconds']} |")
     for name, r in results["tasks"].items():
         if "languages" not in r:
             continue
