@@ -90,6 +90,20 @@ def test_kill_and_resume_is_bitwise_exact_across_phase_boundaries(full_run, shar
     assert losses(out) == losses(ref_out)
 
 
+def test_phase_by_phase_equals_all_at_once(full_run, shards, tmp_path):
+    """`--phase pretrain`, then `--phase mid --resume`, then `--resume` (the variants) is the same run."""
+    ref_out, _ = full_run
+    out = tmp_path / "run"
+    train(tiny_recipe(), tiny_config(), shards, out, phases=["pretrain"], **KW)
+    assert set(losses(out)) == {"main"} and not (out / "export" / "mid").exists()
+    train(tiny_recipe(), tiny_config(), shards, out, phases=["mid"], resume=True, **KW)
+    assert (out / "export" / "mid").exists() and not (out / "export" / "decay-all").exists()
+    train(tiny_recipe(), tiny_config(), shards, out, phases=["decay-all"], resume=True, **KW)
+    assert set(losses(out)) == {"main", "decay-all"}
+    train(tiny_recipe(), tiny_config(), shards, out, resume=True, **KW)
+    assert losses(out) == losses(ref_out)
+
+
 def test_run_dir_guard_never_overwrites(full_run, shards, tmp_path):
     out, _ = full_run
     before = (out / "run.json").read_text()

@@ -81,6 +81,8 @@ def test_decay_phase_with_no_tokens_and_seq_len_above_model():
     with pytest.raises(RecipeError, match="not in recipe"):
         select_tracks(r, ["nope"])
     assert set(select_tracks(r, ["decay-eng"])) == {"decay-eng"}
+    assert set(select_tracks(r, ["mid"])) == set()
+    assert set(select_tracks(get_recipe("modernbert"), ["decay"])) == {"main"}
 
 
 def test_resolve_languages_tiers():

@@ -214,10 +214,13 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
             raise RecipeError(f"phase {p.name!r}: language_weights name {extra}, which are not among its "
                               f"{len(langs)} languages on these shards; fix the weights or the language set")
     tracks = select_tracks(recipe, phases)
-    identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed,
-                "data": str(data.resolve()), "world_size": d.world_size}
+    identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "data": str(data.resolve())}
     if d.is_main:
         prepare_run_dir(out, identity, resume)
+        info = json.loads((out / "run.json").read_text())
+        info.setdefault("launches", []).append({"world_size": d.world_size, "device": str(d.device),
+                                                "resume": resume, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+        _atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
     barrier(d)
     metrics = Metrics(out, enabled=d.is_main)
     micro_tokens = micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096)
@@ -276,7 +279,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     optimizer = build_optimizer(model, lr=phases[0].lr_peak, weight_decay=phases[0].weight_decay,
                                 betas=recipe.betas, eps=recipe.eps, max_lr=max(p.lr_peak for p in phases))
     stream = _Stream(data, counts, seed, d, micro_tokens)
-    state = {"track": track, "phase": 0, "phase_tokens": 0, "tokens": 0, "step": 0, "done": False}
+    state = {"track": track, "phase": 0, "phase_tokens": 0, "tokens": 0, "step": 0}
     ck_root = out / "checkpoints" / track
     run_config = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "track": track,
                   "phases": [p.name for p in phases], "world_size": d.world_size, "micro_tokens": micro_tokens}
@@ -287,10 +290,9 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         loaded = ckpt.load_checkpoint(start, model=model, optimizer=optimizer)
         st = loaded["train_state"]
         state.update({k: st[k] for k in ("phase", "phase_tokens", "tokens", "step")})
-        state["done"] = bool(st.get("done")) and start != init_from
         if start == init_from:  # a branch: the main track ended here, the variant's phase starts next
             state.update(phase=len(recipe.phases), phase_tokens=0)
-        if state["phase"] >= len(phases) or state["done"]:
+        if state["phase"] >= len(phases):  # this track is complete
             return {"step": state["step"], "tokens": state["tokens"], "loss": None, "skipped": True}
         stream.open(phases[state["phase"]])
         stream.loader.load_state_dict(loaded["loader_state"])
@@ -360,7 +362,6 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                 bar.close()
             return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss, "stopped": True}
         if phase_end or crossed(recipe.checkpoint_every_tokens):
-            state["done"] = state["phase"] >= len(phases)
             ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer, train_state=dict(state),
                                  loader_state=stream.loader.state_dict(), run_config=run_config,
                                  keep_last=keep_last, keep=phase_end, write=d.is_main)

@@ -402,7 +402,8 @@ def phase_names(recipe: Recipe) -> list[str]:
 
 
 def select_tracks(recipe: Recipe, only: Sequence[str] | None = None) -> dict[str, tuple[Phase, ...]]:
-    """Tracks to run; `only` keeps the tracks containing one of the named phases or variants."""
+    """Tracks to run; `only` keeps the variants named (by variant or phase name); naming only main
+    phases selects no variant (train() then stops after the last named main phase)."""
     tracks = recipe.tracks()
     if not only:
         return tracks
@@ -410,4 +411,7 @@ def select_tracks(recipe: Recipe, only: Sequence[str] | None = None) -> dict[str
     bad = [o for o in only if o not in known]
     if bad:
         raise RecipeError(f"--phase {bad} not in recipe {recipe.name!r}; choose from {sorted(known)}")
-    return {t: ph for t, ph in tracks.items() if t in only or any(p.name in only for p in ph)}
+    main = {p.name for p in recipe.phases}
+    return {t: ph for t, ph in tracks.items()
+            if t in only or any(p.name in only for p in ph if p.name not in main)
+            or (t == "main" and any(o in main for o in only))}
