@@ -59,6 +59,11 @@ def heldout_indices(num_docs: int, heldout_fraction: float = 0.01, max_heldout_d
 _STATE: dict = {}
 
 
+def _init_worker() -> None:
+    # Each worker tokenizes single-threaded (no rayon pool per process), so `workers` = cores used.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def _worker_state(args: PrepareArgs):
     """Per-process tokenizer and corpus (loaded once per worker, not per language)."""
     key = (args.corpus_dir, args.tokenizer_path)
@@ -128,11 +133,12 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     skipped: Counter = Counter(corpus.skipped.counts)
     total_tokens = 0
     bar = tqdm(total=len(jobs), desc="tokenize", unit="lang", disable=not progress)
-    # Workers tokenize single-threaded (no rayon pool per process): `workers` = cores used.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if workers > 1:
-        ctx = mp.get_context("spawn")  # a fresh tokenizers state per worker (fork + rayon deadlocks)
-        pool = ctx.Pool(workers)
+        # fork is cheap; the workers never touch the parent's rayon pool because tokenization in
+        # them is single-threaded (TOKENIZERS_PARALLELISM=false, and `tokenizers` itself disables
+        # parallelism in forked children). spawn where fork does not exist.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker)
         it = pool.imap_unordered(_prepare_language, jobs)
     else:
         pool, it = None, map(_prepare_language, jobs)
