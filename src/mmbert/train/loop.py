@@ -223,13 +223,14 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
         _atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
     barrier(d)
     metrics = Metrics(out, enabled=d.is_main)
+    tokenizer = _shards_tokenizer(index)
     micro_tokens = micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096)
     result: dict[str, Any] = {"tracks": {}}
     try:
         main_end = _main_phase_count(recipe, phases)
         result["tracks"]["main"] = _run_track(
             "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
-            micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, init_from=None)
+            micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, init_from=None)
         if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
             branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
             for name, track in tracks.items():
@@ -237,7 +238,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                     continue
                 result["tracks"][name] = _run_track(
                     name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
-                    compile, keep_last, stop_at_step, eval, progress, init_from=branch)
+                    compile, keep_last, stop_at_step, eval, progress, tokenizer, init_from=branch)
                 if result["tracks"][name].get("stopped"):
                     break
     finally:
@@ -264,7 +265,7 @@ def _main_phase_count(recipe: Recipe, only: Sequence[str] | None) -> int:
 def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: EncoderConfig, data: Path, out: Path,
                counts: dict[str, int], seed: int, d: Dist, metrics: Metrics, micro_tokens: int, parallel: str,
                compile: bool, keep_last: int, stop_at_step: int | None, do_eval: bool, progress: bool,
-               init_from: Path | None) -> dict[str, Any]:
+               tokenizer: Any, init_from: Path | None) -> dict[str, Any]:
     from mmbert.model import build_model
 
     torch.manual_seed(seed)
@@ -366,7 +367,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                                  loader_state=stream.loader.state_dict(), run_config=run_config,
                                  keep_last=keep_last, keep=phase_end, write=d.is_main)
             if phase_end:
-                _export(model, inner, out / "export" / p.name, d)
+                _export(model, inner, out / "export" / p.name, d, tokenizer)
             barrier(d)
     if bar is not None:
         bar.close()
@@ -419,8 +420,23 @@ def _eval_subset(langs: list[str], counts: dict[str, int], k: int) -> list[str]:
     return sorted(ranked[i] for i in idx)
 
 
-def _export(model, inner, path: Path, d: Dist) -> None:
-    """Phase-end Hugging Face directory, written to a temp dir and renamed into place."""
+def _shards_tokenizer(index) -> Any:
+    """The tokenizer the shards were made with (index.json "tokenizer.path"), if it still exists,
+    so phase-end exports are complete model directories; None otherwise."""
+    path = index.tokenizer.get("path") if isinstance(index.tokenizer, dict) else None
+    if not path or not Path(path).exists():
+        return None
+    try:
+        from mmbert.tokenizer import load_tokenizer
+
+        return load_tokenizer(path)
+    except (ImportError, ValueError, OSError):
+        return None
+
+
+def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None) -> None:
+    """Phase-end Hugging Face directory (+ the shards' tokenizer), written to a temp dir and renamed
+    into place."""
     from mmbert.model import build_model
 
     if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
@@ -435,6 +451,8 @@ def _export(model, inner, path: Path, d: Dist) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        inner.tokenizer = tokenizer
     inner.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)
