@@ -20,10 +20,11 @@ Notable:
   tests/test_merge.py checks when mergekit is installed.
 - Linear: θ = Σ_i w_i θ_i / Σ_i w_i. EMA over a checkpoint series given oldest → newest:
   w ∝ α^k with k = 0 for the newest, so α → 0 returns the newest checkpoint and α = 1 the mean.
-- Memory ≈ two models, not N: inputs are memory-mapped with `safetensors.safe_open` and read one
-  tensor name at a time; only the output model is held whole (safetensors writes one file at
-  once), plus, transiently, N float64 copies of the tensor being merged (the largest is the
-  embedding matrix). Arithmetic is in float64, outputs are cast back to the first model's dtype.
+- Memory ≈ two models, not N: inputs are memory-mapped with `safetensors.safe_open` and read in
+  row chunks of one tensor at a time; only the output model is held whole (safetensors writes a
+  file at once). TIES finds each task vector's top-k cut-off by an exact two-pass radix select
+  over the chunks, so even the embedding matrix is never materialised N times. Arithmetic is in
+  float64; outputs take the first model's dtype. benchmarks/merge_memory.py measures the peak.
 - Tied decoder: our directories do not store `decoder.weight`; a transformers directory may store
   it as well as, or (older exports) instead of, the token embeddings. It is read once, under the
   embedding name, and the output stores only the embeddings (loaders re-tie).
@@ -39,12 +40,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -69,59 +71,147 @@ ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "global_attn_every_n_layers",
                               "global_rope_theta", "local_rope_theta")
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 class MergeError(ValueError):
     """Inputs that cannot be merged; the message names the problem and the fix."""
 
 
 # ----------------------------------------------------------------------------- tensor arithmetic
-def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the top `density` fraction of entries of `delta` by magnitude, zero the rest.
+# Every merge runs over row chunks of CHUNK_ELEMENTS entries, so the transient memory is a few
+# chunks, not N copies of the largest tensor (mmBERT-base's 256k × 768 embedding is 60% of it).
+CHUNK_ELEMENTS = 1 << 22
+Rows = Callable[[int, int], torch.Tensor]  # rows [a, b) of one input tensor (flat if 0/1-D)
 
-    k = int(density · numel) as in mergekit, but at least 1 so that a small tensor (a norm
-    vector, a bias) is never trimmed away entirely. Among equal magnitudes at the cut, topk's
-    order decides (it does not matter for real weights; tests avoid exact ties).
+
+def _row_chunks(shape: Sequence[int]) -> list[tuple[int, int]]:
+    rows = shape[0] if len(shape) else 1
+    per = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    return [(a, min(rows, a + per)) for a in range(0, rows, per)]
+
+
+def _in_memory(t: torch.Tensor) -> Rows:
+    t = t.reshape(1) if t.dim() == 0 else t
+    return lambda a, b: t[a:b]
+
+
+def _kth_largest(chunks: Callable[[], Iterable[torch.Tensor]], k: int) -> tuple[float, int]:
+    """(v, n_above): the k-th largest of non-negative float32 values given as chunks, and how many
+    values are strictly larger. Exact, by a two-pass radix select on the float bit patterns
+    (for x >= 0 they sort like the numbers), so no pass needs the whole tensor at once."""
+    def hist(select_hi: int | None) -> torch.Tensor:
+        h = torch.zeros(1 << 16, dtype=torch.int64)
+        for c in chunks():
+            bits = c.reshape(-1).view(torch.int32)
+            part = bits >> 16 if select_hi is None else bits[(bits >> 16) == select_hi] & 0xFFFF
+            h += torch.bincount(part.to(torch.int64), minlength=1 << 16)
+        return h
+
+    def pick(h: torch.Tensor, k: int) -> tuple[int, int]:  # bin holding the k-th largest, # above it
+        cum = h.flip(0).cumsum(0)
+        i = int(torch.searchsorted(cum, torch.tensor([k]))[0])
+        return (1 << 16) - 1 - i, int(cum[i] - h.flip(0)[i])
+
+    hi, above_hi = pick(hist(None), k)
+    lo, above_lo = pick(hist(hi), k - above_hi)
+    value = torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32).item()
+    return value, above_hi + above_lo
+
+
+class _Trim:
+    """Keeps the top-k entries of one task vector by magnitude, chunk by chunk in row-major order.
+
+    k = int(density · numel) as in mergekit, but at least 1, so a small tensor (a norm, a bias) is
+    never trimmed away entirely. Magnitudes are compared in float32; entries equal to the cut-off
+    value are kept in row-major order until exactly k are kept (mergekit's argsort leaves that
+    order unspecified; real weights rarely tie, bf16 ones sometimes do).
     """
+
+    def __init__(self, magnitudes: Callable[[], Iterable[torch.Tensor]], numel: int, density: float):
+        k = max(1, int(density * numel))
+        self.all = k >= numel
+        if not self.all:
+            self.cut, above = _kth_largest(magnitudes, k)
+            self.ties_left = k - above
+
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+        if self.all:
+            return delta
+        mag = delta.abs().float()
+        keep = mag > self.cut
+        if self.ties_left > 0:
+            eq = (mag == self.cut).reshape(-1)
+            take = eq & (eq.cumsum(0) <= self.ties_left)
+            self.ties_left -= int(take.sum())
+            keep |= take.view_as(keep)
+        return delta * keep
+
+
+def _ties(base: Rows, models: Sequence[Rows], shape: Sequence[int], weights: Sequence[float],
+          density: float, lam: float, out: torch.Tensor) -> torch.Tensor:
+    chunks = _row_chunks(shape)
+    numel = math.prod(shape)
+
+    def delta(i: int, a: int, b: int) -> torch.Tensor:
+        return models[i](a, b).to(torch.float64) - base(a, b).to(torch.float64)
+
+    trims = [_Trim(lambda i=i: (delta(i, a, b).abs().float() for a, b in chunks), numel, density)
+             for i in range(len(models))]
+    flat = out.view(1) if out.dim() == 0 else out
+    for a, b in chunks:
+        base_ab = base(a, b).to(torch.float64)
+        deltas = torch.stack([trims[i](models[i](a, b).to(torch.float64) - base_ab)
+                              for i in range(len(models))])
+        w = torch.tensor(list(weights), dtype=torch.float64).view(-1, *([1] * (deltas.dim() - 1)))
+        deltas *= w
+        sign = torch.sign(deltas.sum(0))
+        sign[sign == 0] = 1
+        agree = torch.sign(deltas) == sign  # a trimmed (zero) entry never agrees: it is left out
+        mixed = (deltas * agree).sum(0)
+        divisor = (w * agree).sum(0)
+        divisor[divisor.abs() < 1e-12] = 1.0  # no model kept this entry: mixed is 0, avoid 0/0
+        flat[a:b] = (base_ab + lam * (mixed / divisor)).to(out.dtype)
+    return out
+
+
+def _linear(models: Sequence[Rows], shape: Sequence[int], weights: Sequence[float],
+            out: torch.Tensor) -> torch.Tensor:
+    total = float(sum(weights))
+    flat = out.view(1) if out.dim() == 0 else out
+    for a, b in _row_chunks(shape):
+        acc = torch.zeros(flat[a:b].shape, dtype=torch.float64)
+        for m, w in zip(models, weights):
+            acc.add_(m(a, b).to(torch.float64), alpha=w / total)
+        flat[a:b] = acc.to(out.dtype)
+    return out
+
+
+def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top `density` fraction of `delta`'s entries by magnitude, zero the rest."""
     _check_density(density)
-    n = delta.numel()
-    k = max(1, int(density * n))
-    if k >= n:
-        return delta.clone()
-    flat = delta.reshape(-1)
-    keep = torch.topk(flat.abs(), k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[keep] = flat[keep]
-    return out.view_as(delta)
+    return _Trim(lambda: [delta.abs().float()], delta.numel(), density)(delta)
 
 
 def ties_merge_tensors(base: torch.Tensor, models: Sequence[torch.Tensor],
                        weights: Sequence[float] | None = None, density: float = 1.0,
                        lam: float = 1.0) -> torch.Tensor:
-    """TIES-merge one tensor: trim, elect sign, disjoint (weighted) mean, add λ × that to base.
+    """TIES-merge one in-memory tensor: trim, elect sign, disjoint (weighted) mean, base + λ·that.
 
-    Computed in float64 (so that merging identical checkpoints gives them back bit for bit after
-    casting down); returns float64 — the caller casts to the checkpoint dtype.
+    Arithmetic in float64 (merging identical checkpoints then gives them back bit for bit after
+    casting down); returns float64.
     """
+    _check_density(density)
     weights = [1.0] * len(models) if weights is None else list(weights)
-    b = base.to(torch.float64)
-    deltas = torch.stack([trim_to_density(m.to(torch.float64) - b, density) for m in models])
-    w = torch.tensor(weights, dtype=torch.float64).view(-1, *([1] * b.dim()))
-    deltas = deltas * w
-    sign = torch.sign(deltas.sum(0))
-    sign[sign == 0] = 1
-    agree = torch.sign(deltas) == sign  # a trimmed (zero) entry never agrees: it is left out
-    mixed = (deltas * agree).sum(0)
-    divisor = (w * agree).sum(0)
-    divisor[divisor.abs() < 1e-12] = 1.0  # no model kept this entry: mixed is 0, avoid 0/0
-    return b + lam * (mixed / divisor)
+    out = torch.empty(base.shape, dtype=torch.float64)
+    return _ties(_in_memory(base), [_in_memory(m) for m in models], base.shape, weights, density,
+                 lam, out)
 
 
 def linear_merge_tensors(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Σ w_i t_i / Σ w_i in float64, accumulated one tensor at a time."""
-    total = float(sum(weights))
-    acc = torch.zeros(tensors[0].shape, dtype=torch.float64)
-    for t, w in zip(tensors, weights):
-        acc.add_(t.to(torch.float64), alpha=w / total)
-    return acc
+    """Σ w_i t_i / Σ w_i, in float64."""
+    out = torch.empty(tensors[0].shape, dtype=torch.float64)
+    return _linear([_in_memory(t) for t in tensors], tensors[0].shape, weights, out)
 
 
 def ema_weights(n: int, alpha: float) -> list[float]:
@@ -323,22 +413,33 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
                 handles[f] = stack.enter_context(safe_open(f, framework="pt"))
             return handles[f].get_tensor(stored)
 
+        def rows(c: Checkpoint, name: str) -> Rows:
+            f, stored = c.where[name]
+            if f not in handles:
+                handles[f] = stack.enter_context(safe_open(f, framework="pt"))
+            sl = handles[f].get_slice(stored)
+            if not sl.get_shape():
+                return lambda a, b: handles[f].get_tensor(stored).reshape(1)[a:b]
+            return lambda a, b: sl[a:b]
+
         names = sorted(ckpts[0].where)
         for name in tqdm(names, desc=f"merge ({method})", disable=not progress):
-            tensors = [read(c, name) for c in ckpts]
-            dtype = tensors[0].dtype
-            if not dtype.is_floating_point:  # integer buffers (none in ModernBERT): must agree
+            shape = ckpts[0].shapes[name]
+            dtype = _DTYPES.get(ckpts[0].dtypes[name])
+            if dtype is None or not dtype.is_floating_point:  # integer buffers (none in ModernBERT)
+                tensors = [read(c, name) for c in ckpts]
                 if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
                     raise MergeError(f"non-float tensor {name} differs between models; it cannot "
                                      f"be averaged")
                 merged[name] = tensors[0].clone()
                 continue
+            out_t = torch.empty(shape, dtype=dtype)
             if method == "ties":
-                out_t = ties_merge_tensors(read(base_ckpt, name), tensors, weights, density, lam)
+                _ties(rows(base_ckpt, name), [rows(c, name) for c in ckpts], shape, weights,
+                      density, lam, out_t)
             else:
-                out_t = linear_merge_tensors(tensors, weights)
-            merged[name] = out_t.to(dtype).contiguous()
-            del tensors
+                _linear([rows(c, name) for c in ckpts], shape, weights, out_t)
+            merged[name] = out_t
 
     if ckpts[0].config.tie_word_embeddings:
         merged.pop(DECODER, None)  # never stored when tied (see module docstring)
