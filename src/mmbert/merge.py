@@ -81,7 +81,7 @@ class MergeError(ValueError):
 # ----------------------------------------------------------------------------- tensor arithmetic
 # Every merge runs over row chunks of CHUNK_ELEMENTS entries, so the transient memory is a few
 # chunks, not N copies of the largest tensor (mmBERT-base's 256k × 768 embedding is 60% of it).
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 Rows = Callable[[int, int], torch.Tensor]  # rows [a, b) of one input tensor (flat if 0/1-D)
 
 
