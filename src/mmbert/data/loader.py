@@ -18,8 +18,9 @@ The stream (all deterministic functions of `seed`):
    expected share of TOKENS from ℓ is p_ℓ whatever the languages' document lengths. The uniforms come
    in blocks of 4096 from `np.random.default_rng([seed, phase, block])`, so the stream position is
    two small integers.
-2. Documents. Each language walks through a permutation of its documents, a fresh one per epoch
-   (`default_rng([seed, crc32(lang), epoch])`); a language's position carries over phase boundaries.
+2. Documents. Each language walks through a permutation of its `train` documents (the `heldout`
+   split is never read), a fresh one per epoch (`default_rng([seed, crc32(lang), epoch])`); a
+   language's position carries over phase boundaries. `epochs_seen()` reports the repetition.
 3. Chunking and packing (`mmbert.data.packing`): each document becomes `<bos> … <eos>` chunks
    (back-filled tails) that a streaming greedy best-fit packer puts into rows of exactly seq_len.
 4. Masking (`mmbert.data.masking.apply_mask`, 80/10/10, specials never selected) with a numpy
