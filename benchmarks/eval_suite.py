@@ -70,6 +70,8 @@ def main() -> int:
     p.add_argument("--suites", nargs="+", default=["quick", "full"])
     p.add_argument("--num-seeds", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks (split a long "
+                                                 "suite over several processes; CPU seconds stay comparable)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +81,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     trained = Path(args.trained) if args.trained else None
     tok = Path(args.tokenizer) if args.tokenizer else (trained or stand_in_tokenizer(out, args.data_dir))
-    models = {"random-init": random_model(out, tok, trained)}
+    d = out / "random-init"
+    models = {"random-init": d if (d / "config.json").exists() and args.tasks else random_model(out, tok, trained)}
     if trained is not None:
         models = {"trained": trained, **models}
     rows, load = [], []
@@ -87,8 +90,10 @@ def main() -> int:
         for name, path in models.items():
             seeds = range(args.num_seeds) if args.num_seeds else None
             load.append(os.getloadavg()[0])
-            res = run_suite(path, suite, data_dir=args.data_dir, out_dir=out / f"{suite}-{name}", seeds=seeds,
-                            shards_root=args.shards, progress=True)
+            tag = f"-{args.tasks.replace(',', '+')}" if args.tasks else ""
+            res = run_suite(path, suite, data_dir=args.data_dir, out_dir=out / f"{suite}-{name}{tag}", seeds=seeds,
+                            shards_root=args.shards, progress=True,
+                            tasks=args.tasks.split(",") if args.tasks else None)
             load.append(os.getloadavg()[0])
             for task, r in res["tasks"].items():
                 avg = r.get("average", {})
