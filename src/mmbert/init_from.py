@@ -47,9 +47,9 @@ shrink (every target size <= the source's), rule "magnitude" (default) or "strid
                   writer (embeddings, each Wo) its row's share of the matrix's squared norm, plus
                   for every reader (each Wqkv / Wi / head.dense column scaled by the LayerNorm
                   gain in front of it) its column's share; summed over all writers and readers.
-  Rationale: pruning by weight magnitude is the cheapest importance estimate that uses what the
-  source learned (it needs no data); it tends to keep the few outlier residual dimensions that
-  trained transformers rely on, which strided selection drops at random.
+  Rationale: weight magnitude is the cheapest importance estimate that uses what the source
+  learned (no data needed); it is meant to keep the few heavy residual dimensions and units that
+  trained transformers lean on, which a strided pick keeps or drops by chance.
   benchmarks/shrink_transfer.py measures both rules against a random initialisation.
 - head_dim, when it shrinks, is selected strided inside each rotary half.
 Mixed transfers (one axis grows, another shrinks) use, per axis, the rule of its direction.
@@ -146,7 +146,8 @@ def _magnitude_scores(state: dict[str, torch.Tensor], src: EncoderConfig):
         q = f"{p}layers.{l}."
         wqkv, wo = f(state[q + "attn.Wqkv.weight"]), f(state[q + "attn.Wo.weight"])
         wi, wo2 = f(state[q + "mlp.Wi.weight"]), f(state[q + "mlp.Wo.weight"])
-        attn_gain = f(state[q + "attn_norm.weight"]) if q + "attn_norm.weight" in state else 1.0
+        # layer 0 has no attn_norm: the embedding norm is the LayerNorm in front of its Wqkv
+        attn_gain = f(state.get(q + "attn_norm.weight", state[f"{p}embeddings.norm.weight"]))
         mlp_gain = f(state[q + "mlp_norm.weight"])
         v = wqkv.view(3, nh, hd, H)[2]
         heads.append(v.pow(2).sum((1, 2)).sqrt() * wo.view(H, nh, hd).pow(2).sum((0, 2)).sqrt())
