@@ -173,3 +173,52 @@ def test_texts_and_fill_mask_match_the_reference(model):
         fill_mask(model, ["the cat"], tok)
     with pytest.raises(ValueError, match="masked-LM"):
         fill_mask(build_model(CFG, head="none"), texts, tok)
+
+
+def test_model_directories_ours_and_transformers(model, tmp_path):
+    """encode takes a path: our checkpoint, and a transformers ModernBERT directory."""
+    import transformers
+
+    docs = _docs([12, 40, 1])
+    model.save_pretrained(tmp_path / "ours")
+    torch.testing.assert_close(encode(str(tmp_path / "ours"), docs, dtype="fp32"), encode(model, docs, dtype="fp32"))
+
+    hcfg = transformers.ModernBertConfig(**{k: v for k, v in CFG.to_hf_dict().items()
+                                            if k not in ("architectures", "model_type", "transformers_version")})
+    torch.manual_seed(3)
+    hf = transformers.ModernBertModel(hcfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = encode(str(tmp_path / "hf"), docs, pooling="none", dtype="fp32")
+    for d, o in zip(docs, ours):
+        with torch.no_grad():
+            ref = hf(input_ids=torch.tensor([d])).last_hidden_state[0]
+        torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_embed_and_fill_mask(tmp_path, capsys):
+    import numpy as np
+
+    from mmbert.cli import main
+    from mmbert.tokenizer import train_tokenizer_from_texts
+
+    tok = train_tokenizer_from_texts(["the cat sat on the mat", "der Hund lief weit weg", "le chat noir"] * 20, 512)
+    torch.manual_seed(0)
+    m = build_model(CFG.replace(vocab_size=tok.vocab_size), head="mlm").eval()
+    m.tokenizer = tok
+    m.save_pretrained(tmp_path / "m")
+    texts = ["the cat sat", "", "der Hund lief weit weg, le chat noir"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.txt"),
+                 "--out", str(tmp_path / "v.npy"), "--dtype", "fp32"]) == 0
+    vecs = np.load(tmp_path / "v.npy")
+    assert vecs.shape == (2, CFG.hidden_size)  # blank line skipped
+    ref = encode(m, [texts[0], texts[2]], tok, dtype="fp32")
+    np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
+
+    mask = tok.tokens["mask"]
+    assert main(["fill-mask", "--model", str(tmp_path / "m"), "--top-k", "2", f"the {mask} sat"]) == 0
+    out = capsys.readouterr().out
+    assert "mask 0:" in out and out.count(",") >= 1
+    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "missing.txt"),
+                 "--out", str(tmp_path / "v.npy")]) == 1
+    assert "no such input file" in capsys.readouterr().err

@@ -81,7 +81,8 @@ _PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDiction
 
 
 def _weights_version(model: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    # inference tensors (made under torch.inference_mode) keep no version counter
+    return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in model.parameters())
 
 
 def prepare(model: nn.Module, dtype: torch.dtype, compile: bool = False) -> nn.Module:
@@ -221,7 +222,6 @@ class _threads:
 
 
 # ----------------------------------------------------------------------------- public API
-@torch.inference_mode()
 def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, *,
            pooling: str = "mean", batch_tokens: int = 16384, max_length: int | None = None,
            truncate: str = "warn", dtype: str | torch.dtype = "auto", compile: bool = False,
@@ -258,7 +258,8 @@ def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="encode", unit="batch")
-    with _threads(threads if threads is not None else (default_threads() if device.type == "cpu" else None)):
+    with torch.inference_mode(), _threads(threads if threads is not None else
+                                          (default_threads() if device.type == "cpu" else None)):
         for batch in batches:
             p = pack([ids[i] for i in batch], device)
             hidden = encoder(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state
@@ -272,7 +273,6 @@ def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int
     return results if pooling == "none" else torch.stack(results)
 
 
-@torch.inference_mode()
 def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = None, top_k: int = 5, *,
               batch_tokens: int = 16384, max_length: int | None = None, truncate: str = "warn",
               dtype: str | torch.dtype = "auto", threads: int | None = None) -> list[list[list[dict]]]:
@@ -302,7 +302,8 @@ def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = Non
     encoder = _bare_encoder(model)
     top_k = min(top_k, config.vocab_size)
     results: list[list[list[dict]]] = [[] for _ in ids]
-    with _threads(threads if threads is not None else (default_threads() if device.type == "cpu" else None)):
+    with torch.inference_mode(), _threads(threads if threads is not None else
+                                          (default_threads() if device.type == "cpu" else None)):
         for batch in plan_batches([len(x) for x in ids], batch_tokens):
             p = pack([ids[i] for i in batch], device)
             hidden = encoder(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state
