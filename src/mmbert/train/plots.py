@@ -36,13 +36,13 @@ def _smooth(ys: list[float], k: int) -> list[float]:
 
 
 def _boundaries(train: list[dict[str, Any]]) -> list[float]:
-    out, prev = [], None
+    """Tokens at each phase end of every track (a phase's last step ends exactly there)."""
+    out, prev = set(), None
     for r in train:
-        key = (r["track"], r["phase"])
-        if prev is not None and key != prev and r["track"] == prev[0]:
-            out.append(r["tokens"])
-        prev = key
-    return out
+        if prev is not None and (r["track"], r["phase"]) != (prev["track"], prev["phase"]):
+            out.add(prev["tokens"])
+        prev = r
+    return sorted(out)
 
 
 def make_plots(run: str | os.PathLike) -> list[Path]:
@@ -110,7 +110,8 @@ def make_plots(run: str | os.PathLike) -> list[Path]:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     for key, ax in zip(("lr", "mask_rate", "temperature", "seq_len"), axes.flat):
         for track, rs in by_track.items():
-            ax.plot([r["tokens"] for r in rs], [r[key] for r in rs], lw=1.2, label=track)
+            # a step's value holds from the previous step's tokens up to its own: steps-pre
+            ax.plot([r["tokens"] for r in rs], [r[key] for r in rs], lw=1.2, label=track, drawstyle="steps-pre")
         ax.set_title(key)
     axes.flat[0].legend(fontsize=8)
     finish(fig, list(axes.flat), "schedules.png")
