@@ -72,7 +72,7 @@ def _process_package(args: tuple[Package, int]) -> _PackageResult:
     for raw in read_package(pkg, warnings, licenses):
         if raw.code not in tags:
             try:
-                tags[raw.code] = resolve_tag(raw.code, " ".join(raw.lines)[:20000] if raw.text_hint else None)
+                tags[raw.code] = resolve_tag(raw.code)
             except UnknownLanguageError:
                 tags[raw.code] = None
         tag = tags[raw.code]

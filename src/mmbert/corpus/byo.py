@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mmbert.corpus.clean import text_to_paragraphs
 from mmbert.corpus.languages import UnknownLanguageError, split_tag, to_iso639_3
 
 SUFFIXES = (".jsonl", ".txt", ".parquet")

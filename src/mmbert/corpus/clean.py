@@ -208,16 +208,6 @@ ENGLISH_STOPWORDS = frozenset(
     "there their been were can not or all any only such each into than must does other its they "
     "what how who them then some more used using use file files see option default value "
     "specified following returns return set".split())
-_WORD = re.compile(r"[A-Za-z']+")
-
-
-def english_share(line: str) -> float:
-    """Share of the line's words that are distinctly English function words (0 for no words)."""
-    words = line.split()
-    if not words:
-        return 0.0
-    hits = sum(1 for w in words if w.strip(".,;:!?()[]\"'«»“”").lower() in ENGLISH_STOPWORDS)
-    return hits / len(words)
 
 
 def is_english(line: str, threshold: float = 0.2, min_hits: int = 2) -> bool:
@@ -274,7 +264,3 @@ class LineCleaner:
     def clean(self, lines: Iterable[str]) -> list[str]:
         return [k for k in (self.accept(x) for x in lines) if k is not None]
 
-
-def unescape(s: str) -> str:
-    """HTML entities → characters (for JSON sources that embed them)."""
-    return html.unescape(s)

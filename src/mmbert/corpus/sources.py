@@ -98,7 +98,6 @@ class RawDoc:
     lines: list[str]
     source: str
     ref: str
-    text_hint: bool = False  # True: detect the script from the text when the code names none
 
 
 @dataclass
