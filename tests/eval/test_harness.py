@@ -188,3 +188,16 @@ def test_cli_eval(ours_dir, fixture_data, tmp_path):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(res["tasks"]) == ["tatoeba"] and res["seeds"] == [3]
     assert main(["eval", "--model", str(tmp_path / "nope"), "--suite", "quick", "--out", str(tmp_path / "o")]) == 1
+
+
+@pytest.mark.parametrize("which", ["ours", "bert"])
+def test_word_tokenization_is_running_text(which, ours_dir, bert_dir):
+    bb = load_backbone({"ours": ours_dir, "bert": bert_dir}[which])
+    sents = [("Angela", "Merkel", "lebt", "in", "Berlin", "."), ("Кошка", "сидит", "—", "猫坐在垫子上。"), ("cat",)]
+    ids, starts = bb.tokenize_words(sents, max_len=64)
+    for words, x, st in zip(sents, ids, starts):
+        assert x == bb.tokenize([" ".join(words)], max_len=64)[0]  # same ids as the sentence itself
+        assert len(st) == len(words) and all(a < b for a, b in zip(st, st[1:]))  # one distinct start per word
+        assert st[0] == len(bb.prefix) and all(len(bb.prefix) <= s < len(x) - len(bb.suffix) for s in st)
+    short, cut = bb.tokenize_words([tuple(["Berlin"] * 40)], max_len=12)
+    assert len(short[0]) == 12 and cut[0][-1] == -1 and cut[0][0] == len(bb.prefix)

@@ -143,24 +143,32 @@ class Backbone:
                        ) -> tuple[list[list[int]], list[list[int]]]:
         """Pre-split words → (framed ids, first-subword position of each word, -1 if truncated away).
 
-        Each distinct word is tokenized once on its own (SentencePiece-style tokenizers see it with
-        its word-start marker, as in running text).
+        The words are joined with single spaces and tokenized as running text — exactly the ids
+        `tokenize(" ".join(words))` gives — so SentencePiece-style tokenizers see the word-start
+        marker as in pretraining; each word is then located through the character offsets (its first
+        token is the first one overlapping its characters).
         """
-        vocab = sorted({w for s in sentences for w in s})
-        pieces = dict(zip(vocab, self._raw(vocab)))
-        unk = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
-        budget = max_len - len(self.prefix) - len(self.suffix)
-        all_ids, all_starts = [], []
+        texts, spans = [], []
         for words in sentences:
-            ids, starts = list(self.prefix), []
+            pos, sp = 0, []
             for w in words:
-                p = pieces[w] or [unk]
-                if len(ids) - len(self.prefix) + len(p) > budget:
-                    starts.append(-1)
-                    continue
-                starts.append(len(ids))
-                ids.extend(p)
-            all_ids.append(ids + list(self.suffix))
+                sp.append((pos, pos + len(w)))
+                pos += len(w) + 1
+            texts.append(" ".join(words))
+            spans.append(sp)
+        budget = max_len - len(self.prefix) - len(self.suffix)
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else \
+            {"input_ids": [], "offset_mapping": []}
+        all_ids, all_starts = [], []
+        for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+            ids, offsets = list(ids)[:budget], list(offsets)[:budget]
+            starts, t = [], 0
+            for s, e in sp:
+                while t < len(offsets) and offsets[t][1] <= s:  # tokens that end before this word
+                    t += 1
+                hit = t < len(offsets) and offsets[t][0] < max(e, s + 1)
+                starts.append(len(self.prefix) + t if hit else -1)
+            all_ids.append(list(self.prefix) + ids + list(self.suffix))
             all_starts.append(starts)
         return all_ids, all_starts
 
