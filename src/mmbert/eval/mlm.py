@@ -59,8 +59,18 @@ def assign_tiers(token_counts: dict[str, int], tiers: Sequence[tuple[str, Any]] 
     return out
 
 
+def _config(model: nn.Module):
+    """The model's config, also through DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if m is not None and getattr(m, "config", None) is not None:
+            return m.config
+    return None
+
+
 def _special_ids(model: nn.Module) -> set[int]:
-    cfg = getattr(model, "config", None)
+    cfg = _config(model)
+    if cfg is None:
+        return {0, 1, 2, 3, 4}  # mmBERT / Gemma 2: pad, eos/sep, bos/cls, unk, mask
     ids = set()
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
                 "unk_token_id", "mask_token_id"):
@@ -112,7 +122,7 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
     if missing:
         raise ValueError(f"evaluate_mlm: no '{split}' split in {shards_root} for {missing}; run "
                          f"`mmbert data prepare` with a held-out split or pick other languages")
-    cfg = getattr(model, "config", None)
+    cfg = _config(model)
     vocab = int(getattr(cfg, "vocab_size", index.vocab_size))
     if index.vocab_size > vocab:
         raise ValueError(f"evaluate_mlm: shards use a {index.vocab_size}-token vocabulary but the model has "
