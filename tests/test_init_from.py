@@ -228,14 +228,18 @@ def test_init_from_directory_and_cli(tmp_path, capsys):
     torch.manual_seed(0)
     src_cfg = EncoderConfig.from_preset("tiny", vocab_size=64)
     build_model(src_cfg).save_pretrained(tmp_path / "src")
-    (tmp_path / "src" / "tokenizer.json").write_text('{"t": 1}')
+    from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "a", "b"])}
+    tok_json = Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).to_str()
+    (tmp_path / "src" / "tokenizer.json").write_text(tok_json)
     half = src_cfg.replace(hidden_size=64, num_attention_heads=2, intermediate_size=128,
                            num_hidden_layers=3)
     out = init_from(tmp_path / "src", tmp_path / "small", config=half, rule="strided")
     model = mmbert.from_pretrained(out)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 3
     assert model.config.vocab_size == 64
-    assert (out / "tokenizer.json").read_text() == '{"t": 1}'
+    assert (out / "tokenizer.json").read_text() == tok_json
     rec = json.loads((out / "init_from.json").read_text())
     assert rec["rule"] == "strided" and rec["plan"]["layers"] == [0, 3, 5]
     with pytest.raises(FileExistsError, match="--overwrite"):
