@@ -166,7 +166,7 @@ def _add_merge(sub):
     p.add_argument("--density", type=float, default=1.0,
                    help="ties: fraction of each task vector kept (by magnitude), in (0, 1]")
     p.add_argument("--weights", type=float, nargs="+", default=None,
-                   help="one weight per model (default: equal)")
+                   help="one weight per model (omitted: all equal)")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0,
                    help="ties: scale of the merged task vector")
     p.add_argument("--alpha", type=float, default=0.5, help="ema: decay per step back in time, [0, 1]")
