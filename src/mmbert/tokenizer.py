@@ -322,12 +322,13 @@ def fertility(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float]:
     """Tokens per character and per whitespace-separated word (no special tokens), and the share of
     tokens that are byte fallbacks or <unk>."""
     chars = words = tokens = fallback = unk = 0
+    byte_ids = {i for i in (tok.hf.token_to_id(b) for b in BYTE_TOKENS) if i is not None}
     for t in texts:
         ids = tok.encode(t, add_special_tokens=False)
         chars += len(t)
         words += len(t.split())
         tokens += len(ids)
-        fallback += sum(1 for i in ids if 5 <= i < 5 + 256) if tok.unk_id == 3 else 0
+        fallback += sum(1 for i in ids if i in byte_ids)
         unk += sum(1 for i in ids if i == tok.unk_id)
     return {"chars": chars, "words": words, "tokens": tokens,
             "tokens_per_char": tokens / max(1, chars), "tokens_per_word": tokens / max(1, words),
