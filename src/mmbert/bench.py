@@ -6,9 +6,11 @@
 
 Method (after ModernBERT, Warner et al. 2024, §4 "efficiency"): synthetic token sets — fixed 512,
 lengths ~ Normal(256, 64), fixed 8192, lengths ~ Normal(4096, 1024) — shuffled once and cut into
-the same batches (a token budget per batch) for every system. Each system gets one warm-up call
-(the first batch; a 512-token prefix on the long sets), then timed passes over the whole set (up to `repeats`, fewer when a pass is slower than the
-per-cell time budget); the median pass gives tokens/s (real tokens only; padding is waste).
+the same batches (a token budget per batch) for every system. Each system is warmed up once (the
+first batch; a 512-token prefix on the long sets); then rounds: each round times one whole pass of
+every system in turn and a GEMM, so load from other jobs on a shared machine hits all systems
+alike; a system leaves after the round in which its passes exceed the per-cell budget. The median
+pass gives tokens/s (real tokens only; padding is waste).
 
 Systems, same weights where they share an architecture (ours is copied into transformers through
 save_pretrained → from_pretrained):
@@ -19,8 +21,8 @@ save_pretrained → from_pretrained):
   max length 512 so the long sets are n/a, padded batches, random weights.
 Peers run in fp32 and, with `--peer-dtypes fp32 bf16`, also in bf16.
 
-MFU = achieved FLOP/s ÷ this machine's measured GEMM FLOP/s (a 2048³ matmul timed in the same
-run, fp32 and bf16, right before each set, because other jobs move the load on a shared machine). FLOPs per real token = 2 × (weights of the linear layers) + attention
+MFU = achieved FLOP/s ÷ this machine's measured GEMM FLOP/s (a 2048³ matmul, fp32 and bf16, timed
+once per round next to the passes; the median over the set's rounds). FLOPs per real token = 2 × (weights of the linear layers) + attention
 4·hidden per attended (query, key) pair, counted with the real window on local layers and the
 real document length on global ones — work on padding is not counted as useful.
 """
@@ -152,6 +154,10 @@ class System:
     extra: dict = field(default_factory=dict)
 
 
+def _named(name: str, dtype: torch.dtype) -> str:
+    return name if dtype == torch.float32 else f"{name}_bf16"
+
+
 def _padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(d) for d in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -190,6 +196,14 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         fast(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen)
 
     systems = [System("mmbert", dt, run_ours, flops_mm)]
+    if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
+        exact = prepare(ours, torch.float32)
+
+        def run_ours_fp32(batch):
+            p = pack(batch, torch.device("cpu"))
+            exact(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen)
+
+        systems.append(System("mmbert_fp32", torch.float32, run_ours_fp32, flops_mm))
 
     with tempfile.TemporaryDirectory() as d:
         ours.save_pretrained(d)  # identical weights in transformers' ModernBertModel
@@ -201,7 +215,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
             ids, mask = _padded(batch, cfg.pad_token_id)
             hf(input_ids=ids, attention_mask=mask)
 
-        systems.append(System("hf_modernbert", pdt, run_hf, flops_mm))
+        systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm))
 
     shape = XLMR_SHAPES.get(cfg.hidden_size, dict(num_attention_heads=cfg.num_attention_heads,
                                                   intermediate_size=4 * cfg.hidden_size))
@@ -221,30 +235,38 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
             ids = torch.where(mask.bool(), 5 + (ids - 5) % (xcfg.vocab_size - 5), ids)  # into its vocab
             xm(input_ids=ids, attention_mask=mask)
 
-        systems.append(System("xlmr", pdt, run_x, flops_x, max_len=512))
+        systems.append(System(_named("xlmr", pdt), pdt, run_x, flops_x, max_len=512))
     return systems
 
 
 # ----------------------------------------------------------------------------- timing
 @torch.inference_mode()
-def time_system(system: System, batches: list[list[list[int]]], repeats: int, cell_budget_s: float) -> dict:
-    """Warm up on the first batch (a 512-token prefix for long documents: a whole 8k pass of a
-    padded peer costs minutes here and its first-call overhead is negligible at that size), then
-    time whole passes over the set; median tokens/s."""
+def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int,
+             cell_budget_s: float) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Round-robin timing: every round times one whole pass of each system over the set, then a
+    GEMM in each dtype, so load changes from other jobs on a shared machine hit all systems alike.
+    Each system is warmed up first on the first batch (a 512-token prefix for long documents: a
+    whole 8k pass of a padded peer costs minutes here, and first-call overhead is negligible at
+    that size). A system stops after the round in which its passes exceed `cell_budget_s`.
+    Returns pass times per system and the median GEMM FLOP/s per dtype."""
     first = batches[0]
-    system.run(first if max(len(d) for d in first) <= 512 else [first[0][:512]])
-    times = []
-    while len(times) < repeats:
-        t = time.perf_counter()
-        for b in batches:
-            system.run(b)
-        times.append(time.perf_counter() - t)
-        if sum(times) > cell_budget_s:
+    warm = first if max(len(d) for d in first) <= 512 else [first[0][:512]]
+    for s in systems:
+        s.run(warm)
+    times: dict[int, list[float]] = {i: [] for i in range(len(systems))}
+    gemm: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(repeats):
+        active = [i for i in times if sum(times[i]) <= cell_budget_s]
+        if not active:
             break
-    lengths = [len(d) for b in batches for d in b]
-    sec = statistics.median(times)
-    return {"tokens_per_s": sum(lengths) / sec, "flops_per_s": system.flops(lengths) / sec,
-            "repeats": len(times), "seconds": sec}
+        for i in active:
+            t = time.perf_counter()
+            for b in batches:
+                systems[i].run(b)
+            times[i].append(time.perf_counter() - t)
+        gemm["fp32"].append(gemm_flops_per_s(torch.float32, repeats=1))
+        gemm["bf16"].append(gemm_flops_per_s(torch.bfloat16, repeats=1))
+    return ({i: v for i, v in times.items()}, {k: statistics.median(v) for k, v in gemm.items()})
 
 
 @dataclass
@@ -277,9 +299,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     result = {"machine": machine_info(threads), "method": {
         "batch_tokens": cfg.batch_tokens, "repeats": cfg.repeats, "cell_budget_s": cfg.cell_budget_s,
         "docs": {s: DOCS[s][1 if cfg.quick else 0] for s in cfg.sets}, "statistic": "median pass"}}
-    gemms = [{"fp32": gemm_flops_per_s(torch.float32), "bf16": gemm_flops_per_s(torch.bfloat16)}]
-    log(f"GEMM 2048³: fp32 {gemms[0]['fp32'] / 1e9:.0f} GFLOP/s, bf16 {gemms[0]['bf16'] / 1e9:.0f} GFLOP/s, "
-        f"{threads} threads")
+    gemms = []
+    log(f"{threads} threads; GEMM 2048³ timed once per round, next to the passes")
     result["presets"] = {}
     for preset in cfg.presets:
         systems = build_systems(preset, peer_dtypes, cfg.ours_dtype, cfg.seed)
@@ -289,24 +310,22 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             n_docs = DOCS[set_name][1 if cfg.quick else 0]
             lengths = set_lengths(set_name, n_docs, cfg.seed)
             batches = make_batches(lengths, vocab, max(cfg.batch_tokens, max(lengths)), cfg.seed)
-            # GEMM measured next to each set's cells: other jobs on a shared machine move the load
-            gemm = {"fp32": gemm_flops_per_s(torch.float32, repeats=3),
-                    "bf16": gemm_flops_per_s(torch.bfloat16, repeats=3)}
+            runnable = [x for x in systems if x.max_len is None or max(lengths) <= x.max_len]  # else n/a
+            times, gemm = time_set(runnable, batches, cfg.repeats, cfg.cell_budget_s)
             gemms.append(gemm)
             cells = {}
-            for s in systems:
-                if s.max_len is not None and max(lengths) > s.max_len:
-                    continue  # n/a: the peer cannot take documents this long
-                r = time_system(s, batches, cfg.repeats, cfg.cell_budget_s)
-                r["dtype"] = str(s.dtype).replace("torch.", "")
-                r["gemm_flops_per_s"] = gemm
+            for i, s in enumerate(runnable):
+                sec = statistics.median(times[i])
+                r = {"tokens_per_s": sum(lengths) / sec, "flops_per_s": s.flops(lengths) / sec,
+                     "passes": len(times[i]), "seconds": sec, "dtype": str(s.dtype).replace("torch.", ""),
+                     "gemm_flops_per_s": gemm}
                 r["mfu_fp32_gemm"] = r["flops_per_s"] / gemm["fp32"]
                 r["mfu_same_dtype_gemm"] = r["flops_per_s"] / gemm["bf16" if s.dtype == torch.bfloat16 else "fp32"]
-                key = s.name if s.dtype == torch.float32 or s.name == "mmbert" else f"{s.name}_bf16"
+                key = s.name
                 cells[key] = r
                 log(f"{preset:13s} {set_name:10s} {key:18s} {r['dtype']:8s} {r['tokens_per_s']:9.0f} tok/s  "
                     f"MFU vs fp32/same-dtype GEMM {r['mfu_fp32_gemm']:.2f}/{r['mfu_same_dtype_gemm']:.2f}  "
-                    f"({r['repeats']} passes, GEMM fp32 {gemm['fp32'] / 1e9:.0f} bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s)")
+                    f"({r['passes']} passes, GEMM fp32 {gemm['fp32'] / 1e9:.0f} bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s)")
             per_set[set_name] = cells
         result["presets"][preset] = per_set
     result["machine"]["gemm_flops_per_s"] = {k: statistics.median(g[k] for g in gemms) for k in ("fp32", "bf16")}
@@ -321,32 +340,35 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """Tables: tokens/s per system and set, ratios ours ÷ peers, MFU."""
+    """Per preset: tokens/s per system and set with ratios ours ÷ each peer, then MFU per system."""
     m = result["machine"]
     g = m["gemm_flops_per_s"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, "
              f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}; load average at start "
              f"{m['load_avg_1m_at_start']}.",
-             f"Measured GEMM (2048³, median of the measurements taken before each set; MFU uses the one next "
-             f"to its cell): fp32 {g['fp32'] / 1e9:.0f} GFLOP/s, bf16 {g['bf16'] / 1e9:.0f} GFLOP/s.", ""]
+             f"Measured GEMM (2048³, median over all rounds; each MFU uses its own set's rounds): fp32 "
+             f"{g['fp32'] / 1e9:.0f} GFLOP/s, bf16 {g['bf16'] / 1e9:.0f} GFLOP/s.", ""]
     for preset, sets in result["presets"].items():
         systems = []
         for cells in sets.values():
             systems += [k for k in cells if k not in systems]
-        lines += [f"### {preset}", "",
-                  "| set | " + " | ".join(f"{k} ({_dtype_of(sets, k)}) tok/s" for k in systems) + " | "
-                  + " | ".join(f"mmbert ÷ {k}" for k in systems if k != "mmbert")
-                  + " | MFU mmbert (vs fp32 GEMM / vs same-dtype GEMM) |",
-                  "|---" * (2 + 2 * (len(systems) - 1) + 1) + "|"]
+        peers = [k for k in systems if k != "mmbert"]
+        lines += [f"### {preset}: tokens/s", "",
+                  "| set | " + " | ".join(f"{k} ({_dtype_of(sets, k)})" for k in systems) + " | "
+                  + " | ".join(f"mmbert ÷ {k}" for k in peers) + " |",
+                  "|---" * (1 + len(systems) + len(peers)) + "|"]
         for set_name, cells in sets.items():
-            row = [set_name] + [f"{cells[k]['tokens_per_s']:.0f}" if k in cells else "n/a" for k in systems]
             ours = cells.get("mmbert")
-            for k in systems:
-                if k == "mmbert":
-                    continue
-                row.append(f"{ours['tokens_per_s'] / cells[k]['tokens_per_s']:.2f}×" if ours and k in cells else "n/a")
-            row.append(f"{ours['mfu_fp32_gemm']:.2f} / {ours['mfu_same_dtype_gemm']:.2f}" if ours else "n/a")
+            row = [set_name] + [f"{cells[k]['tokens_per_s']:.0f}" if k in cells else "n/a" for k in systems]
+            row += [f"{ours['tokens_per_s'] / cells[k]['tokens_per_s']:.2f}×" if ours and k in cells else "n/a"
+                    for k in peers]
             lines.append("| " + " | ".join(row) + " |")
+        lines += ["", f"### {preset}: MFU (achieved FLOP/s ÷ GEMM FLOP/s of the same dtype; in brackets ÷ fp32 GEMM)",
+                  "", "| set | " + " | ".join(systems) + " |", "|---" * (1 + len(systems)) + "|"]
+        for set_name, cells in sets.items():
+            lines.append("| " + " | ".join([set_name] + [
+                f"{cells[k]['mfu_same_dtype_gemm']:.2f} ({cells[k]['mfu_fp32_gemm']:.2f})" if k in cells else "n/a"
+                for k in systems]) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -16,8 +16,10 @@ Backends (`plan.backend`)
   into blocks of w = window//2 queries that each see the 3w keys around them (a band, computed
   in one batched SDPA call with a mask |i−j| ≤ w ∧ same document), so a sliding-window layer
   costs O(N·w), not O(N·T) — this is what keeps 8k-token documents as efficient per FLOP as
-  512-token ones on CPU. Chosen over FlexAttention (needs torch.compile per shape on CPU) and a
-  block-diagonal mask over the whole stream (O(N²)); see benchmarks/attention_backends.py.
+  512-token ones on CPU. Measured fastest on CPU against per-document SDPA calls, one SDPA call
+  with a block-diagonal mask over the whole stream (O(N²)) and compiled FlexAttention (needs
+  torch.compile per shape on CPU) — benchmarks/attention_backends.py, results in
+  benchmarks/results/attention_backends_*.md.
 - "flash": flash-attn's `flash_attn_varlen_func` (CUDA, fp16/bf16), window (w, w) on local layers.
 
 The sliding window is symmetric and inclusive: token i attends to j iff |i − j| ≤ local_attention//2
