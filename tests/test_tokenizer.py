@@ -128,3 +128,14 @@ def test_train_from_corpus_dir_writes_reports(tmp_path):
     assert all(v["unk"] == 0 and 0 < v["tokens_per_char"] <= 4 for v in rep.values())
     assert "tokens/char" in (tmp_path / "tok" / "fertility.md").read_text()
     assert load_tokenizer(tmp_path / "tok").encode(SAMPLES["Thai"]) == tok.encode(SAMPLES["Thai"])
+
+
+def test_fertility_counts(tok):
+    from mmbert.tokenizer import fertility
+    seen = fertility(tok, [SAMPLES["Latin"]])
+    assert seen["chars"] == len(SAMPLES["Latin"]) and seen["words"] == len(SAMPLES["Latin"].split())
+    assert seen["tokens"] == len(tok.encode(SAMPLES["Latin"], add_special_tokens=False))
+    assert seen["byte_fallback_share"] == 0 and seen["unk"] == 0
+    # Ethiopic was not in the training text: it is all byte fallback (3 UTF-8 bytes per syllable).
+    unseen = fertility(tok, ["ሰላም"])
+    assert unseen["tokens"] == 9 and unseen["byte_fallback_share"] == 1.0
