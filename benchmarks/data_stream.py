@@ -5,7 +5,8 @@
 
 Prints one markdown table (copy it to benchmarks/results/data_stream_<machine>_<yyyymm>.md):
 - packing efficiency = non-pad tokens / all tokens of the rows the loader emits (bos/eos count as
-  non-pad), at seq 1024 and 8192, over a long run of the real stream (sampling + chunking + packing);
+  non-pad), at seq 1024 and 8192, over a long run of the real stream (sampling + chunking + packing),
+  and how far the emitted language token shares are from p (total variation) over the same rows;
 - loader throughput = tokens/s of `MLMLoader.next_batch` (everything: sampling, packing, reading
   tokens, masking, collation) in this process, no prefetch;
 - tiny-model training throughput = tokens/s of forward + backward + AdamW step of the `tiny` preset
@@ -23,6 +24,7 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from mmbert.data.loader import MLMLoader
@@ -34,16 +36,24 @@ def synthetic(root: str) -> ShardIndex:
     return write_synthetic_shards(root, langs, vocab_size=32768, seed=0, sigma=1.2)
 
 
-def efficiency(shards: str, seq_len: int, rows: int, buffer_size: int) -> tuple[float, float]:
+def efficiency(shards: str, seq_len: int, rows: int, buffer_size: int) -> tuple[float, float, float]:
+    """(non-pad fraction, rows/s, total variation between the emitted content-token shares and p)."""
     loader = MLMLoader(shards, languages="all", tau=0.5, mask_rate=0.3, seq_len=seq_len, rows_per_batch=1,
                        buffer_size=buffer_size, seed=0)
     real = total = 0
+    per_lang = np.zeros(len(loader.all_languages))
     t = time.perf_counter()
     for _ in range(rows):
         refs, lens = loader._next_row_refs()     # the packing stream alone (no token reads / masking)
         real += sum(lens)
         total += seq_len
-    return real / total, rows / (time.perf_counter() - t)
+        for ref, n in zip(refs, lens):
+            per_lang[ref[0]] += n - 2
+    dt = time.perf_counter() - t
+    share = per_lang / per_lang.sum()
+    p = loader.plan.as_dict()
+    tv = 0.5 * sum(abs(share[loader.all_languages.index(l)] - q) for l, q in p.items())
+    return real / total, rows / dt, tv
 
 
 def loader_throughput(shards: str, seq_len: int, rows: int, steps: int) -> float:
@@ -86,7 +96,7 @@ def main() -> None:
     ap.add_argument("--shards", default=None, help="shard folder (default: synthetic shards in a temp dir)")
     ap.add_argument("--rows-1024", type=int, default=20000, help="rows for the efficiency run at seq 1024")
     ap.add_argument("--rows-8192", type=int, default=2500, help="rows for the efficiency run at seq 8192")
-    ap.add_argument("--buffer-size", type=int, default=4096)
+    ap.add_argument("--buffer-size", type=int, default=256, help="packer buffer (the loader's default)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
@@ -112,15 +122,18 @@ def main() -> None:
     print(f"shards: {source}: {len(idx.languages)} languages, {ndoc:,} docs, {ntok:,} tokens\n")
     print("| measure | seq 1024 | seq 8192 |")
     print("|---|---:|---:|")
-    e1, r1 = efficiency(args.shards, 1024, args.rows_1024, args.buffer_size)
-    e8, r8 = efficiency(args.shards, 8192, args.rows_8192, args.buffer_size)
+    e1, r1, v1 = efficiency(args.shards, 1024, args.rows_1024, args.buffer_size)
+    e8, r8, v8 = efficiency(args.shards, 8192, args.rows_8192, args.buffer_size)
     print(f"| packing efficiency (non-pad / all), {args.rows_1024:,} / {args.rows_8192:,} rows, "
           f"buffer {args.buffer_size} | {e1:.4%} | {e8:.4%} |")
+    print(f"| language shares vs p (total variation), same rows, τ 0.5 all languages | {v1:.4f} | {v8:.4f} |")
     print(f"| packing alone (rows/s) | {r1:,.0f} | {r8:,.0f} |")
-    for b in (256, 1024):
-        s1, _ = efficiency(args.shards, 1024, args.rows_1024, b)
-        s8, _ = efficiency(args.shards, 8192, args.rows_8192, b)
-        print(f"| packing efficiency, buffer {b} (smaller buffer, for comparison) | {s1:.4%} | {s8:.4%} |")
+    for b in (64, 1024, 4096):
+        if b == args.buffer_size:
+            continue
+        s1, _, w1 = efficiency(args.shards, 1024, args.rows_1024, b)
+        s8, _, w8 = efficiency(args.shards, 8192, args.rows_8192, b)
+        print(f"| buffer {b}, for comparison: efficiency / share TV | {s1:.4%} / {w1:.4f} | {s8:.4%} / {w8:.4f} |")
     l1 = loader_throughput(args.shards, 1024, 16, 40)
     l8 = loader_throughput(args.shards, 8192, 2, 40)
     print(f"| loader throughput (tokens/s; 16 / 2 rows per batch) | {l1:,.0f} | {l8:,.0f} |")

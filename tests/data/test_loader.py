@@ -126,19 +126,22 @@ def test_union_over_ranks_equals_single_process(shards):
 
 
 def test_token_shares_follow_p(shards):
-    # languages with very different document lengths still get token shares ≈ p_ℓ ∝ n_ℓ^τ
-    loader = MLMLoader(shards, **{**KW, "seq_len": 256, "rows_per_batch": 64, "buffer_size": 64})
+    # languages with very different document lengths get token shares = p_ℓ ∝ n_ℓ^τ, not doc shares
+    loader = MLMLoader(shards, **{**KW, "seq_len": 256, "rows_per_batch": 64, "buffer_size": 16})
     counts = np.zeros(len(loader.all_languages))
-    for _ in range(6):
+    for _ in range(4):
         b = loader.next_batch()
         seg = b["cu_seqlens"].diff().long()
         for l, n in zip(b["doc_lang"].tolist(), seg.tolist()):
             if l >= 0:
-                counts[l] += n
+                counts[l] += n - 2                                   # content tokens (no <bos>/<eos>)
     share = counts / counts.sum()
     p = loader.plan.as_dict()
+    # stratified draws: off by at most ~one document per language (+ what sits in the packer buffer)
     for i, l in enumerate(loader.all_languages):
-        assert abs(share[i] - p[l]) < 0.25 * p[l] + 0.01, (l, share[i], p[l])
+        assert abs(share[i] - p[l]) < 0.1 * p[l], (l, share[i], p[l])
+    # what was drawn is within one chunk (≤ seq_len - 2 tokens) of p_ℓ·T for every language
+    assert np.abs(loader._p * loader.drawn.sum() - loader.drawn).max() <= 256 - 2
 
 
 def test_phase_switch(shards):

@@ -19,8 +19,9 @@ Packing (`BestFitPacker`). Streaming greedy best fit over a buffer of `buffer_si
 row starts with the oldest buffered chunk (bounded waiting: a chunk leaves within `buffer_size`
 rows of arriving), then takes, again and again, the longest buffered chunk that fits the space left
 (ties: the oldest), until none fits; the rest is padding. The larger the buffer, the more short
-chunks are around to fill holes: on web-like lognormal lengths at seq 1024, 99.70% of tokens are
-real with a 256-chunk buffer and 99.87% with the default 4096 (benchmarks/data_stream.py).
+chunks are around to fill holes, but the more tokens are in flight between drawing and emitting
+(which delays the language mix the loader draws): on the embedded corpus at seq 1024, 99.9% of
+tokens are real with the default 256-chunk buffer (benchmarks/results/data_stream_*.md).
 Deterministic; a chunk never crosses a row boundary, and documents cross rows only as separate
 chunks.
 
@@ -84,7 +85,7 @@ class BestFitPacker:
     capture the buffer exactly, so packing resumes bit for bit.
     """
 
-    def __init__(self, seq_len: int, buffer_size: int = 4096):
+    def __init__(self, seq_len: int, buffer_size: int = 256):
         if buffer_size < 1:
             raise PackingError(f"buffer_size must be ≥ 1, got {buffer_size}")
         self.seq_len, self.buffer_size = int(seq_len), int(buffer_size)
@@ -197,7 +198,7 @@ def materialize_row(chunks: Sequence[np.ndarray], seq_len: int, bos_id: int, eos
 
 
 def pack_documents(docs: Iterable[np.ndarray], seq_len: int, *, bos_id: int = 2, eos_id: int = 1,
-                   pad_id: int = 0, buffer_size: int = 4096, min_tail: int | None = None,
+                   pad_id: int = 0, buffer_size: int = 256, min_tail: int | None = None,
                    drain: bool = True) -> list[PackedRow]:
     """Chunk, best-fit pack and materialise a finite list of documents. With `drain` the buffer is
     emptied at the end (the last rows are then less full — a finite-list effect the endless loader
