@@ -201,3 +201,19 @@ def test_word_tokenization_is_running_text(which, ours_dir, bert_dir):
         assert st[0] == len(bb.prefix) and all(len(bb.prefix) <= s < len(x) - len(bb.suffix) for s in st)
     short, cut = bb.tokenize_words([tuple(["Berlin"] * 40)], max_len=12)
     assert len(short[0]) == 12 and cut[0][-1] == -1 and cut[0][0] == len(bb.prefix)
+
+
+def test_spread_subset_spans_the_size_ranking():
+    from mmbert.eval.mlm import spread_subset
+
+    counts = {f"l{i}": 100 - i for i in range(10)}  # l0 largest … l9 smallest
+    assert spread_subset(counts, 3) == ["l0", "l5", "l9"] or spread_subset(counts, 3) == ["l0", "l4", "l9"]
+    assert spread_subset(counts, 20) == sorted(counts)
+    assert spread_subset(counts, 1) == ["l0"]
+
+
+def test_mlm_task_language_cap(ours_dir, tmp_path):
+    shards = _shards(tmp_path / "shards", load_mlm_model(ours_dir).config.vocab_size)
+    res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards_root=shards,
+                    task_specs=[TaskSpec("mlm", max_eval=100, max_languages=2)], progress=False)
+    assert set(res["tasks"]["mlm"]["languages"]) == {"deu_Latn", "yor_Latn"}  # largest and smallest by train tokens

@@ -59,6 +59,15 @@ def assign_tiers(token_counts: dict[str, int], tiers: Sequence[tuple[str, Any]] 
     return out
 
 
+def spread_subset(token_counts: dict[str, int], k: int) -> list[str]:
+    """k languages spread over the size ranking: the largest, the smallest and evenly between."""
+    ranked = sorted(token_counts, key=lambda x: (-token_counts[x], x))
+    if k >= len(ranked):
+        return sorted(ranked)
+    idx = sorted({round(i * (len(ranked) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+    return sorted(ranked[i] for i in idx)
+
+
 def _config(model: nn.Module):
     """The model's config, also through DDP (.module) and torch.compile (._orig_mod) wrappers."""
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):

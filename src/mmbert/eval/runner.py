@@ -46,6 +46,7 @@ class TaskSpec:
     epochs: float = 3.0
     max_len: int = 128
     train_rows: int | None = None  # XNLI / PAWS-X: English dev rows [0, train_rows) train, the rest test
+    max_languages: int | None = None  # mlm: at most this many languages, spread over the size ranking
 
 
 # Representative subsets for the quick suite: high- and low-resource, several scripts.
@@ -74,7 +75,7 @@ def suite_tasks(suite: str) -> list[TaskSpec]:
     if suite == "quick":
         by = {t.name: t for t in full}
         return [
-            dataclasses.replace(by["mlm"]),
+            dataclasses.replace(by["mlm"], max_languages=32, max_eval=4096),
             dataclasses.replace(by["sib200"], languages=QUICK_SIB200),
             dataclasses.replace(by["sib200-retrieval"], languages=QUICK_SIB200),
             dataclasses.replace(by["tatoeba"], languages=QUICK_TATOEBA, max_eval=300),
@@ -301,12 +302,20 @@ def task_xquad_retrieval(ctx, spec):
 
 def task_mlm(ctx, spec):
     from mmbert.eval.backbone import load_mlm_model
-    from mmbert.eval.mlm import evaluate_mlm
+    from mmbert.eval.mlm import evaluate_mlm, spread_subset
 
     if ctx.shards_root is None:
         raise _Skip("no --shards given (held-out token shards made with the model's tokenizer)")
     model = load_mlm_model(ctx.model_path, device=ctx.bb.device)
-    res = evaluate_mlm(model, ctx.shards_root, spec.languages, max_tokens_per_lang=spec.max_eval or 8192,
+    langs = list(spec.languages) if spec.languages is not None else None
+    if langs is None and spec.max_languages is not None:
+        from mmbert.data.shards import ShardIndex
+
+        index = ShardIndex.load(ctx.shards_root)
+        held = {l: index.tokens(l, "train") if index.has(l, "train") else 0
+                for l in index.languages if index.has(l, "heldout")}
+        langs = spread_subset(held, spec.max_languages)
+    res = evaluate_mlm(model, ctx.shards_root, langs, max_tokens_per_lang=spec.max_eval or 8192,
                        progress=ctx.progress)
     langs = {l: {"mean": v["accuracy"], "std": 0.0, **v} for l, v in res["languages"].items()}
     return {"metric": "masked-token accuracy (15% masking, seed 0)", "protocol": "held-out shards",
