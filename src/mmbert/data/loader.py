@@ -170,7 +170,7 @@ class MLMLoader:
         self.buffer_size, self.min_tail = int(buffer_size), min_tail
         self.rows_per_batch = self._check_rows(rows_per_batch)
         self._shards: dict[str, Shard] = {}
-        self._perms: dict[tuple[str, int], np.ndarray] = {}
+        self._perms: dict[str, tuple[int, np.ndarray]] = {}
         self.cursors: dict[str, list[int]] = {}      # lang → [epoch, position in that epoch's permutation]
         self.open_docs: dict[str, list[int]] = {}    # lang → [doc, next token] of a document in progress
         self.rows_emitted = 0                         # global rows handed out so far (all phases)
@@ -240,14 +240,12 @@ class MLMLoader:
         self._p = np.asarray(self.phase["probs"], dtype=np.float64)
 
     def _perm(self, lang: str, epoch: int) -> np.ndarray:
-        key = (lang, epoch)
-        p = self._perms.get(key)
-        if p is None:
+        cached = self._perms.get(lang)         # one epoch's permutation per language
+        if cached is None or cached[0] != epoch:
             n = len(self._shards[lang])
-            p = np.random.default_rng([self.seed, zlib.crc32(lang.encode()), epoch]).permutation(n)
-            self._perms = {k: v for k, v in self._perms.items() if k[0] != lang}   # keep one epoch per language
-            self._perms[key] = p
-        return p
+            cached = (epoch, np.random.default_rng([self.seed, zlib.crc32(lang.encode()), epoch]).permutation(n))
+            self._perms[lang] = cached
+        return cached[1]
 
     def _next_chunk(self) -> tuple[int, int, int, int]:
         """One chunk [lang index, doc, start, end] from the language furthest behind its token share
