@@ -17,8 +17,9 @@ The stream (all deterministic functions of `seed`):
    The next CHUNK comes from the language furthest behind its token share: argmax_ℓ (p_ℓ·T − t_ℓ),
    with t_ℓ the content tokens drawn from ℓ in this phase and T = Σ t_ℓ (stratified sampling); a
    language finishes its open document chunk by chunk before starting the next. So the token shares
-   equal p at every point of the run, within one chunk per language, like mmBERT's released
-   mixtures, which fix each language's token count per phase. (Independent random draws per
+   equal p at every point of the run, within one chunk per language (for what is drawn; the packer's
+   buffer of `buffer_size` chunks delays what is emitted), like mmBERT's released mixtures, which
+   fix each language's token count per phase. (Independent random draws per
    document match p only in expectation: on the embedded corpus, whose documents run from a few to
    ~100k tokens, they were still 9% off in total variation after 2M tokens and 2% after 40M.)
 2. Documents. Each language walks through a random permutation of its `train` documents (the `heldout`
@@ -62,7 +63,6 @@ Batch dict (rank-local, R_local rows of seq_len, N = R_local·seq_len, D = segme
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from typing import Any, Iterator, Mapping, Sequence
