@@ -57,13 +57,13 @@ def tiny_config(**kw) -> EncoderConfig:
     return EncoderConfig.from_preset("tiny", **base)
 
 
-def tiny_recipe(scale: float = 1, **kw) -> Recipe:
+def tiny_recipe(scale: float = 1, batch_warmup: bool = True, **kw) -> Recipe:
     """pretrain (seq 32, top:2, τ .7, mask .3) → mid (seq 64, top:3, θ 160k) → decay variants
     (all / top:3), 1-sqrt decay; ≈ 30 steps on the main track at scale=1."""
     common = dict(global_rope_theta=10_000.0, local_rope_theta=10_000.0, lr_peak=3e-3, weight_decay=1e-4)
     pre = Phase("pretrain", tokens=int(32 * 8 * 20 * scale), seq_len=32, languages="top:2", temperature=0.7,
-                mask_rate=0.3, lr_warmup_tokens=32 * 8 * 4, batch_tokens=32 * 8, batch_warmup_tokens=32 * 8 * 4,
-                batch_start_tokens=32 * 4, **common)
+                mask_rate=0.3, lr_warmup_tokens=32 * 8 * 4, batch_tokens=32 * 8,
+                batch_warmup_tokens=32 * 8 * 4 if batch_warmup else 0, batch_start_tokens=32 * 4, **common)
     mid = dataclasses.replace(pre, name="mid", tokens=int(64 * 4 * 10 * scale), seq_len=64, languages="top:3",
                               temperature=0.5, mask_rate=0.15, global_rope_theta=160_000.0,
                               local_rope_theta=160_000.0, lr_warmup_tokens=0, batch_tokens=64 * 4,

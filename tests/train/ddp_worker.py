@@ -13,5 +13,5 @@ from mmbert.train.loop import train  # noqa: E402
 if __name__ == "__main__":
     shards, out, micro = sys.argv[1], sys.argv[2], int(sys.argv[3])
     mode = sys.argv[4] if len(sys.argv) > 4 else "auto"
-    train(tiny_recipe(scale=0.5), tiny_config(), shards, out, phases=["pretrain"], micro_batch_tokens=micro,
+    train(tiny_recipe(scale=0.5, batch_warmup=False), tiny_config(), shards, out, phases=["pretrain"], micro_batch_tokens=micro,
           progress=False, eval=False, plots=False, parallel=mode)

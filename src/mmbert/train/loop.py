@@ -179,10 +179,14 @@ class _Stream:
         self.loader.set_phase(**self.params(p))
         self.phase = p
 
-    def next_batch(self, p: Phase) -> dict[str, Any]:
-        """One micro-batch: the next micro_rows × world_size GLOBAL rows of the stream, of which this
-        rank gets its contiguous share — so the union over ranks equals the 1-process micro-batch."""
-        return self.loader.next_batch(self.micro_rows(p) * self.d.world_size)
+    def step_batches(self, p: Phase, rows: int) -> list[dict[str, Any]]:
+        """The micro-batches of one step of `rows` GLOBAL rows (a multiple of world_size): chunks of
+        at most micro_rows rows per rank, in stream order; each rank gets its contiguous share of
+        every chunk, so the union over ranks equals the 1-process step."""
+        w, m = self.d.world_size, self.micro_rows(p)
+        per_rank = rows // w
+        sizes = [m] * (per_rank // m) + ([per_rank % m] if per_rank % m else [])
+        return [self.loader.next_batch(k * w) for k in sizes]
 
 
 # ------------------------------------------------------------------ train
@@ -318,13 +322,13 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                 stream.switch(p)
             applied = p
         t = state["phase_tokens"]
-        gran = stream.micro_rows(p) * d.world_size
-        rows = batch_rows_at(p, t, gran)
+        w = d.world_size  # global rows: the recipe's batch, in whole rows per rank
+        rows = batch_rows_at(p, t, granularity=w)
         left_rows = math.ceil((p.tokens - t) / p.seq_len)
-        rows = min(rows, math.ceil(left_rows / gran) * gran)  # do not overshoot the phase's budget
+        rows = min(rows, math.ceil(left_rows / w) * w)  # do not overshoot the phase's budget
         lr = lr_at(p, t)
         set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
-        micro = [stream.next_batch(p) for _ in range(rows // gran)]
+        micro = stream.step_batches(p, rows)
         t0 = time.perf_counter()
         stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
         dt = time.perf_counter() - t0

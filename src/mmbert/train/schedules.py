@@ -12,7 +12,7 @@ at `lr_peak`, then over the last `decay_tokens` of the phase
     1-sqrt:  lr = peak · (f + (1 − f) · (1 − √x))       x = fraction of the decay done, f = final fraction
 (1−√ as in Hägele et al. 2024 / ModernBERT: it keeps the LR high longer than linear, then drops).
 Batch size: linear from `batch_start_tokens` to `batch_tokens` over `batch_warmup_tokens`, in rows
-of `seq_len`, rounded to a multiple of the micro-batch granularity (rows per micro-batch × ranks).
+of `seq_len`, rounded to a multiple of the number of data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def batch_tokens_at(p: Phase, t: float) -> int:
 
 def batch_rows_at(p: Phase, t: float, granularity: int = 1) -> int:
     """Global rows per step: the target tokens in rows of seq_len, rounded to a multiple of
-    `granularity` (= rows per micro-batch × data-parallel ranks), at least one granule."""
+    `granularity` (= data-parallel ranks), at least one granule."""
     rows = batch_tokens_at(p, t) / p.seq_len
     return max(1, int(round(rows / granularity))) * granularity
 
