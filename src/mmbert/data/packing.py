@@ -20,7 +20,7 @@ row starts with the oldest buffered chunk (bounded waiting: a chunk leaves withi
 rows of arriving), then takes, again and again, the longest buffered chunk that fits the space left
 (ties: the oldest), until none fits; the rest is padding. The larger the buffer, the more short
 chunks are around to fill holes, but the more tokens are in flight between drawing and emitting
-(which delays the language mix the loader draws): on the embedded corpus at seq 1024, 99.9% of
+(which delays the language mix the loader draws): on the embedded corpus at seq 1024, 99.85% of
 tokens are real with the default 256-chunk buffer (benchmarks/results/data_stream_*.md).
 Deterministic; a chunk never crosses a row boundary, and documents cross rows only as separate
 chunks.
