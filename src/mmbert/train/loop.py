@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from mmbert.model.config import EncoderConfig
@@ -273,10 +275,6 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     from mmbert.model import build_model
 
     torch.manual_seed(seed)
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     model = build_model(config.replace(), head="mlm")  # a copy: set_rope_theta edits the model's config
@@ -328,8 +326,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         rows = min(rows, math.ceil(left_rows / w) * w)  # do not overshoot the phase's budget
         lr = lr_at(p, t)
         set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
+        t0 = time.perf_counter()  # tokens/s below includes producing the batches
         micro = stream.step_batches(p, rows)
-        t0 = time.perf_counter()
         stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
         dt = time.perf_counter() - t0
         step_tokens = rows * p.seq_len
