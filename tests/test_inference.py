@@ -222,3 +222,12 @@ def test_cli_embed_and_fill_mask(tmp_path, capsys):
     assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "missing.txt"),
                  "--out", str(tmp_path / "v.npy")]) == 1
     assert "no such input file" in capsys.readouterr().err
+
+
+def test_equal_length_batches_take_the_view_path_exactly(model):
+    """Documents all of one bucket length (fixed-length sets) skip the gather in global layers."""
+    for n in (32, 64):
+        docs = _docs([n, n, n], seed=n)
+        out = encode(model, docs, pooling="none", dtype="fp32")
+        for o, r in zip(out, _reference(model, docs)):
+            torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)

@@ -180,6 +180,13 @@ def _varlen(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: 
         vp = F.pad(v, (0, 0, 0, 0, w, nb * w - N + w)).unfold(0, 3 * w, w)[:nb].permute(0, 1, 3, 2)
         out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=plan.band_mask, dropout_p=dropout_p, scale=scale)
         return out.transpose(1, 2).reshape(nb * w, h * d)[:N]
+    if len(plan.buckets) == 1 and plan.buckets[0][2] and plan.buckets[0][0].numel() == N:
+        # every document has the bucket's length (fixed-length batches): the stream already is a
+        # [docs, L] grid, so view it instead of gathering and scattering copies (~10% of a bf16 forward)
+        D, L = plan.buckets[0][0].shape
+        qb, kb, vb = (x.view(D, L, h, d).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout_p, scale=scale)
+        return out.transpose(1, 2).reshape(N, h * d)
     out = q.new_empty(N, h * d)
     zero = q.new_zeros(1, h, d)
     qz, kz, vz = (torch.cat([x, zero]) for x in (q, k, v))  # row N is the padding row
