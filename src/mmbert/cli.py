@@ -343,6 +343,8 @@ def _add_eval(sub):
     p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory, for a model directory without tokenizer files (training checkpoints)")
 
     def run(args):
         import torch
@@ -354,7 +356,8 @@ def _add_eval(sub):
         k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" else 3)
         res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
                         seeds=range(args.seed, args.seed + k), shards_root=args.shards,
-                        tasks=args.tasks.split(",") if args.tasks else None, device=args.device)
+                        tasks=args.tasks.split(",") if args.tasks else None, device=args.device,
+                        tokenizer=args.tokenizer)
         print(f"{args.out}/results.md ({res['seconds']:.0f} s)")
         return 1 if any("error" in r for r in res["tasks"].values()) else 0
 

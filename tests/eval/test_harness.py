@@ -217,3 +217,19 @@ def test_mlm_task_language_cap(ours_dir, tmp_path):
     res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards_root=shards,
                     task_specs=[TaskSpec("mlm", max_eval=100, max_languages=2)], progress=False)
     assert set(res["tasks"]["mlm"]["languages"]) == {"deu_Latn", "yor_Latn"}  # largest and smallest by train tokens
+
+
+def test_checkpoint_without_tokenizer_needs_tokenizer_flag(ours_dir, fixture_data, tmp_path):
+    import shutil
+
+    from mmbert.eval.backbone import BackboneError
+
+    ckpt = tmp_path / "step_1"
+    ckpt.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(ours_dir / f, ckpt / f)
+    with pytest.raises(BackboneError, match="tokenizer"):
+        load_backbone(ckpt)
+    res = run_suite(ckpt, "full", data_dir=fixture_data, out_dir=tmp_path / "out", tokenizer=ours_dir,
+                    task_specs=[TaskSpec("tatoeba", max_eval=5)], progress=False)
+    assert "average" in res["tasks"]["tatoeba"]

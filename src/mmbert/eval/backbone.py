@@ -202,11 +202,19 @@ def _framing(tokenizer, cfg: dict) -> tuple[list[int], list[int], bool]:
     return [int(cls)], [int(sep)], False
 
 
-def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Backbone:
-    """Load a bare encoder + tokenizer from a model directory (see the module docstring)."""
+def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                  tokenizer: str | os.PathLike | None = None) -> Backbone:
+    """Load a bare encoder + tokenizer from a model directory (see the module docstring).
+
+    tokenizer: a directory with tokenizer files, for model directories without them (training
+    checkpoints); default: the model directory's own.
+    """
     path = Path(path)
     cfg = _read_config(path)
-    tokenizer = load_tokenizer(path, cfg)
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {tokenizer} not found; pass the folder holding "
+                                f"tokenizer.json")
+    tokenizer = load_tokenizer(tokenizer if tokenizer is not None else path, cfg)
     model = None
     name = cfg.get("model_type", "?")
     if cfg.get("model_type") == "modernbert":

@@ -348,11 +348,12 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
               out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None,
               shards_root: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
               task_specs: Sequence[TaskSpec] | None = None, device: str | None = None,
-              progress: bool = True, plots: bool = True) -> dict:
+              tokenizer: str | os.PathLike | None = None, progress: bool = True, plots: bool = True) -> dict:
     """Run a suite on one model directory; write results.json, results.md, plots/; return the results.
 
     seeds: fine-tuning seeds (default: (0,) for quick, (0, 1, 2) for full); results are mean ± std.
     tasks: run only these task names of the suite; task_specs: replace the suite entirely.
+    tokenizer: tokenizer directory for a model directory that has none (e.g. a training checkpoint).
     """
     t_start, c_start = time.perf_counter(), time.process_time()
     specs = list(task_specs) if task_specs is not None else suite_tasks(suite)
@@ -365,7 +366,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bb = load_backbone(model_path, device=device)
+    bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
     root = D.resolve_data_dir(data_dir)
     have = D.available(root)
     log = lambda msg: tqdm.write(msg, file=sys.stderr) if progress else None  # noqa: E731
