@@ -16,7 +16,8 @@ How it is fast (benchmarks/efficiency.py measures each lever; results in benchma
 - bf16 weights where the hardware has fast bf16 matmuls (AMX on Xeon, any CUDA GPU) — detected at
   run time; fp32 elsewhere, and always available with `dtype="fp32"` (the tested oracle path);
 - optional `torch.compile` of the MLP blocks (fuses GELU·gate; `compile=True`), applied from
-  outside on a private copy so the caller's model is never modified;
+  outside on a private copy so the caller's model is never modified. Off by default: on the 2-core
+  Xeon it took 172 s to compile and ran 2.1× slower (benchmarks/results/efficiency_*.md);
 - CPU threads capped at the cores this process may run on.
 Outputs come back in the caller's order, as float32.
 """
@@ -66,11 +67,18 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def default_threads() -> int:
-    """torch's default (physical cores) capped at the cores this process is allowed to use."""
+    """torch's default (physical cores) capped at the cores this process is allowed to use; 1 when
+    other processes already saturate them (load average ≥ cores): OpenMP threads then spin waiting
+    for descheduled peers — measured 3.4× slower with 2 threads than 1 at load 12 on 2 cores."""
     try:
         allowed = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         allowed = os.cpu_count() or 1
+    try:
+        if os.getloadavg()[0] >= allowed:
+            return 1
+    except OSError:  # pragma: no cover - no load average on this platform
+        pass
     return max(1, min(torch.get_num_threads(), allowed))
 
 
