@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mmbert.utils import atomic_write
+
 
 
 def _done(folder: Path) -> dict | None:
@@ -27,10 +29,7 @@ def _done(folder: Path) -> dict | None:
 
 
 def _mark(folder: Path, info: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".done.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    os.replace(tmp, folder / ".done.json")
+    atomic_write(folder / ".done.json", json.dumps(info, indent=2, sort_keys=True))
 
 
 def _stage(name: str, folder: Path, fn: Callable[[], dict], log: Callable[[str], None], timings: dict) -> dict:

@@ -197,7 +197,7 @@ def apply_plan(state: dict[str, torch.Tensor], src: EncoderConfig, dst: EncoderC
                plan: TransferPlan) -> dict[str, torch.Tensor]:
     """Return the target state dict: every tensor an index selection of a source tensor."""
     p = _prefix(state)
-    H, nh, hd, I = src.hidden_size, src.num_attention_heads, src.head_dim, src.intermediate_size
+    nh, hd, I = src.num_attention_heads, src.head_dim, src.intermediate_size
     hid, hdim = plan.hidden, plan.head_dim
     out: dict[str, torch.Tensor] = {}
     by_layer: dict[int, dict[str, torch.Tensor]] = {}

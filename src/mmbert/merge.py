@@ -41,9 +41,7 @@ import contextlib
 import datetime
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -53,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmbert.model.config import EncoderConfig
+from mmbert.utils import atomic_write
 
 MERGE_METHODS = ("ties", "linear", "ema")
 WEIGHTS_NAME = "model.safetensors"
@@ -324,34 +323,22 @@ def _check_compatible(models: list[Checkpoint], base: Checkpoint | None) -> None
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dict,
                     tokenizer_from: Path | None = None, record: dict | None = None,
                     record_name: str = "merge.json") -> None:
     """Write config.json, model.safetensors, tokenizer files and (optionally) a JSON record."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / WEIGHTS_NAME,
+    atomic_write(out / WEIGHTS_NAME,
                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write_bytes(out / "config.json",
+    atomic_write(out / "config.json",
                         lambda tmp: Path(tmp).write_text(json.dumps(raw_config, indent=2) + "\n"))
     if tokenizer_from is not None:
         for name in TOKENIZER_FILES:
             src = tokenizer_from / name
             if src.is_file():
-                _atomic_write_bytes(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+                atomic_write(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if record is not None:
-        _atomic_write_bytes(out / record_name,
+        atomic_write(out / record_name,
                             lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
 
 

@@ -26,12 +26,12 @@ import json
 import math
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+from mmbert.utils import atomic_write
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
@@ -114,9 +114,9 @@ class Tokenizer:
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
                   "clean_up_tokenization_spaces": False, "add_bos_token": True, "add_eos_token": True,
                   "model_input_names": ["input_ids", "attention_mask"], **smap}
-        _atomic_write(out / "tokenizer.json", self.hf.to_str(pretty=False))
-        _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=1, ensure_ascii=False) + "\n")
-        _atomic_write(out / "special_tokens_map.json", json.dumps(smap, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(out / "tokenizer.json", self.hf.to_str(pretty=False))
+        atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(out / "special_tokens_map.json", json.dumps(smap, indent=1, ensure_ascii=False) + "\n")
         return out
 
     def __len__(self) -> int:
@@ -125,17 +125,6 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id}, "
                 f"bos={self.bos_id}, unk={self.unk_id}, mask={self.mask_id})")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -306,9 +295,9 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
     if out_dir is not None:
         out = tok.save(out_dir)
         report = fertility_report(tok, corpus_dir, languages=languages, max_chars=fertility_chars)
-        _atomic_write(out / "fertility.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-        _atomic_write(out / "fertility.md", fertility_table(report))
-        _atomic_write(out / "training_mix.json", json.dumps({"temperature": temperature, "max_chars": max_chars,
+        atomic_write(out / "fertility.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(out / "fertility.md", fertility_table(report))
+        atomic_write(out / "training_mix.json", json.dumps({"temperature": temperature, "max_chars": max_chars,
                                                                "seed": seed, "bytes": taken}, indent=1) + "\n")
         if progress:
             print(fertility_table(report, top=25))

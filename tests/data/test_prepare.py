@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from mmbert.corpus.byo import open_corpus
 from mmbert.data.prepare import heldout_indices, prepare_shards
 from mmbert.data.shards import ShardIndex, open_shard
 from mmbert.tokenizer import load_tokenizer, train_tokenizer_from_texts

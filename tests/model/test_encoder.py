@@ -5,7 +5,7 @@ import torch
 
 import mmbert
 from mmbert.model import ConfigError, EncoderConfig, build_model
-from mmbert.model.attention import AttentionPlan, _bucket_length
+from mmbert.model.attention import _bucket_length
 
 
 @pytest.mark.parametrize("preset,total,non_emb,tol", [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import tiny_config, tiny_recipe  # noqa: E402
+from tinyrun import tiny_config, tiny_recipe  # noqa: E402
 
 from mmbert.train.loop import train  # noqa: E402
 

@@ -4,7 +4,7 @@ import json
 
 from mmbert.cli import main
 
-from conftest import tiny_recipe
+from tinyrun import tiny_recipe
 
 
 def test_dry_run_prints_phases_and_language_sets(shards, tmp_path, capsys):

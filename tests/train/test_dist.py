@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from mmbert.train.loop import train
 
-from conftest import tiny_config, tiny_recipe
+from tinyrun import tiny_config, tiny_recipe
 
 pytestmark = pytest.mark.dist
 

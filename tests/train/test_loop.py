@@ -11,7 +11,7 @@ import pytest
 from mmbert.train.loop import RunDirError, TrainingDiverged, train
 from mmbert.train.recipe import RecipeError
 
-from conftest import tiny_config, tiny_recipe
+from tinyrun import tiny_config, tiny_recipe
 
 GOLDEN = Path(__file__).parent.parent / "assets" / "golden_losses_tiny.json"
 KW = dict(micro_batch_tokens=128, progress=False)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from mmbert.corpus.clean import LineCleaner
 from mmbert.corpus.languages import UnknownLanguageError, resolve_tag
 from mmbert.corpus.sources import Package, copyright_text, fetch_all, read_package
+from mmbert.utils import atomic_write
 
 FORMAT = "mmbert-corpus/1"
 
@@ -88,12 +89,6 @@ def _process_package(args: tuple[Package, int]) -> _PackageResult:
         dropped.update(c.dropped)
     lic = licenses.get(pkg.name) if pkg.kind == "deb" else copyright_text(pkg)
     return _PackageResult(pkg.name, docs, warnings, dropped, lic, time.perf_counter() - t0)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
@@ -197,7 +192,7 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
             "package_seconds": timings,
             "languages": langs,
         }
-        _atomic_write_text(tmp / "stats.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(tmp / "stats.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         # Swap the finished corpus into place; the old one is removed only after the swap.
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():

@@ -185,16 +185,16 @@ class SamplingPlan:
 
     def save(self, path_stem: str | os.PathLike) -> tuple[Path, Path]:
         """Write `<stem>.md` (the table) and `<stem>.json` (all numbers) atomically."""
-        from mmbert.data.shards import _atomic_write_text
+        from mmbert.utils import atomic_write
 
         stem = Path(path_stem)
         md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
-        _atomic_write_text(md, self.table())
+        atomic_write(md, self.table())
         doc = {"name": self.name, "tau": self.tau, "budget": self.budget, "epoch_cap": self.epoch_cap,
                "languages": [{"language": l, "tokens": t, "p": p, "expected_epochs": e}
                              for l, t, p, e in zip(self.languages, self.tokens, self.probs,
                                                    self.expected_epochs or [None] * len(self.probs))]}
-        _atomic_write_text(js, json.dumps(doc, indent=1) + "\n")
+        atomic_write(js, json.dumps(doc, indent=1) + "\n")
         return md, js
 
 

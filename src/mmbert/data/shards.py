@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mmbert.utils import atomic_write
 
 FORMAT = "mmbert-shards/1"
 DTYPES = ("uint16", "uint32")
@@ -51,18 +52,6 @@ def _check_dtype(dtype: str | np.dtype) -> np.dtype:
         raise ShardError(f"shard dtype {dt.name!r} is not supported; use one of {DTYPES} "
                          f"(uint16 when the vocabulary has at most 65,536 entries)")
     return dt
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ShardWriter:
@@ -174,7 +163,7 @@ def write_index(root: str | os.PathLike, languages: dict[str, dict[str, dict[str
     doc = {"format": FORMAT, "dtype": dt.name, "vocab_size": int(vocab_size),
            "tokenizer": dict(tokenizer_info or {}), "languages": langs}
     path = Path(root) / "index.json"
-    _atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

@@ -27,7 +27,6 @@ to follow a recipe (first matching spec wins).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import zlib
 from typing import Any, Sequence

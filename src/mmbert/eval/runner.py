@@ -18,9 +18,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +31,7 @@ from mmbert.eval.backbone import Backbone, load_backbone
 from mmbert.eval.finetune import (EncodedSet, FinetuneConfig, encode_examples, encode_tagged, finetune,
                                   predict)
 from mmbert.eval.metrics import accuracy, mean_std, span_f1, token_accuracy
+from mmbert.utils import atomic_write
 
 
 # ----------------------------------------------------------------------------- suites as data
@@ -90,14 +90,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_nan_to_none(obj), indent=2, ensure_ascii=False)
-    _atomic_write(path, text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def _nan_to_none(x):
@@ -405,7 +398,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     results["cpu_seconds"] = round(time.process_time() - c_start, 1)
     results["torch_threads"] = torch.get_num_threads()
     write_json(out / "results.json", results)
-    _atomic_write(out / "results.md", format_markdown(results))
+    atomic_write(out / "results.md", format_markdown(results))
     if plots:
         plot_results(results, out / "plots")
     return results

@@ -15,9 +15,7 @@ tokenizer is attached, its files. transformers checkpoints may instead hold
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 
 from mmbert.model.config import ConfigError, EncoderConfig
 from mmbert.model.encoder import HEADS, build_model
+from mmbert.utils import atomic_write
 
 # ----------------------------------------------------------------------------- the name table
 # (ours, transformers') for the bare encoder; {i} is the layer index. Headed models prefix "model.".
@@ -239,17 +238,6 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
 
 
 # ----------------------------------------------------------------------------- writing directories
-def _atomic_write_bytes(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files); each file replaced atomically."""
     from safetensors.torch import save_file
@@ -260,8 +248,8 @@ def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     cfg["architectures"] = [ARCHITECTURES[model.head_type]]
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     sd = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
-    _atomic_write_bytes(path / "model.safetensors", lambda t: save_file(sd, t, metadata={"format": "pt"}))
-    _atomic_write_bytes(path / "config.json", lambda t: Path(t).write_text(json.dumps(cfg, indent=2, sort_keys=True)))
+    atomic_write(path / "model.safetensors", lambda t: save_file(sd, t, metadata={"format": "pt"}))
+    atomic_write(path / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
         tok.save(path)

@@ -43,6 +43,7 @@ from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, para
 from mmbert.train.recipe import Phase, Recipe, RecipeError, resolve_languages, select_tracks, validate_recipe
 from mmbert.train.schedules import batch_rows_at, lr_at, mask_rate_at, temperature_at
 from mmbert.train.step import mlm_loss_fn, train_step
+from mmbert.utils import atomic_write
 
 
 class RunDirError(FileExistsError):
@@ -54,12 +55,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------ run directory and logging
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
     """Guard: an output dir holding another run (or anything else) → one clear error."""
@@ -81,7 +76,7 @@ def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         raise RunDirError(f"--out {out} is not empty and holds no mmbert run; choose a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_json, json.dumps({"identity": identity}, indent=2, sort_keys=True))
+    atomic_write(run_json, json.dumps({"identity": identity}, indent=2, sort_keys=True))
 
 
 class Metrics:
@@ -103,7 +98,7 @@ class Metrics:
             return
         keep = [ln for ln in self.path.read_text().splitlines()
                 if ln.strip() and not (json.loads(ln).get("track") == track and json.loads(ln)["step"] > after_step)]
-        _atomic_write(self.path, "".join(ln + "\n" for ln in keep))
+        atomic_write(self.path, "".join(ln + "\n" for ln in keep))
 
     def log(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
@@ -226,7 +221,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
         info = json.loads((out / "run.json").read_text())
         info.setdefault("launches", []).append({"world_size": d.world_size, "device": str(d.device),
                                                 "resume": resume, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-        _atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
+        atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
     barrier(d)
     metrics = Metrics(out, enabled=d.is_main)
     tokenizer = _shards_tokenizer(index)

@@ -1,0 +1,83 @@
+"""Shared pieces of the training tests: tiny synthetic shards, a tiny model config, a tiny recipe.
+
+(A module with a unique name, not conftest.py: several test folders have a conftest, and
+`from conftest import …` would pick whichever was imported first.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import pytest
+
+from mmbert import EncoderConfig
+from mmbert.data.shards import ShardWriter, write_index
+from mmbert.train.recipe import Phase, Recipe
+
+VOCAB = 512
+# the machine is shared and small: one intra-op thread avoids OpenMP oversubscription stalls
+torch.set_num_threads(1)
+# languages of different sizes (documents in train), so tiers and τ matter
+LANGS = {"eng_Latn": 120, "fra_Latn": 60, "deu_Latn": 30, "yor_Latn": 8}
+
+
+def write_synthetic_shards(root, seed: int = 0) -> None:
+    """Each language draws tokens from its own Zipf-like distribution over a shifted vocabulary and
+    repeats short motifs, so an MLM can learn something within a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for li, (lang, ndocs) in enumerate(LANGS.items()):
+        ranks = np.arange(1, VOCAB - 5 + 1)
+        p = 1.0 / ranks ** 1.1
+        p /= p.sum()
+        perm = np.random.default_rng(li).permutation(VOCAB - 5) + 5
+        motifs = [perm[rng.integers(0, 60, size=4)] for _ in range(8)]
+        counts[lang] = {}
+        for split, n in (("train", ndocs), ("heldout", 4)):
+            with ShardWriter(root, lang, split, "uint16") as w:
+                for _ in range(n):
+                    length = int(rng.integers(10, 90))
+                    doc = perm[rng.choice(VOCAB - 5, size=length, p=p) % (VOCAB - 5)]
+                    for k in range(0, length - 4, 12):
+                        doc[k:k + 4] = motifs[int(rng.integers(0, 8))]
+                    w.add(doc.astype(np.int64))
+            counts[lang][split] = w.counts
+    write_index(root, counts, "uint16", VOCAB, {"name": "synthetic"})
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_synthetic_shards(root)
+    return root
+
+
+def tiny_config(**kw) -> EncoderConfig:
+    base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=128, local_attention=16)
+    base.update(kw)
+    return EncoderConfig.from_preset("tiny", **base)
+
+
+def tiny_recipe(scale: float = 1, batch_warmup: bool = True, **kw) -> Recipe:
+    """pretrain (seq 32, top:2, τ .7, mask .3) → mid (seq 64, top:3, θ 160k) → decay variants
+    (all / top:3), 1-sqrt decay; ≈ 30 steps on the main track at scale=1."""
+    common = dict(global_rope_theta=10_000.0, local_rope_theta=10_000.0, lr_peak=3e-3, weight_decay=1e-4)
+    pre = Phase("pretrain", tokens=int(32 * 8 * 20 * scale), seq_len=32, languages="top:2", temperature=0.7,
+                mask_rate=0.3, lr_warmup_tokens=32 * 8 * 4, batch_tokens=32 * 8,
+                batch_warmup_tokens=32 * 8 * 4 if batch_warmup else 0, batch_start_tokens=32 * 4, **common)
+    mid = dataclasses.replace(pre, name="mid", tokens=int(64 * 4 * 10 * scale), seq_len=64, languages="top:3",
+                              temperature=0.5, mask_rate=0.15, global_rope_theta=160_000.0,
+                              local_rope_theta=160_000.0, lr_warmup_tokens=0, batch_tokens=64 * 4,
+                              batch_warmup_tokens=0, batch_start_tokens=None)
+    decay = dataclasses.replace(mid, name="decay-all", tokens=int(64 * 4 * 4 * scale), languages="all", temperature=0.3,
+                                mask_rate=0.05, lr_decay="1-sqrt", lr_final_fraction=0.02)
+    args = dict(name="tiny-test", phases=(pre, mid),
+                variants={"decay-all": (decay,),
+                          "decay-cont": (dataclasses.replace(decay, name="decay-cont", languages="top:3",
+                                                             temperature=0.5),)},
+                preset="tiny", eval_every_tokens=10**9, checkpoint_every_tokens=32 * 8 * 6,
+                eval_tokens_per_lang=256, log_every_steps=1)
+    args.update(kw)
+    return Recipe(**args)
