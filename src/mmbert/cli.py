@@ -263,10 +263,10 @@ def _add_corpus(sub):
     h.add_argument("--dataset", required=True, help="datasets path, e.g. HuggingFaceFW/fineweb-2 or parquet")
     h.add_argument("--lang", required=True, help="language tag of the folder to write, e.g. deu_Latn")
     h.add_argument("--config", default=None, help="dataset config name (FineWeb-2: the language tag)")
-    h.add_argument("--split", default="train")
+    h.add_argument("--split", default="train", help="dataset split to read")
     h.add_argument("--data-files", nargs="*", default=None, help="local files (with --dataset parquet/json)")
-    h.add_argument("--text-column", default="text")
-    h.add_argument("--max-docs", type=int, default=None)
+    h.add_argument("--text-column", default="text", help="column holding the document text")
+    h.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (default: all)")
 
     def run_import(args):
         from mmbert.corpus.byo import import_hf_dataset
@@ -371,7 +371,7 @@ def _add_embed(sub):
     _common(p, "model")
     p.add_argument("--input", required=True, help="text file, one text per line (blank lines skipped)")
     p.add_argument("--out", required=True, help="output file: .npy (float32 [n, hidden]) or .jsonl")
-    p.add_argument("--pooling", choices=("mean", "first"), default="mean")
+    p.add_argument("--pooling", choices=("mean", "first"), default="mean", help="mean over tokens, or the first (<bos>) token")
     p.add_argument("--batch-tokens", type=int, default=16384, help="token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
     p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
@@ -394,8 +394,9 @@ def _add_fill_mask(sub):
                        help="top-k predictions for the mask token(s) in each text")
     _common(p, "model")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 where the CPU has fast bf16 (AMX) or on CUDA, else fp32")
 
     def run(args):
         from mmbert.inference import fill_mask
@@ -415,8 +416,8 @@ def _add_bench(sub):
     sets = ("fixed512", "normal256", "fixed8192", "normal4096")
     p.add_argument("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
-    p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"])
-    p.add_argument("--sets", nargs="+", default=list(sets), choices=sets)
+    p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"], help="model presets to benchmark")
+    p.add_argument("--sets", nargs="+", default=list(sets), choices=sets, help="synthetic token sets to run")
     p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                    help="dtypes the transformers peers run in")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="our dtype")
@@ -425,7 +426,7 @@ def _add_bench(sub):
     p.add_argument("--cell-budget", type=float, default=20.0,
                    help="stop timing a cell after this many seconds (at least one pass)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sets and weights")
 
     def run(args):
         from mmbert.bench import BenchConfig, run_and_report
