@@ -336,10 +336,8 @@ def _pool(hidden: torch.Tensor, layout: Layout, attention_mask, how: str) -> tor
     return (hidden * m).sum(1) / m.sum(1)
 
 
-class SequenceClassifier(PreTrainedMixin, nn.Module):
-    """Pool (mean or first token) → head → dropout → classifier (ModernBertForSequenceClassification)."""
-
-    head_type = "sequence-classification"
+class _Classifier(PreTrainedMixin, nn.Module):
+    """Encoder → head → dropout → classifier; subclasses say what is classified (pooled or per token)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -348,39 +346,15 @@ class SequenceClassifier(PreTrainedMixin, nn.Module):
         self.head = PredictionHead(config)
         self.drop = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def features(self, hidden: torch.Tensor, layout: Layout, attention_mask) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
         hidden, layout = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                                            position_ids=position_ids, backend=backend)
-        pooled = _pool(hidden, layout, attention_mask, self.config.classifier_pooling)
-        logits = self.classifier(self.drop(self.head(pooled)))
-        out = EncoderOutput(last_hidden_state=hidden, logits=logits)
-        if labels is not None:
-            out.loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
-            out.num_labelled = int(labels.numel())
-            out.loss = out.loss_sum / max(out.num_labelled, 1)
-        return out
-
-
-class TokenClassifier(PreTrainedMixin, nn.Module):
-    """head → dropout → classifier on every token (ModernBertForTokenClassification)."""
-
-    head_type = "token-classification"
-
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.config = config
-        self.model = Encoder(config)
-        self.head = PredictionHead(config)
-        self.drop = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
-                position_ids=None, backend=None) -> EncoderOutput:
-        hidden, _ = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                      position_ids=position_ids, backend=backend)
-        logits = self.classifier(self.drop(self.head(hidden)))
+        logits = self.classifier(self.drop(self.head(self.features(hidden, layout, attention_mask))))
         out = EncoderOutput(last_hidden_state=hidden, logits=logits)
         if labels is not None:
             keep = labels != -100
@@ -388,6 +362,24 @@ class TokenClassifier(PreTrainedMixin, nn.Module):
             out.num_labelled = int(keep.sum())
             out.loss = out.loss_sum / max(out.num_labelled, 1)
         return out
+
+
+class SequenceClassifier(_Classifier):
+    """Pool (mean or first token) → head → dropout → classifier (ModernBertForSequenceClassification)."""
+
+    head_type = "sequence-classification"
+
+    def features(self, hidden, layout, attention_mask):
+        return _pool(hidden, layout, attention_mask, self.config.classifier_pooling)
+
+
+class TokenClassifier(_Classifier):
+    """head → dropout → classifier on every token (ModernBertForTokenClassification)."""
+
+    head_type = "token-classification"
+
+    def features(self, hidden, layout, attention_mask):
+        return hidden
 
 
 # ----------------------------------------------------------------------------- init and factory
