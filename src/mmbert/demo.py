@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -104,9 +103,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     _stage("pretrain", run / "done", pretrain, log, timings)
     exports = run / "export"
     main_last = rec.phases[-1].name
-    variants = list(rec.variants)
-    for d in [exports / p.name for p in rec.phases] + [exports / v for v in variants]:
-        _copy_tokenizer(tok_dir, d)
+    variants = list(rec.variants)  # the loop's exports carry the shards' tokenizer (index.json names it)
 
     # 5. TIES merge of the decay variants, relative to the checkpoint they branched from
     merged = out / "merged"
@@ -157,14 +154,6 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
 
 def _round_vocab(n: int) -> int:
     return n if n % 64 == 0 else n + 64 - n % 64
-
-
-def _copy_tokenizer(tok_dir: Path, model_dir: Path) -> None:
-    if not model_dir.is_dir():
-        return
-    for f in tok_dir.iterdir():
-        if f.is_file() and not f.name.startswith(".") and not (model_dir / f.name).exists():
-            shutil.copy2(f, model_dir / f.name)
 
 
 def _tiers(rec) -> list[tuple[str, Any]]:
