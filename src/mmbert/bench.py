@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from mmbert.utils import atomic_write
 
 SETS = ("fixed512", "normal256", "fixed8192", "normal4096")
 SYSTEMS = ("mmbert", "hf_modernbert", "xlmr")
@@ -393,11 +394,7 @@ def _dtype_of(sets: dict, key: str) -> str:
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(result, indent=2))
 
 
 

@@ -25,6 +25,7 @@ Outputs come back in the caller's order, as float32.
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 import weakref
@@ -34,6 +35,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from mmbert.utils import atomic_write
 
 POOLINGS = ("mean", "first", "none")
 DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -353,14 +355,12 @@ def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: 
         raise ValueError("embed writes one vector per text; use pooling 'mean' or 'first'")
     texts = [line.rstrip("\n") for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
     vecs = encode(model, texts, pooling=pooling, progress=True, **encode_kwargs).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, vecs)
+        buf = io.BytesIO()
+        np.save(buf, vecs)
+        atomic_write(out, buf.getvalue())
     else:
         import json
 
-        tmp.write_text("".join(json.dumps([round(float(x), 6) for x in v]) + "\n" for v in vecs))
-    os.replace(tmp, out)
+        atomic_write(out, "".join(json.dumps([round(float(x), 6) for x in v]) + "\n" for v in vecs))
     return len(texts)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from mmbert.utils import atomic_write
 
 
 class SamplingError(ValueError):
@@ -185,7 +186,6 @@ class SamplingPlan:
 
     def save(self, path_stem: str | os.PathLike) -> tuple[Path, Path]:
         """Write `<stem>.md` (the table) and `<stem>.json` (all numbers) atomically."""
-        from mmbert.utils import atomic_write
 
         stem = Path(path_stem)
         md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
@@ -258,12 +258,8 @@ def plot_plans(plans: Sequence[SamplingPlan], path: str | os.PathLike, max_langu
     ax.set_title("Language sampling distribution per phase")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
