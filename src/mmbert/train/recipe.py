@@ -368,6 +368,30 @@ def cpu_demo() -> Recipe:
                   eval_max_languages=32, log_every_steps=5)
 
 
+def cpu_demo_constant_mask() -> Recipe:
+    """`cpu-demo` with a constant 15% mask in every phase instead of 30% → 15% → 5% (the inverse-mask
+    ablation of the reproduction study, at equal tokens). Only the decay-all track is kept: it is the
+    track that ends on every language."""
+    base = cpu_demo()
+    phases = tuple(dataclasses.replace(p, mask_rate=0.15) for p in base.phases)
+    decay = dataclasses.replace(base.variants["decay-all"][0], mask_rate=0.15)
+    return base.replace(name="cpu-demo-constant-mask", phases=phases, variants={"decay-all": (decay,)})
+
+
+def cpu_demo_mbert_baseline() -> Recipe:
+    """The `mbert-baseline` data choices — every language from the start, a fixed τ 0.7, a fixed 15%
+    mask — on the `cpu-demo` phase structure (same tokens, sequence lengths, RoPE θ, LR and batch
+    schedules). Against `cpu-demo-constant-mask` only the language sampling differs; against
+    `cpu-demo` (decay-all track) sampling and masking differ together, as in the paper's comparison."""
+    base = cpu_demo_constant_mask()
+
+    def flat(p: Phase) -> Phase:
+        return dataclasses.replace(p, languages="all", temperature=0.7, language_weights={})
+
+    return base.replace(name="cpu-demo-mbert-baseline", phases=tuple(flat(p) for p in base.phases),
+                        variants={"decay-all": (flat(base.variants["decay-all"][0]),)})
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "mmbert": mmbert,
     "decay-eng": _one_variant("decay-eng"),
@@ -376,6 +400,8 @@ RECIPES: dict[str, Callable[[], Recipe]] = {
     "modernbert": modernbert,
     "mbert-baseline": mbert_baseline,
     "cpu-demo": cpu_demo,
+    "cpu-demo-constant-mask": cpu_demo_constant_mask,
+    "cpu-demo-mbert-baseline": cpu_demo_mbert_baseline,
 }
 
 
