@@ -116,7 +116,7 @@ def test_suites_are_consistent():
     full, quick = suite_tasks("full"), suite_tasks("quick")
     assert {t.name for t in quick} <= {t.name for t in full}
     assert {t.name for t in full} == {"mlm", "sib200", "sib200-retrieval", "tatoeba", "xnli", "pawsx", "wikiann",
-                                      "udpos", "sst2", "nusax", "xquad-retrieval"}
+                                      "udpos", "sst2", "nusax", "xquad-retrieval", "xquad"}
     with pytest.raises(ValueError, match="quick"):
         suite_tasks("medium")
 

@@ -198,8 +198,14 @@ def _linear_schedule(total: int, warmup: int):
 
 
 def finetune(bb: Backbone, train: EncodedSet, *, num_labels: int, cfg: FinetuneConfig | None = None,
-             seed: int = 0, progress: bool = True, desc: str = "finetune") -> tuple[TaskModel, list[float]]:
-    """Fine-tune a fresh copy of bb.model + a new head on `train`; returns (model, per-step losses)."""
+             seed: int = 0, progress: bool = True, desc: str = "finetune", loss_fn=task_loss_fn,
+             collate_fn=collate, per_token: bool | None = None) -> tuple[TaskModel, list[float]]:
+    """Fine-tune a fresh copy of bb.model + a new head on `train`; returns (model, per-step losses).
+
+    loss_fn / collate_fn / per_token: for tasks whose batches are not EncodedSet ones (extractive
+    QA, mmbert.eval.qa: a per-token 2-logit span head with its own loss); the default derives
+    per_token from train.word_starts.
+    """
     from tqdm.auto import tqdm
 
     from mmbert.train.step import train_step
@@ -209,7 +215,8 @@ def finetune(bb: Backbone, train: EncodedSet, *, num_labels: int, cfg: FinetuneC
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(seed)
     model = TaskModel(copy.deepcopy(bb.model), bb.hidden_size, num_labels,
-                      per_token=train.word_starts is not None, dropout=cfg.dropout).to(bb.device)
+                      per_token=(train.word_starts is not None) if per_token is None else per_token,
+                      dropout=cfg.dropout).to(bb.device)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = max(1, int(round(steps_per_epoch * cfg.epochs)))
     if cfg.max_steps is not None:
@@ -227,7 +234,7 @@ def finetune(bb: Backbone, train: EncodedSet, *, num_labels: int, cfg: FinetuneC
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(train), generator=gen).tolist()
         index, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        stats = train_step(model, opt, [collate(train, index, bb.pad_id)], task_loss_fn,
+        stats = train_step(model, opt, [collate_fn(train, index, bb.pad_id)], loss_fn,
                            grad_clip=cfg.grad_clip, scheduler=sched)
         losses.append(stats.loss)
         bar.set_postfix(loss=f"{stats.loss:.3f}")

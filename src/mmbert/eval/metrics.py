@@ -1,12 +1,17 @@
-"""Metrics of the eval harness: accuracy, entity span-F1 (seqeval), retrieval accuracy@1, mean ± std.
+"""Metrics of the eval harness: accuracy, entity span-F1 (seqeval), retrieval accuracy@1, SQuAD EM/F1,
+mean ± std.
 
-    from mmbert.eval.metrics import accuracy, span_f1, retrieval_accuracy, mean_std
+    from mmbert.eval.metrics import accuracy, span_f1, retrieval_accuracy, mean_std, squad_scores
     span_f1([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "O"]])   # 1.0
+    squad_scores(["the Eiffel tower"], [["Eiffel Tower", "tower"]])  # {"exact_match": 1.0, "f1": 1.0}
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -66,3 +71,50 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(vals) == 1:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+# ----------------------------------------------------------------------------- SQuAD v1.1 (XQuAD)
+_PUNCT = set(string.punctuation)  # ASCII only, as in the official script
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 answer normalisation: lowercase, drop ASCII punctuation, drop the
+    English articles a/an/the, collapse whitespace (in that order, like `normalize_answer`)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def squad_exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer, else 0.0."""
+    p = squad_normalize(prediction)
+    return float(any(p == squad_normalize(g) for g in golds))
+
+
+def squad_f1(prediction: str, golds: Sequence[str]) -> float:
+    """Max over gold answers of the bag-of-words F1 between normalised whitespace tokens.
+
+    Whitespace tokens: for scripts written without spaces (Chinese, Thai, much of Japanese) a whole
+    clause is one token, so F1 is close to exact match there — the official script's behaviour,
+    which XTREME also uses for XQuAD (MLQA's variant splits CJK characters; we do not).
+    """
+    def one(gold: str) -> float:
+        p, g = squad_normalize(prediction).split(), squad_normalize(gold).split()
+        same = sum((Counter(p) & Counter(g)).values())
+        if same == 0:
+            return 0.0
+        precision, recall = same / len(p), same / len(g)
+        return 2 * precision * recall / (precision + recall)
+
+    return max((one(g) for g in golds), default=0.0)
+
+
+def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean exact match and F1 over questions (fractions in [0, 1]; the official script prints ×100)."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"squad_scores: {len(predictions)} predictions for {len(golds)} questions")
+    if not golds:
+        return {"exact_match": float("nan"), "f1": float("nan")}
+    n = len(golds)
+    return {"exact_match": sum(squad_exact_match(p, g) for p, g in zip(predictions, golds)) / n,
+            "f1": sum(squad_f1(p, g) for p, g in zip(predictions, golds)) / n}

@@ -46,6 +46,7 @@ class TaskSpec:
     epochs: float = 3.0
     max_len: int = 128
     train_rows: int | None = None  # XNLI / PAWS-X: English dev rows [0, train_rows) train, the rest test
+    # (xquad: English paragraphs [0, train_rows) train, default 120)
     max_languages: int | None = None  # mlm: at most this many languages, spread over the size ranking
 
 
@@ -69,6 +70,8 @@ def suite_tasks(suite: str) -> list[TaskSpec]:
         TaskSpec("sst2", max_train=10000, epochs=1),
         TaskSpec("nusax", epochs=2),
         TaskSpec("xquad-retrieval", max_len=256),
+        # the first 250 of the 558 held-out questions per language: keeps it ≲ 3 CPU-minutes per seed (tiny)
+        TaskSpec("xquad", epochs=2, max_len=256, max_eval=250),
     ]
     if suite == "full":
         return full
@@ -293,6 +296,14 @@ def task_xquad_retrieval(ctx, spec):
             "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0}}
 
 
+def task_xquad(ctx, spec):
+    from mmbert.eval.qa import TRAIN_PARAGRAPHS, xquad_qa
+
+    return xquad_qa(ctx.bb, ctx.root, languages=_langs(spec, D.xquad_languages(ctx.root)), seeds=ctx.seeds,
+                    epochs=spec.epochs, max_len=spec.max_len, train_paragraphs=spec.train_rows or TRAIN_PARAGRAPHS,
+                    max_train=spec.max_train, max_eval=spec.max_eval, cache_dir=ctx.cache, progress=ctx.progress)
+
+
 def task_mlm(ctx, spec):
     from mmbert.eval.backbone import load_mlm_model
     from mmbert.eval.mlm import evaluate_mlm, spread_subset
@@ -333,6 +344,7 @@ TASKS: dict[str, tuple[Callable[[_Ctx, TaskSpec], dict], str | None]] = {
     "sst2": (task_sst2, "glue/sst2"),
     "nusax": (task_nusax, "nusax"),
     "xquad-retrieval": (task_xquad_retrieval, "xquad"),
+    "xquad": (task_xquad, "xquad"),
 }
 
 
@@ -437,13 +449,20 @@ def format_markdown(results: dict) -> str:
                       for t, v in r["tiers"].items()]
             lines.append("")
         extra = "xx2en" in next(iter(r["languages"].values()), {})
-        lines.append("| language | score (×100) |" + (" xx→en | en→xx |" if extra else ""))
-        lines.append("|---|---:|" + ("---:|---:|" if extra else ""))
+        em = "exact_match" in next(iter(r["languages"].values()), {})  # extractive QA: F1 + exact match
+        lines.append("| language | score (×100) |" + (" xx→en | en→xx |" if extra else "")
+                     + (" exact match |" if em else ""))
+        lines.append("|---|---:|" + ("---:|---:|" if extra else "") + ("---:|" if em else ""))
         for l, v in sorted(r["languages"].items()):
             row = f"| {l} | {_fmt(v['mean'], v['std'])} |"
             if extra:
                 row += f" {_fmt(v['xx2en'])} | {_fmt(v['en2xx'])} |"
+            if em:
+                row += f" {_fmt(v['exact_match'], v['exact_match_std'])} |"
             lines.append(row)
+        if em:
+            lines += [f"| average | {_fmt(r['average']['mean'], r['average']['std'])} | "
+                      f"{_fmt(r['average']['exact_match'], r['average']['exact_match_std'])} |"]
     return "\n".join(lines) + "\n"
 
 
