@@ -121,7 +121,8 @@ def test_features_windows_and_cls_targets(ours_dir):
     assert f.start[0] == 0 and f.start[-1] > 0  # the answer is at the end: only the last window(s) hold it
 
 
-def load_squad_from(ctx: str, qas, tmp=None) -> list:
+def load_squad_from(ctx: str, qas) -> list:
+    """One paragraph's questions through load_squad (a temporary SQuAD file)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
