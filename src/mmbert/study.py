@@ -56,7 +56,7 @@ class StudyConfig:
     threads: int = 1  # torch threads per training run / per evaluation
     data_dir: Path | None = None  # evaluation data (SIB-200); None = $MMBERT_EVAL_DATA or ../shared/data/eval
     density: float = 0.7  # TIES density (as `mmbert demo`)
-    mlm_tokens_per_lang: int = 1024
+    mlm_tokens_per_lang: int = 8192  # held-out tokens scored per language (decay-only ones have ~50–500)
     sib: bool = True
     recipes: dict[str, str] | None = None  # arm → recipe name or recipe .json (default: ARMS; tests shrink it)
 
@@ -420,7 +420,9 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
           f"**mid** = the {n_tier['mid']} added at mid-training, **decay-only** = the {n_tier['decay-only']} "
           f"languages that only decay-all trains on (their held-out shards are never seen before the decay). "
           f"`mid` is the checkpoint all three decays branch from; `ties-merge` is TIES of the three decays "
-          f"relative to it. Held-out MLM accuracy ×100 at 15% masking (macro over languages):\n")
+          f"relative to it. Held-out MLM accuracy ×100 at 15% masking with a fixed masking seed, on up to "
+          f"{data['recipe'][seeds[0]]['mlm']['mid']['settings']['max_tokens_per_lang']:,} held-out tokens per "
+          f"language (a decay-only language has ~70), macro over languages:\n")
         w("| model | " + " | ".join(tier_cols) + " | decay-only (token-weighted) |")
         w("|---|" + "---:|" * (len(tier_cols) + 1))
         for m in RECIPE_MODELS:
