@@ -132,3 +132,24 @@ def test_paired_differences_and_the_bar_for_a_conclusion():
     assert not study.paired([0.3], [0.2])["clear"]  # one seed says nothing
     assert "opposite of the paper" in study._verdict(study.paired([0.1, 0.1], [0.2, 0.21]), +1, "x")
     assert "not separable" in study._verdict(study.paired([0.1, 0.3], [0.2, 0.2]), +1, "x")
+
+
+def test_sib_languages_spread_over_tiers(eval_data, tmp_path):
+    """English plus at most 24 SIB-200 languages per tier, each a real SIB-200 language."""
+    from mmbert.data.shards import ShardIndex
+    from mmbert.eval import data as eval_data_mod
+    from mmbert.eval.mlm import assign_tiers
+
+    shards = tmp_path / "shards"
+    write_synthetic_shards(shards)  # eng/fra/deu/yor: pretrain, pretrain, mid, decay-only in the toy recipe
+    cfg = study.StudyConfig(shards=shards, recipes=toy_recipes(tmp_path))
+    index = ShardIndex.load(shards)
+    picked = study.sib_languages(eval_data, index, cfg, per_tier=5)
+    available = set(eval_data_mod.sib200_languages(eval_data))
+    assert set(picked) <= available and "eng_Latn" in picked
+    tier_of = assign_tiers({lang: index.tokens(lang) for lang in index.languages}, study.study_tiers(cfg))
+    by_tier: dict[str, int] = {}
+    for lang in picked:
+        by_tier[tier_of.get(lang, "not in corpus")] = by_tier.get(tier_of.get(lang, "not in corpus"), 0) + 1
+    assert by_tier["not in corpus"] == 5 and by_tier["pretrain"] >= 1  # eng_Latn and fra_Latn are in SIB
+    assert all(n <= 5 for t, n in by_tier.items() if t != "pretrain") and by_tier["pretrain"] <= 6
