@@ -7,9 +7,11 @@
 #
 # Every stage is reused when its output exists (rerun after an interruption: finished trainings,
 # merges and scores are kept, an unfinished training resumes from its last checkpoint).
-# Cost on the 2-core development machine (Xeon with AMX, torch 2.13 CPU), measured for this page:
-# corpus ≈ 1.5 min, tokenizer ≈ 0.5 min, shards ≈ 1 min, the nine trainings (29.3M tokens) ≈ 75 min
-# two at a time, scoring ≈ 25 min — about 1 h 45 min in all (see docs/reproduction.md, "Arms and compute").
+# Cost on the 2-core development machine (Xeon with AMX, torch 2.13 CPU), measured on 2026-11-22:
+# the nine trainings are 29.2M tokens and 111 CPU-minutes at one thread per run, so ≈ 56 min two at
+# a time on an idle machine (they took 91 min there while sharing the cores with other work);
+# scoring is ≈ 70 s per mbert-baseline/constant-mask run and ≈ 3 min per recipe run (5 models +
+# SIB-200), ≈ 15 min; corpus + tokenizer + shards ≈ 3 min, set-up ≈ 2 min — about 1¼ h in all.
 # Outputs: out/ (ignored: corpus, shards, runs, checkpoints), runs/study/*.json (the run logs the
 # page is built from; commit them), docs/reproduction.md and docs/reproduction_files/*.png.
 set -euo pipefail

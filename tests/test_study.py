@@ -63,11 +63,22 @@ def test_every_arm_and_seed_is_trained_merged_scored_and_logged(toy_study):
             assert d["train"]["tokens_trained"] == (sum(p.tokens for p in rec.phases)
                                                     + sum(p.tokens for v in rec.variants.values() for p in v))
             assert d["train"]["wall_s"] > 0 and d["train"]["cpu_s"] > 0
+            # expected tokens per tier add up to the track's budget
+            tt = d["train"]["tier_tokens"]["decay-all"]
+            track = rec.phases + rec.variants["decay-all"]
+            assert sum(tt[t] for t in study.TIERS) == pytest.approx(sum(p.tokens for p in track), abs=3)
+            if arm != "mbert-baseline":  # the decay-only language gets tokens only in the decay phase
+                assert 0 < tt["decay-only"] < rec.variants["decay-all"][0].tokens
+
             langs = d["mlm"]["decay-all"]["languages"]
             # tiers come from the recipe arm: top:2 pretrain, the 3rd language at mid, the 4th decay-only
             assert sorted(v["tier"] for v in langs.values()) == ["decay-only", "mid", "pretrain", "pretrain"]
             assert all(0.0 <= v["accuracy"] <= 1.0 for v in langs.values())
     assert (cfg.run_dir("recipe", 0) / "merged" / "ties" / "config.json").is_file()
+    tokens = {arm: json.loads((cfg.logs / f"{arm}-seed0.json").read_text())["train"]["tier_tokens"]["decay-all"]
+              for arm in study.ARMS}
+    assert tokens["mbert-baseline"]["decay-only"] > tokens["recipe"]["decay-only"]  # all languages from step 1
+    assert tokens["recipe"] == tokens["constant-mask"]  # only the mask differs
     a = json.loads((cfg.logs / "constant-mask-seed0.json").read_text())["train"]
     b = json.loads((cfg.logs / "recipe-seed0.json").read_text())["train"]
     assert a["recipe"] == "toy-constant-mask" and b["recipe"] == "toy-recipe"
@@ -132,6 +143,11 @@ def test_paired_differences_and_the_bar_for_a_conclusion():
     assert not study.paired([0.3], [0.2])["clear"]  # one seed says nothing
     assert "opposite of the paper" in study._verdict(study.paired([0.1, 0.1], [0.2, 0.21]), +1, "x")
     assert "not separable" in study._verdict(study.paired([0.1, 0.3], [0.2, 0.2]), +1, "x")
+    # consistent seeds, but both arms at SIB-200's majority class: no ranking is stated
+    at_floor = study.paired([0.2492, 0.2493], [0.2500, 0.2501])
+    assert at_floor["clear"]
+    assert "no ranking" in study._verdict(at_floor, +1, "x", floor=(0.24925, 0.25005))
+    assert "opposite" in study._verdict(at_floor, +1, "x", floor=(0.30, 0.31))
 
 
 def test_sib_languages_spread_over_tiers(eval_data, tmp_path):

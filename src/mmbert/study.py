@@ -115,6 +115,14 @@ def train_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
             f.result()
 
 
+def _chunk_means(points: list[tuple[int, float]], n: int) -> list[tuple[int, float]]:
+    """At most n (tokens at the chunk's end, mean loss over the chunk) pairs: a readable curve from
+    noisy per-step losses."""
+    size = max(1, math.ceil(len(points) / n))
+    return [(chunk[-1][0], round(statistics.fmean(l for _, l in chunk), 4))
+            for chunk in (points[i:i + size] for i in range(0, len(points), size))]
+
+
 def _train_log(cfg: StudyConfig, arm: str, seed: int) -> dict:
     """What the run did, from its own files: tokens and final loss per track, a thinned loss curve,
     and the wall/CPU time of the training process."""
@@ -127,7 +135,7 @@ def _train_log(cfg: StudyConfig, arm: str, seed: int) -> dict:
         t = tracks.setdefault(r["track"], {"steps": 0, "tokens": 0, "final_loss": None})
         t.update(steps=r["step"], tokens=r["tokens"], final_loss=round(r["loss"], 4))
         curve.setdefault(r["track"], []).append((r["tokens"], round(r["loss"], 4)))
-    thin = {k: v[:: max(1, len(v) // 60)] + [v[-1]] for k, v in curve.items()}
+    thin = {k: _chunk_means(v, 60) for k, v in curve.items()}
     timing_path = run / "study_timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     from mmbert.train.recipe import get_recipe
@@ -135,7 +143,33 @@ def _train_log(cfg: StudyConfig, arm: str, seed: int) -> dict:
     rec = get_recipe(cfg.recipe(arm))
     trained = sum(p.tokens for p in rec.phases) + sum(p.tokens for v in rec.variants.values() for p in v)
     return {"arm": arm, "recipe": rec.name, "seed": seed, "tokens_trained": trained, "tracks": tracks,
-            "loss_curve": thin, **timing}
+            "tier_tokens": tier_tokens(cfg, rec), "loss_curve": thin, **timing}
+
+
+def tier_tokens(cfg: StudyConfig, rec) -> dict[str, dict[str, int]]:
+    """Expected training tokens per tier on each track: Σ over its phases of budget × Σ_tier p_ℓ
+    (p ∝ w·n^τ over the phase's languages, as the loader samples)."""
+    from mmbert.data.sampling import plan_phase
+    from mmbert.data.shards import ShardIndex
+    from mmbert.eval.mlm import assign_tiers
+
+    index = ShardIndex.load(cfg.shards)
+    counts = {lang: index.tokens(lang) for lang in index.languages}
+    tier_of = assign_tiers(counts, study_tiers(cfg))
+    out: dict[str, dict[str, Any]] = {}
+    for track, phases in rec.tracks().items():
+        acc = dict.fromkeys(TIERS, 0.0)
+        epochs: dict[str, float] = {}
+        for p in phases:
+            plan = plan_phase(counts, p.languages, p.temperature, weights=p.language_weights or None)
+            for lang, prob in zip(plan.languages, plan.probs):
+                acc[tier_of[lang]] += prob * p.tokens
+                epochs[lang] = epochs.get(lang, 0.0) + prob * p.tokens / counts[lang]
+        out[track] = {t: round(v) for t, v in acc.items()}
+        # the most any language of the tier is repeated over the track (passes over its training data)
+        out[track]["max_epochs"] = {t: round(max((e for lang, e in epochs.items() if tier_of[lang] == t),
+                                                 default=0.0), 3) for t in TIERS}
+    return out
 
 
 def merge_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
@@ -216,7 +250,11 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                 log(f"[study] {arm} seed {seed} has not finished training; not scored")
                 continue
             entry = json.loads(path.read_text()) if path.is_file() else {}
-            entry["train"] = _train_log(cfg, arm, seed)
+            train_log = _train_log(cfg, arm, seed)
+            if entry.get("train") != train_log and "mlm" in entry:
+                entry["train"] = train_log
+                atomic_write(path, json.dumps(entry, indent=0, sort_keys=True))
+            entry["train"] = train_log
             entry.setdefault("mlm", {})
             entry.setdefault("sib200", {})
             for model in models_of(arm):
@@ -338,7 +376,14 @@ def _scores(data: dict, arm: str, model: str, seeds: Sequence[int]) -> dict[str,
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def _verdict(p: dict, paper_sign: int, what: str) -> str:
+MAJORITY_SIB = 0.25  # SIB-200 test: the largest of the 7 topics is 25% of the sentences
+
+
+def _verdict(p: dict, paper_sign: int, what: str, floor: tuple[float, float] | None = None) -> str:
+    """floor: the two arms' mean scores, when both sit at a trivial level (the majority class) no
+    ranking is stated however consistent the seeds are."""
+    if floor is not None and all(abs(x - MAJORITY_SIB) < 0.01 for x in floor):
+        return f"{what}: both arms score the majority class (25%) to within 1 point — no ranking at this scale"
     if not p["clear"]:
         return f"{what}: not separable from the seed spread at this scale"
     agrees = (p["mean"] > 0) == (paper_sign > 0)
@@ -378,12 +423,12 @@ def _plot_losses(data: dict, path: Path) -> Path:
     colors = {"recipe": "C0", "constant-mask": "C1", "mbert-baseline": "C2"}
     for arm, by_seed in data.items():
         for i, (seed, d) in enumerate(sorted(by_seed.items())):
-            track = "decay-all" if "decay-all" in d["train"]["loss_curve"] else next(iter(d["train"]["loss_curve"]))
-            pts = d["train"]["loss_curve"][track]
+            curves = d["train"]["loss_curve"]
+            pts = [tuple(p) for p in curves.get("main", [])] + [tuple(p) for p in curves.get("decay-all", [])]
             ax.plot([t / 1e6 for t, _ in pts], [l for _, l in pts], color=colors.get(arm), lw=1, alpha=0.8,
                     label=arm if i == 0 else None)
-    ax.set_xlabel("training tokens (M), decay-all track")
-    ax.set_ylabel("training MLM loss")
+    ax.set_xlabel("training tokens (M): main track, then the decay-all variant")
+    ax.set_ylabel("training MLM loss (mean over ~1/60 of a track)")
     ax.set_title("training loss (each line a seed; the mask rate differs by arm, so levels are not comparable)",
                  fontsize=9)
     ax.legend(fontsize=8)
@@ -411,22 +456,37 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
     w("## Arms and compute\n")
     w("| arm | recipe | tracks | tokens per run | wall s per run (mean) | CPU s per run (mean) | seeds |")
     w("|---|---|---|---:|---:|---:|---|")
-    total_tokens, total_wall, total_cpu = 0, 0.0, 0.0
+    total_tokens, total_wall, total_cpu, n_runs, n_no_cpu = 0, 0.0, 0.0, 0, 0
     for arm, by_seed in data.items():
         run_tokens = by_seed[min(by_seed)]["train"]["tokens_trained"]  # main once + each variant
         walls = [d["train"]["wall_s"] for d in by_seed.values() if d["train"].get("wall_s")]
         cpus = [d["train"]["cpu_s"] for d in by_seed.values() if d["train"].get("cpu_s")]
         total_tokens += run_tokens * len(by_seed)
         total_wall += sum(walls)
-        total_cpu += sum(cpus)
+        total_cpu += statistics.fmean(cpus) * len(by_seed) if cpus else 0.0  # runs without a CPU figure: the mean
+        n_runs += len(by_seed)
+        n_no_cpu += len(by_seed) - len(cpus)
         first = by_seed[min(by_seed)]["train"]
         w(f"| {arm} | `{first['recipe']}` | {', '.join(sorted(first['tracks']))} | "
           f"{run_tokens:,} | {statistics.fmean(walls) if walls else float('nan'):.0f} | "
           f"{statistics.fmean(cpus) if cpus else float('nan'):.0f} | {', '.join(map(str, sorted(by_seed)))} |")
-    w(f"\nTotal: {total_tokens / 1e6:.1f}M training tokens; {total_wall / 60:.0f} min of training-process wall "
-      f"time and {total_cpu / 60:.0f} CPU-minutes (runs went two at a time, one thread each, so the "
-      f"elapsed time is about half the wall sum). Scoring is not included.\n")
+    est = (f" ({n_no_cpu} of the {n_runs} runs were timed by wall clock only; their CPU time is taken as their "
+           f"arm's mean)") if n_no_cpu else ""
+    w(f"\nTotal: {total_tokens / 1e6:.1f}M training tokens, {total_cpu / 60:.0f} CPU-minutes of training{est}. "
+      f"Each run used one thread; the wall column is inflated wherever runs shared the two cores with other "
+      f"work (two trainings at a time, scoring, other jobs), so CPU seconds are the cost: on an idle 2-core "
+      f"machine two runs at a time take about half the CPU sum. Scoring is not included.\n")
 
+    w("Expected training tokens per tier on the decay-all track (from each phase's sampling "
+      "probabilities; the same for every seed), and in brackets the most any one language of the tier "
+      "is repeated (passes over its training data):\n")
+    w("| arm | " + " | ".join(TIERS) + " |")
+    w("|---|" + "---:|" * len(TIERS))
+    for arm, by_seed in data.items():
+        tt = by_seed[min(by_seed)]["train"].get("tier_tokens", {}).get("decay-all")
+        if tt:
+            w(f"| {arm} | " + " | ".join(f"{tt[t]:,} ({tt['max_epochs'][t]:.2f}×)" for t in TIERS) + " |")
+    w("")
     tier_cols = ["decay-only", "mid", "pretrain", "English"]
 
     # ---- 1. decay-only languages
@@ -520,7 +580,8 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
             for t in TIERS:
                 findings.append(_verdict(pdiff[t], sign, f"{what} (MLM, {t} tier)"))
             if ps:
-                findings.append(_verdict(ps, sign, f"{what} (SIB-200 zero-shot)"))
+                findings.append(_verdict(ps, sign, f"{what} (SIB-200 zero-shot)",
+                                         floor=(statistics.fmean(sib[a]["all"]), statistics.fmean(sib[b]["all"]))))
         return sc
 
     endpoint_section("\n## 2. Inverse mask schedule (30% → 15% → 5%) vs a constant 15%\n",
@@ -565,4 +626,8 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
     for f in findings:
         w(f"- {f}")
     w("")
+    notes = Path(logs) / "NOTES.md"
+    if notes.is_file():  # the authors' reading of these logs, kept beside them
+        w(f"\n## Reading the results\n\n(from `{notes}`)\n")
+        w(notes.read_text().strip() + "\n")
     return "\n".join(L) + "\n", plots
