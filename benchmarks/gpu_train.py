@@ -10,8 +10,9 @@ MFU are the loop's own metrics (metrics.jsonl), median over the second half of t
 first steps include CUDA and allocator warm-up; with --compile, compilation).
 
 Inference compares ours (bf16 weights, packed varlen) with transformers' ModernBertModel (bf16,
-SDPA, padded batches) on the same weights and the same documents, lengths ~ N(256, 64), batches of
---infer-batch-tokens real tokens: useful tokens per second, median of 5 passes after a warm-up.
+SDPA, padded batches) on the same weights and the same documents — `mmbert bench`'s normal256 set
+(lengths ~ N(256, 64)) and batching, --infer-batch-tokens real tokens per batch: useful tokens
+per second, median of 5 passes after a warm-up.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
     import transformers
 
     from mmbert import EncoderConfig
+    from mmbert.bench import padded, make_batches, set_lengths
     from mmbert.inference import pack
     from mmbert.model import build_model
 
@@ -90,18 +92,10 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
         hf = transformers.ModernBertModel.from_pretrained(d, attn_implementation="sdpa",
                                                           dtype=torch.bfloat16).cuda().eval()
     ours = ours.to(device="cuda", dtype=torch.bfloat16)
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.normal(256, 64, n_docs), 8, 512).astype(int)
-    docs = [list(rng.integers(5, cfg.vocab_size, size=n)) for n in lengths]
-    batches, cur, used = [], [], 0
-    for doc in docs:
-        if used + len(doc) > batch_tokens and cur:
-            batches.append(cur)
-            cur, used = [], 0
-        cur.append(doc)
-        used += len(doc)
-    batches.append(cur)
-    total = int(lengths.sum())
+    # the CPU benchmark's documents and batching (mmbert.bench), so the two tables are comparable
+    lengths = set_lengths("normal256", n_docs, seed)
+    batches = make_batches(lengths, cfg.vocab_size, batch_tokens, seed)
+    total = sum(lengths)
     dev = torch.device("cuda")
 
     def run_ours():
@@ -111,12 +105,7 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
 
     def run_hf():
         for b in batches:
-            T = max(len(x) for x in b)
-            ids = torch.zeros(len(b), T, dtype=torch.long)
-            mask = torch.zeros(len(b), T, dtype=torch.long)
-            for i, x in enumerate(b):
-                ids[i, :len(x)] = torch.tensor(x)
-                mask[i, :len(x)] = 1
+            ids, mask = padded(b, cfg.pad_token_id)
             hf(input_ids=ids.to(dev), attention_mask=mask.to(dev))
 
     res = {}

@@ -159,7 +159,7 @@ def _named(name: str, dtype: torch.dtype) -> str:
     return name if dtype == torch.float32 else f"{name}_bf16"
 
 
-def _padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(d) for d in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), T, dtype=torch.long)
@@ -213,7 +213,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
                      for pdt in peer_dtypes}
     for pdt, hf in hf_models.items():
         def run_hf(batch, hf=hf):
-            ids, mask = _padded(batch, cfg.pad_token_id)
+            ids, mask = padded(batch, cfg.pad_token_id)
             hf(input_ids=ids, attention_mask=mask)
 
         systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm))
@@ -232,7 +232,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         xm = xlmr if pdt == torch.float32 else copy.deepcopy(xlmr).to(pdt)
 
         def run_x(batch, xm=xm):
-            ids, mask = _padded(batch, 1)
+            ids, mask = padded(batch, 1)
             ids = torch.where(mask.bool(), 5 + (ids - 5) % (xcfg.vocab_size - 5), ids)  # into its vocab
             xm(input_ids=ids, attention_mask=mask)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mmbert.eval.metrics import mean_std
 from mmbert.utils import atomic_write
 
 ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
@@ -123,7 +124,7 @@ def _chunk_means(points: list[tuple[int, float]], n: int) -> list[tuple[int, flo
             for chunk in (points[i:i + size] for i in range(0, len(points), size))]
 
 
-def _train_log(cfg: StudyConfig, arm: str, seed: int) -> dict:
+def _train_log(cfg: StudyConfig, arm: str, seed: int, counts: dict[str, int], tier_of: dict[str, str]) -> dict:
     """What the run did, from its own files: tokens and final loss per track, a thinned loss curve,
     and the wall/CPU time of the training process."""
     run = cfg.run_dir(arm, seed)
@@ -143,19 +144,14 @@ def _train_log(cfg: StudyConfig, arm: str, seed: int) -> dict:
     rec = get_recipe(cfg.recipe(arm))
     trained = sum(p.tokens for p in rec.phases) + sum(p.tokens for v in rec.variants.values() for p in v)
     return {"arm": arm, "recipe": rec.name, "seed": seed, "tokens_trained": trained, "tracks": tracks,
-            "tier_tokens": tier_tokens(cfg, rec), "loss_curve": thin, **timing}
+            "tier_tokens": tier_tokens(rec, counts, tier_of), "loss_curve": thin, **timing}
 
 
-def tier_tokens(cfg: StudyConfig, rec) -> dict[str, dict[str, int]]:
+def tier_tokens(rec, counts: dict[str, int], tier_of: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Expected training tokens per tier on each track: Σ over its phases of budget × Σ_tier p_ℓ
     (p ∝ w·n^τ over the phase's languages, as the loader samples)."""
     from mmbert.data.sampling import plan_phase
-    from mmbert.data.shards import ShardIndex
-    from mmbert.eval.mlm import assign_tiers
 
-    index = ShardIndex.load(cfg.shards)
-    counts = {lang: index.tokens(lang) for lang in index.languages}
-    tier_of = assign_tiers(counts, study_tiers(cfg))
     out: dict[str, dict[str, Any]] = {}
     for track, phases in rec.tracks().items():
         acc = dict.fromkeys(TIERS, 0.0)
@@ -202,23 +198,28 @@ def study_tiers(cfg: StudyConfig) -> list[tuple[str, Any]]:
     return [(p.name, p.languages) for p in rec.phases] + [("decay-only", "all")]
 
 
+def tier_of_languages(cfg: StudyConfig, counts: dict[str, int]) -> dict[str, str]:
+    """language → its study tier, for the shards' per-language training token counts."""
+    from mmbert.eval.mlm import assign_tiers
+
+    return assign_tiers(counts, study_tiers(cfg))
+
+
 def _round(x: float, n: int = 5) -> float:
     return round(x, n) if isinstance(x, float) and math.isfinite(x) else x
 
 
-def sib_languages(root: Path, index, cfg: StudyConfig, per_tier: int = 24) -> tuple[str, ...]:
+def sib_languages(root: Path, tier_of: dict[str, str], per_tier: int = 24) -> tuple[str, ...]:
     """The SIB-200 test languages the study scores: English, and up to `per_tier` of each tier
     (pretrain, mid, decay-only, not in the corpus), spread evenly over the sorted tags. Scoring all
     205 costs ~4× more and, at this model size, says no more (the scores sit at the majority class)."""
     from mmbert.eval import data as eval_data
-    from mmbert.eval.mlm import assign_tiers
 
-    counts = {lang: index.tokens(lang) for lang in index.languages}
-    tier_of = assign_tiers(counts, study_tiers(cfg))
+    available = eval_data.sib200_languages(root)
     groups: dict[str, list[str]] = {}
-    for lang in eval_data.sib200_languages(root):
+    for lang in available:
         groups.setdefault(tier_of.get(lang, "not in corpus"), []).append(lang)
-    pick = {ENGLISH} if ENGLISH in eval_data.sib200_languages(root) else set()
+    pick = {ENGLISH} if ENGLISH in available else set()
     for langs in groups.values():
         langs = sorted(langs)
         step = max(1, math.ceil(len(langs) / per_tier))
@@ -238,6 +239,8 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     torch.set_num_threads(cfg.threads)
     index = ShardIndex.load(cfg.shards)
     langs = [lang for lang in index.languages if index.has(lang, "heldout")]
+    counts = {lang: index.tokens(lang) for lang in index.languages}
+    tier_of = tier_of_languages(cfg, counts)
     root = eval_data.resolve_data_dir(cfg.data_dir)
     sib = cfg.sib and (root / "sib200").is_dir()
     if cfg.sib and not sib:
@@ -250,13 +253,17 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                 log(f"[study] {arm} seed {seed} has not finished training; not scored")
                 continue
             entry = json.loads(path.read_text()) if path.is_file() else {}
-            train_log = _train_log(cfg, arm, seed)
-            if entry.get("train") != train_log and "mlm" in entry:
-                entry["train"] = train_log
-                atomic_write(path, json.dumps(entry, indent=0, sort_keys=True))
+            train_log = json.loads(json.dumps(_train_log(cfg, arm, seed, counts, tier_of)))  # as stored
+            stale = entry.get("train") != train_log
             entry["train"] = train_log
             entry.setdefault("mlm", {})
             entry.setdefault("sib200", {})
+
+            def save() -> None:
+                atomic_write(path, json.dumps(entry, indent=0, sort_keys=True))
+
+            if stale and path.is_file():  # scores kept, the training summary refreshed
+                save()
             for model in models_of(arm):
                 if model not in entry["mlm"]:
                     log(f"[study] MLM {arm} seed {seed} {model}")
@@ -268,12 +275,12 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                                           "masked": v["masked_tokens"], "tier": v["tier"]}
                                       for k, v in r["languages"].items()},
                         "settings": {k: r[k] for k in ("seed", "mask_rate", "max_tokens_per_lang", "seq_len")}}
-                    atomic_write(path, json.dumps(entry, indent=0, sort_keys=True))
+                    save()
             if sib and "decay-all" not in entry["sib200"]:
                 from mmbert.eval.runner import TaskSpec, run_suite
 
                 log(f"[study] SIB-200 {arm} seed {seed}")
-                spec = TaskSpec("sib200", epochs=4, languages=sib_languages(root, index, cfg))
+                spec = TaskSpec("sib200", epochs=4, languages=sib_languages(root, tier_of))
                 r = run_suite(_model_path(cfg, arm, seed, "decay-all"), "full", data_dir=root,
                               out_dir=cfg.out / "eval" / f"{arm}-seed{seed}", seeds=(seed,), task_specs=[spec],
                               progress=False, plots=False)
@@ -283,7 +290,7 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                     "average": _round(t["average"]["mean"]), "protocol": t["protocol"],
                     "hyperparameters": t["hyperparameters"], "final_train_loss": t["final_train_loss"],
                     "cpu_s": t.get("cpu_seconds")}
-                atomic_write(path, json.dumps(entry, indent=0, sort_keys=True))
+                save()
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
@@ -330,28 +337,23 @@ def sib_by_tier(sib: dict, tier_of: dict[str, str]) -> dict[str, float]:
     return res
 
 
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
-
-
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """a − b per seed: mean, std, and whether the seeds agree in sign with |mean| > std (the bar for a
     stated conclusion on this page)."""
     d = [x - y for x, y in zip(a, b)]
     m, s = mean_std(d)
     same_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
-    return {"diffs": d, "mean": m, "std": s, "n": len(d),
-            "clear": bool(len(d) >= 2 and same_sign and abs(m) > (s if math.isfinite(s) else 0))}
+    return {"diffs": d, "mean": m, "std": s, "n": len(d), "clear": bool(len(d) >= 2 and same_sign and abs(m) > s)}
 
 
 def fmt_ms(xs: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     m, s = mean_std([x * scale for x in xs])
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}"
 
 
 def fmt_diff(p: dict, scale: float = 100.0, digits: int = 2) -> str:
     m, s = p["mean"] * scale, p["std"] * scale
-    txt = f"{m:+.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:+.{digits}f}"
+    txt = f"{m:+.{digits}f} ± {s:.{digits}f}" if p["n"] > 1 else f"{m:+.{digits}f}"
     return f"**{txt}**" if p["clear"] else txt
 
 
@@ -390,6 +392,16 @@ def _verdict(p: dict, paper_sign: int, what: str, floor: tuple[float, float] | N
     return f"{what}: {'as in the paper' if agrees else 'the opposite of the paper'} (all seeds agree)"
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_tiers(series: dict[str, dict[str, list[float]]], cols: Sequence[str], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -400,17 +412,13 @@ def _plot_tiers(series: dict[str, dict[str, list[float]]], cols: Sequence[str], 
     width = 0.8 / len(series)
     for i, (name, sc) in enumerate(series.items()):
         means = [100 * statistics.fmean(sc[c]) for c in cols]
-        errs = [100 * statistics.stdev(sc[c]) if len(sc[c]) > 1 else 0 for c in cols]
+        errs = [100 * mean_std(sc[c])[1] for c in cols]
         ax.bar([j + i * width for j in range(len(cols))], means, width, yerr=errs, capsize=3, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols)
     ax.set_ylabel("held-out MLM accuracy ×100 (15% mask)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _plot_losses(data: dict, path: Path) -> Path:
@@ -432,11 +440,7 @@ def _plot_losses(data: dict, path: Path) -> Path:
     ax.set_title("training loss (each line a seed; the mask rate differs by arm, so levels are not comparable)",
                  fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, list[Path]]:
