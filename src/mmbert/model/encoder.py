@@ -75,8 +75,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the pairs (i, i + d/2) of x [..., d] by the half tables cos/sin [..., d/2] (broadcast);
     the same maths as `x·cos + rotate_half(x)·sin` with full tables, in float32 like the reference,
     but written as two multiply-adds into the halves of the output: no rotate_half copy, no
-    concatenation (RoPE was the largest non-matmul cost of a bf16 forward on CPU)."""
-    xf = x.float()
+    concatenation (RoPE was the largest non-matmul cost of a bf16 forward on CPU). float64 stays
+    float64 (the structural parity tests run whole models in double)."""
+    xf = x if x.dtype == torch.float64 else x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h = x.shape[-1] // 2  # (slices taken right before each write, so autograd accepts the in-place copies)
