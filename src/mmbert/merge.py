@@ -66,7 +66,7 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
                 "tie_word_embeddings")
 # Fields that change what the weights compute: the merged models must agree on them too (the
 # base only supplies task-vector origins, so e.g. a RoPE θ change after mid-training is allowed).
-ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "global_attn_every_n_layers", "local_attention",
+ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "classifier_activation", "layer_types", "local_attention",
                               "global_rope_theta", "local_rope_theta")
 
 

@@ -110,7 +110,7 @@ def test_float64_structural_parity(tmp_path, monkeypatch, backend):
     """Both models in float64 (transformers' fp32-pinned RoPE lifted, sdpa attention since its eager
     softmax is fp32 too): equal to 1e-9, so the fp32 tolerance above cannot be hiding a difference."""
     lift_transformers_fp32_rope(monkeypatch)
-    cfg = hf_config(global_attn_every_n_layers=2,
+    cfg = hf_config(global_attn_every_n_layers=2, global_rope_theta=5000.0, local_rope_theta=777.0,
                     attn_implementation="sdpa")
     hf = randomise(ModernBertForMaskedLM(cfg).eval(), seed=1)
     hf.save_pretrained(tmp_path)

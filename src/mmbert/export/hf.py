@@ -7,7 +7,7 @@ fails loudly instead of silently dropping weights.
     python -c "import mmbert; m = mmbert.from_pretrained('answerdotai/ModernBERT-base'); m.save_pretrained('out/mb')"
 
 A model directory (ours and our export: the same layout) holds `config.json` (transformers'
-ModernBERT dialect), `model.safetensors` (the tied `decoder.weight` is not stored) and, when a
+ModernBERT dialect), `model.safetensors` (a tied `decoder.weight` is not stored; an untied one is) and, when a
 tokenizer is attached, its files. transformers checkpoints may instead hold
 `model.safetensors.index.json` shards or `pytorch_model.bin` (read with weights_only=True).
 """
@@ -56,7 +56,12 @@ HEAD_NAMES: list[tuple[str, str]] = [
     ("classifier.weight", "classifier.weight"),
     ("classifier.bias", "classifier.bias"),
 ]
-TIED = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
+TIED = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}  # when config.tie_word_embeddings
+
+
+def _tied(model: torch.nn.Module) -> dict[str, str]:
+    """The tied names of this model: TIED for a tied MLM model, nothing when the decoder is untied."""
+    return TIED if getattr(model.config, "tie_word_embeddings", True) else {}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "none": "ModernBertModel",
                  "sequence-classification": "ModernBertForSequenceClassification",
                  "token-classification": "ModernBertForTokenClassification"}
@@ -88,11 +93,13 @@ def _tables(head: str) -> tuple[list, list]:
 
 
 def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our state dict under transformers' names, tied decoder weight left out (transformers re-ties)."""
+    """Our state dict under transformers' names, a tied decoder weight left out (transformers re-ties);
+    an untied decoder is written as `decoder.weight`."""
     fwd, _ = _tables(model.head_type)
+    tied = _tied(model)
     out = {}
     for name, t in model.state_dict().items():
-        if name in TIED:
+        if name in tied:
             continue
         hf = _rename(name, fwd)
         if hf is None:
@@ -121,10 +128,13 @@ def load_hf_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], sour
     sd = _normalise_prefix(sd, head)
     _, inv = _tables(head)
     ours = model.state_dict()
+    tied = _tied(model)
     other_heads = ("head.", "decoder.", "classifier.")
     mapped, unexpected = {}, []
     for k, v in sd.items():
         name = _rename(k, inv)
+        if name in tied:
+            continue  # tied: the embeddings are the decoder (as transformers re-ties them)
         if name is None or name not in ours:
             if k.startswith(other_heads) or k.startswith("model.rotary_emb") or "rotary_emb" in k:
                 continue  # another head's weights (e.g. an MLM checkpoint loaded for classification)
@@ -138,7 +148,7 @@ def load_hf_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], sour
         raise ValueError(f"{source}: unexpected weights {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} "
                          f"({len(unexpected)} in all) — not a ModernBERT checkpoint of this shape; check the "
                          f"path or the config")
-    missing = [n for n in ours if n not in mapped and n not in TIED]
+    missing = [n for n in ours if n not in mapped and n not in tied]
     body_missing = [n for n in missing if not n.startswith(other_heads)]
     if body_missing:
         raise ValueError(f"{source}: missing encoder weights {body_missing[:5]}"
@@ -189,9 +199,12 @@ def read_config(path: str | Path) -> EncoderConfig:
         raise FileNotFoundError(f"{path}: no config.json; expected a mmbert or transformers ModernBERT directory")
     try:
         d = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{cfg}: not valid JSON ({e})") from e
-    return EncoderConfig.from_hf_dict(d)
+    try:
+        return EncoderConfig.from_hf_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg}: {e}") from None
 
 
 def _resolve(path: str | Path) -> Path:

@@ -9,7 +9,8 @@ What is notable, in order of the forward pass:
   |i−j| ≤ local_attention//2 elsewhere (model/attention.py has the backends).
 - GeGLU MLP: Wi → 2×intermediate, first half input, second half gate, exact GELU.
 - final LayerNorm; MLM head dense → GELU → LayerNorm → decoder tied to the token embeddings (with
-  a bias); with labels only the labelled positions are decoded ("sparse prediction").
+  a bias); with labels only the labelled positions are decoded ("sparse prediction"). Other
+  activations (transformers' names, `config.ACTIVATIONS`) and an untied decoder follow the config.
 - truncated-normal "megatron" init: σ 0.02 cut at ±2σ, output projections σ/√(2L).
 - Unpadding: a padded batch is flattened to its real tokens (cu_seqlens) and run packed, so
   nothing is computed on padding; `backend="eager"|"sdpa"` run the padded reference instead.
@@ -33,6 +34,18 @@ from mmbert.model.attention import AttentionPlan, attention, resolve_backend
 from mmbert.model.config import EncoderConfig
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
+
+# transformers' ACT2FN names → the same formula (config.ACTIVATIONS lists the names we accept)
+ACTIVATION_FNS = {
+    "gelu": F.gelu, "gelu_python": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10), "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu, "relu2": lambda x: torch.square(F.relu(x)), "relu6": F.relu6, "leaky_relu": F.leaky_relu,
+    "silu": F.silu, "swish": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "mish": F.mish,
+    "linear": lambda x: x,
+}
 
 
 @dataclass
@@ -125,7 +138,7 @@ class MLP(nn.Module):
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.approximate = "tanh" if config.hidden_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
+        self.act = ACTIVATION_FNS[config.hidden_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two matmuls on the contiguous halves of Wi rather than chunking one [.., 2I] output: GELU
@@ -134,7 +147,7 @@ class MLP(nn.Module):
         w, b = self.Wi.weight, self.Wi.bias
         inp = F.linear(x, w[:half], None if b is None else b[:half])
         gate = F.linear(x, w[half:], None if b is None else b[half:])
-        return self.Wo(self.drop(F.gelu(inp, approximate=self.approximate) * gate))
+        return self.Wo(self.drop(self.act(inp) * gate))
 
 
 class EncoderLayer(nn.Module):
@@ -276,20 +289,23 @@ class Layout:
 
 # ----------------------------------------------------------------------------- heads
 class PredictionHead(nn.Module):
-    """dense → GELU → LayerNorm (shared by MLM and classification heads, as in transformers)."""
+    """dense → classifier_activation (GELU by default) → LayerNorm (shared by MLM and classification
+    heads, as in transformers)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.classifier_bias)
-        self.approximate = "tanh" if config.classifier_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
+        self.act = ACTIVATION_FNS[config.classifier_activation]
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.gelu(self.dense(x), approximate=self.approximate))
+        return self.norm(self.act(self.dense(x)))
 
 
 class MaskedLM(PreTrainedMixin, nn.Module):
-    """Encoder + MLM head with the decoder tied to the token embeddings (ModernBertForMaskedLM)."""
+    """Encoder + MLM head; the decoder is tied to the token embeddings unless the config says
+    tie_word_embeddings=false (then it is a weight of its own, loaded, trained and exported as such)
+    (ModernBertForMaskedLM)."""
 
     head_type = "mlm"
 
@@ -299,7 +315,8 @@ class MaskedLM(PreTrainedMixin, nn.Module):
         self.model = Encoder(config)
         self.head = PredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
-        self.decoder.weight = self.model.embeddings.tok_embeddings.weight  # tied
+        if config.tie_word_embeddings:
+            self.decoder.weight = self.model.embeddings.tok_embeddings.weight
 
     def set_rope_theta(self, global_theta: float, local_theta: float) -> None:
         self.model.set_rope_theta(global_theta, local_theta)
@@ -403,7 +420,9 @@ def init_weights(model: nn.Module, config: EncoderConfig) -> None:
             elif name.endswith(("attn.Wo", "mlp.Wo", "head.dense")):
                 s = out_std
             elif name == "decoder":
-                continue  # tied to the embeddings
+                if config.tie_word_embeddings:
+                    continue  # the embeddings, initialised above
+                s = out_std  # an untied decoder: transformers' ModernBERT init uses the output σ
             else:
                 s = std
             tn(module.weight, s)
