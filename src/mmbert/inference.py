@@ -301,12 +301,15 @@ def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = Non
     if not ids:
         return []
     config = model.config
-    mask_id = config.mask_token_id
+    from mmbert.tokenizer import resolve_special_ids
+
+    special = resolve_special_ids(config, tokenizer, require=("mask",))
+    mask_id = special.mask
     for i, x in enumerate(ids):
         if mask_id not in x:
             raise ValueError(f"text {i} has no mask token (id {mask_id}, {_token_str(tokenizer, mask_id)!r}); "
                              f"put one where the prediction should go")
-    ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, config.sep_token_id)
+    ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, special.sep)
     device = next(model.parameters()).device
     model = prepare(model, resolve_dtype(dtype, device))
     encoder = _bare_encoder(model)

@@ -28,7 +28,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from mmbert.utils import atomic_write
@@ -58,6 +58,70 @@ class SpecialIds:
     bos: int
     unk: int | None
     mask: int
+
+
+# ----------------------------------------------------------------------------- special ids: one home
+@dataclass(frozen=True)
+class ResolvedIds:
+    """Special token ids a caller uses (None: neither config nor tokenizer names one)."""
+
+    pad: int | None
+    cls: int | None
+    sep: int | None
+    unk: int | None
+    mask: int | None
+
+    def all(self) -> set[int]:
+        return {i for i in (self.pad, self.cls, self.sep, self.unk, self.mask) if i is not None}
+
+
+# role → (model config fields, tokenizer attributes / shard-index tokenizer-info keys), in order
+_ROLE_SOURCES = {
+    "pad": (("pad_token_id",), ("pad_id", "pad_token_id")),
+    "cls": (("cls_token_id", "bos_token_id"), ("bos_id", "cls_token_id", "bos_token_id")),
+    "sep": (("sep_token_id", "eos_token_id"), ("eos_id", "sep_token_id", "eos_token_id")),
+    "unk": (("unk_token_id",), ("unk_id", "unk_token_id")),
+    "mask": (("mask_token_id",), ("mask_id", "mask_token_id")),
+}
+_ROLE_FIX = {"mask": "mask_token_id", "pad": "pad_token_id", "cls": "cls_token_id", "sep": "sep_token_id",
+             "unk": "unk_token_id"}
+
+
+def _lookup(source: Any, keys: Sequence[str]) -> int | None:
+    for k in keys:
+        v = source.get(k) if isinstance(source, dict) else getattr(source, k, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def resolve_special_ids(config: Any = None, *tokenizers: Any, require: Sequence[str] = (),
+                        **given: int | None) -> ResolvedIds:
+    """The special token ids (pad, cls, sep, unk, mask), resolved in one place for every caller
+    (fill-mask, MLM eval, data preparation, the loader): an explicit `given` value wins, then the
+    model config's `*_token_id` (when the file states it — official ModernBERT and mmBERT configs
+    have no mask_token_id), then each tokenizer in turn: our Tokenizer, a transformers tokenizer,
+    or a shard index's tokenizer info dict. cls falls back to bos and sep to eos. A role in
+    `require` that nothing names stops with one TokenizerError saying how to fix it."""
+    out = {}
+    for role, (cfg_keys, tok_keys) in _ROLE_SOURCES.items():
+        v = given.get(role)
+        if v is None and config is not None:
+            v = _lookup(config, cfg_keys)
+        for tok in tokenizers:
+            if v is not None:
+                break
+            if tok is not None:
+                v = _lookup(tok, tok_keys)
+        out[role] = v
+    for role in require:
+        if out[role] is None:
+            token = {"mask": "<mask>/[MASK]", "pad": "<pad>/[PAD]", "cls": "<bos>/[CLS]", "sep": "<eos>/[SEP]",
+                     "unk": "<unk>/[UNK]"}[role]
+            raise TokenizerError(f"no {role} token: the model config has no {_ROLE_FIX[role]} and no tokenizer "
+                                 f"defines one; add \"{_ROLE_FIX[role]}\" to config.json or a {token} special "
+                                 f"token to the tokenizer")
+    return ResolvedIds(**out)
 
 
 class Tokenizer:

@@ -75,9 +75,11 @@ from mmbert.data.packing import (BestFitPacker, PackingError, chunk_spans, mater
                                  row_layout)
 from mmbert.data.sampling import SamplingError, SamplingPlan, plan_phase
 from mmbert.data.shards import Shard, ShardIndex, open_shard
+from mmbert.tokenizer import resolve_special_ids
 
 STATE_VERSION = 1
 DEFAULT_SPECIAL_IDS = (0, 1, 2, 3, 4)   # pad, eos/sep, bos/cls, unk, mask (mmBERT / Gemma 2 ids)
+_MMBERT_IDS = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "mask_id": 4}
 
 
 class LoaderError(ValueError):
@@ -154,10 +156,9 @@ class MLMLoader:
             raise LoaderError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.seed = int(seed)
         tok = self.index.tokenizer if isinstance(self.index.tokenizer, dict) else {}
-        pick = lambda given, key, default: int(given if given is not None else (  # noqa: E731
-            tok[key] if isinstance(tok.get(key), int) else default))
-        self.bos_id, self.eos_id = pick(bos_id, "bos_id", 2), pick(eos_id, "eos_id", 1)
-        self.pad_id, self.mask_id = pick(pad_id, "pad_id", 0), pick(mask_id, "mask_id", 4)
+        # given ids, else the tokenizer info `mmbert data prepare` wrote, else mmBERT's (synthetic shards)
+        ids = resolve_special_ids(None, tok, _MMBERT_IDS, pad=pad_id, cls=bos_id, sep=eos_id, mask=mask_id)
+        self.bos_id, self.eos_id, self.pad_id, self.mask_id = ids.cls, ids.sep, ids.pad, ids.mask
         self.vocab_size = int(vocab_size or self.index.vocab_size)
         specials = set(DEFAULT_SPECIAL_IDS if special_ids is None else special_ids)
         specials |= {int(x) for x in tok.get("special_ids", [])}
