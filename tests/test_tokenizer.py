@@ -139,3 +139,30 @@ def test_fertility_counts(tok):
     # Ethiopic was not in the training text: it is all byte fallback (3 UTF-8 bytes per syllable).
     unseen = fertility(tok, ["ሰላም"])
     assert unseen["tokens"] == 9 and unseen["byte_fallback_share"] == 1.0
+
+
+def test_mask_absorbs_the_space_before_it(tok):
+    # as in the released mmBERT/ModernBERT tokenizers: no lone "▁" piece before <mask>
+    ids = tok.encode("Menschen sind <mask>.", add_special_tokens=False)
+    pieces = [tok.hf.id_to_token(i) for i in ids]
+    i = ids.index(tok.mask_id)
+    assert pieces[i - 1] != "▁" and pieces[i - 1].endswith("sind"), pieces
+    assert ids == tok.encode("Menschen sind<mask>.", add_special_tokens=False)
+    assert tok.decode(tok.encode("Menschen sind <mask>."), skip_special_tokens=False).count("<mask>") == 1
+
+
+def test_model_directory_tokenizer_max_length_is_the_models(tok, tmp_path):
+    import warnings
+
+    import mmbert
+    from transformers import AutoTokenizer
+
+    cfg = mmbert.EncoderConfig.from_preset("tiny", vocab_size=640, num_hidden_layers=1, max_position_embeddings=96)
+    model = mmbert.model.build_model(cfg)
+    model.tokenizer = tok
+    model.save_pretrained(tmp_path)
+    at = AutoTokenizer.from_pretrained(tmp_path)
+    assert at.model_max_length == 96
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(at(SAMPLES["Latin"] * 20, truncation=True)["input_ids"]) == 96

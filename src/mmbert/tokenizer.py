@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from mmbert.utils import atomic_write
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
@@ -165,9 +165,11 @@ class Tokenizer:
                 "bos_id": self.bos_id, "unk_id": self.unk_id, "mask_id": self.mask_id,
                 "model": type(self.hf.model).__name__}
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
+    def save(self, out_dir: str | os.PathLike, model_max_length: int = 8192) -> Path:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically) so that
-        `transformers.AutoTokenizer.from_pretrained(out_dir)` gives a PreTrainedTokenizerFast."""
+        `transformers.AutoTokenizer.from_pretrained(out_dir)` gives a PreTrainedTokenizerFast.
+        `model_max_length` is what `truncation=True` cuts to: a model directory passes its
+        max_position_embeddings (export/hf.py); a bare tokenizer says mmBERT's 8192."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         t = self.tokens
@@ -175,7 +177,7 @@ class Tokenizer:
                 "cls_token": t["bos"], "sep_token": t["eos"]}
         if "unk" in t:
             smap["unk_token"] = t["unk"]
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
                   "clean_up_tokenization_spaces": False, "add_bos_token": True, "add_eos_token": True,
                   "model_input_names": ["input_ids", "attention_mask"], **smap}
         atomic_write(out / "tokenizer.json", self.hf.to_str(pretty=False))
@@ -335,7 +337,10 @@ def train_tokenizer_from_texts(texts: Iterable[str], vocab_size: int, *, min_fre
                                 fuse_unk=True))
     hf.pre_tokenizer = _pre_tokenizer()
     hf.decoder = _decoder()
-    hf.add_special_tokens(list(SPECIAL_TOKENS) + unused)
+    # <mask> absorbs the space before it (lstrip), as in the released mmBERT / ModernBERT tokenizers:
+    # "is <mask>." → ▁is <mask> . rather than ▁is ▁ <mask> ., a lone ▁ pretraining never produces
+    hf.add_special_tokens([AddedToken(t, special=True, lstrip=(t == "<mask>"), normalized=False)
+                           for t in list(SPECIAL_TOKENS) + unused])
     return Tokenizer(hf, SpecialIds(pad=0, eos=1, bos=2, unk=3, mask=4))
 
 

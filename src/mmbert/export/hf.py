@@ -265,5 +265,5 @@ def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     atomic_write(path / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
-        tok.save(path)
+        tok.save(path, model_max_length=model.config.max_position_embeddings)
     return path
