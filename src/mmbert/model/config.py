@@ -284,7 +284,12 @@ def _rope_thetas(d: dict[str, Any]) -> tuple[float, float]:
         raise _refuse("rope_parameters", rp, "ModernBERT needs one entry per layer type, "
                       "{\"full_attention\": {\"rope_theta\": …}, \"sliding_attention\": {\"rope_theta\": …}} "
                       "(transformers ignores a flat rope_theta here and uses 160000/10000)")
-    unknown = set(rp) - set(per_type)
+    # transformers ≥ 5 itself writes flat "rope_type": "default" / "rope_theta" beside the per-type
+    # entries when every layer has one type; its layers read only the per-type entries, and so do we
+    if rp.get("rope_type", "default") != "default":
+        raise _refuse("rope_parameters.rope_type", rp["rope_type"], "only the default RoPE is implemented in "
+                      "mmbert (no linear/dynamic/yarn/longrope scaling); run the model with transformers")
+    unknown = set(rp) - set(per_type) - {"rope_type", "rope_theta"}
     if unknown:
         raise _refuse("rope_parameters", rp, f"unknown key(s) {sorted(unknown)}; only 'full_attention' and "
                       f"'sliding_attention' are read")
