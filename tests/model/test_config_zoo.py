@@ -12,10 +12,6 @@ The same files go through `init-from` (identity-shaped transfer) and `merge`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -220,16 +216,17 @@ def test_top_level_list_is_refused(tmp_path):
         EncoderConfig.load_json(tmp_path / "config.json")
 
 
-def test_cli_refusal_is_one_error_line(tmp_path):
+def test_cli_refusal_is_one_error_line(tmp_path, capsys):
+    from mmbert.cli import main
+
     d = _saved_config()
     d["rope_parameters"]["sliding_attention"]["rope_type"] = "dynamic"
     (tmp_path / "config.json").write_text(json.dumps(d))
-    r = subprocess.run([sys.executable, "-m", "mmbert", "fill-mask", "--model", str(tmp_path), "a <mask>"],
-                       capture_output=True, text=True, env=os.environ.copy())
-    assert r.returncode == 1, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "rope_parameters.sliding_attention.rope_type" in errors[0], r.stderr
-    assert "Traceback" not in r.stderr
+    assert main(["fill-mask", "--model", str(tmp_path), "a <mask>"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rope_parameters.sliding_attention.rope_type" in errors[0], err
+    assert "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------- special ids from the tokenizer
@@ -269,6 +266,15 @@ def test_fill_mask_takes_the_mask_id_from_the_tokenizer(bert_dir):
     assert [c["token_id"] for c in out[0][0]] == top.indices.tolist()
     torch.testing.assert_close(torch.tensor([c["score"] for c in out[0][0]]), top.values,
                                atol=1e-5, rtol=0)  # probabilities ≤ 1: fp32 softmax rounding ~1e-7
+
+
+def test_cli_fill_mask_on_a_transformers_directory_without_mask_token_id(bert_dir, capsys):
+    from mmbert.cli import main
+
+    path, _ = bert_dir
+    assert main(["fill-mask", "--model", str(path), "--dtype", "fp32", "--top-k", "2", "w10 [MASK] w12"]) == 0
+    out = capsys.readouterr().out
+    assert "w10 [MASK] w12" in out and "mask 0: w" in out, out
 
 
 def test_no_mask_token_anywhere_is_one_clear_error(bert_dir):
