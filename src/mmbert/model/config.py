@@ -145,9 +145,13 @@ class EncoderConfig:
         return dataclasses.asdict(self)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """config.json for transformers' ModernBERT, written in the legacy dialect that every
-        transformers version since 4.48 reads (newer versions convert it to `rope_parameters`)."""
+        """config.json for transformers' ModernBERT in both dialects, from the same resolved values:
+        the legacy keys every transformers version since 4.48 reads, and the `rope_parameters` /
+        `layer_types` that transformers ≥ 5 writes and reads first."""
         d = self.to_dict()
+        d["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": self.global_rope_theta},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": self.local_rope_theta}}
+        d["layer_types"] = self.layer_types
         id2label = d.pop("id2label")
         d.pop("num_labels")
         d.update(model_type="modernbert", architectures=["ModernBertForMaskedLM"],
