@@ -157,7 +157,9 @@ def tier_tokens(rec, counts: dict[str, int], tier_of: dict[str, str]) -> dict[st
         acc = dict.fromkeys(TIERS, 0.0)
         epochs: dict[str, float] = {}
         for p in phases:
-            plan = plan_phase(counts, p.languages, p.temperature, weights=p.language_weights or None)
+            plan = plan_phase(counts, p.languages, p.temperature, weights=p.language_weights or None,
+                              shares=p.shares or None, budget=p.tokens if p.epoch_cap else None,
+                              epoch_cap=p.epoch_cap)
             for lang, prob in zip(plan.languages, plan.probs):
                 acc[tier_of[lang]] += prob * p.tokens
                 epochs[lang] = epochs.get(lang, 0.0) + prob * p.tokens / counts[lang]
