@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from mmbert.data.sampling import SHARES_COMPLETE
+
 DECAY_SHAPES = ("none", "linear", "1-sqrt")
 
 
@@ -247,13 +249,13 @@ def validate_phase(p: Phase, *, where: str = "") -> None:
     for lang, w in p.language_weights.items():
         need(w > 0 and math.isfinite(w), f"language_weights[{lang!r}] must be > 0, got {w}")
     for src, v in p.shares.items():
-        need(isinstance(v, (int, float)) and 0 < v < 1, f"shares[{src!r}] must be a fraction in (0, 1), got {v!r}")
+        need(isinstance(v, (int, float)) and 0 < v <= 1, f"shares[{src!r}] must be a fraction in (0, 1], got {v!r}")
         need(src not in p.language_weights, f"{src!r} has both a fixed share and a language weight; keep one")
-    need(sum(p.shares.values()) < 1, f"shares sum to {sum(p.shares.values()):g}; they must leave room (< 1) "
-                                     f"for the τ-sampled languages")
-    if not isinstance(p.languages, str):
-        need(bool(set(p.languages) - set(p.shares)),
-             "every listed language has a fixed share; leave at least one τ-sampled language")
+    total = sum(p.shares.values())
+    need(total <= 1 + SHARES_COMPLETE, f"shares sum to {total:g}; they must sum to ≤ 1 (what is left is τ-sampled; "
+                                       f"exactly 1 fixes the whole distribution)")
+    if p.shares and total >= 1 - SHARES_COMPLETE:
+        need(p.epoch_cap is None, "shares summing to 1 leave no τ-sampled language for the epoch cap; drop one")
     need(p.epoch_cap is None or (p.epoch_cap > 0 and math.isfinite(p.epoch_cap)),
          f"epoch_cap must be > 0 (or None for no cap), got {p.epoch_cap}")
     need(p.attention_output_dropout is None or 0 <= p.attention_output_dropout < 1,
@@ -320,6 +322,8 @@ def resolve_languages(spec: tuple[str, ...] | str, token_counts: Mapping[str, in
         raise SamplingError(f"fixed-share source(s) {', '.join(missing)} have no training tokens in these shards; "
                             f"add their shard folders, or train a recipe without those shares (edit the "
                             f"recipe JSON from `Recipe.to_json()` and pass it as --recipe FILE.json)")
+    if shares and sum(shares.values()) >= 1 - SHARES_COMPLETE:
+        return sorted(shares)  # a complete fixed distribution: the spec selects nothing more
     pool = {k: v for k, v in token_counts.items() if k not in shares}
     chosen = select_languages(pool, spec if isinstance(spec, str) else [k for k in spec if k not in shares])
     return sorted(set(chosen) | set(shares))
