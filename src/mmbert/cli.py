@@ -442,20 +442,24 @@ def _add_bench(sub):
 @command
 def _add_study(sub):
     p = sub.add_parser("study", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the reproduction study: recipe vs constant mask vs mBERT-style baseline, decay "
-                            "variants and TIES, over several seeds (runs/reproduce.sh)")
+                       help="the reproduction study: recipe vs time-shuffled control, constant mask, fixed-τ "
+                            "sweep and repetition regime; decay variants and TIES; several seeds (runs/reproduce.sh)")
     ss = p.add_subparsers(dest="study_command", metavar="<study command>", required=True)
     r = ss.add_parser("run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       help="train every arm and seed, merge, score; finished stages are reused",
-                      description="Trains cpu-demo, cpu-demo-constant-mask and cpu-demo-mbert-baseline for "
-                                  "each seed, TIES-merges the recipe's decay variants, scores every model "
-                                  "(held-out MLM per language, SIB-200 zero-shot) and writes JSON logs.")
+                      description="Trains every arm (see `mmbert.study`: recipe, constant-mask, mbert-baseline, "
+                                  "time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau) for each seed, "
+                                  "TIES-merges the recipe's decay variants, scores every model (held-out MLM loss "
+                                  "and accuracy per language, SIB-200 zero-shot) and writes JSON logs.")
     r.add_argument("--shards", required=True, help="token shards with a held-out split (mmbert data prepare)")
     r.add_argument("--out", default="out/study", help="training runs and scratch files")
     r.add_argument("--logs", default="runs/study", help="folder of the JSON run logs the report reads")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each arm trains once per seed)")
     r.add_argument("--arms", nargs="+", default=None,
-                   help="subset of the arms: recipe, constant-mask, mbert-baseline (default: all)")
+                   help="subset of the arms (default: all): recipe, constant-mask, mbert-baseline, time-shuffled, "
+                        "tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau")
+    r.add_argument("--rep-cap-tokens", type=int, default=600,
+                   help="training tokens each decay-only language keeps in the repetition-regime shards")
     r.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per process")
     r.add_argument("--no-sib", action="store_true", help="skip the SIB-200 zero-shot fine-tuning")
@@ -472,6 +476,7 @@ def _add_study(sub):
             raise ValueError(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
         run_study(StudyConfig(shards=Path(args.shards), out=Path(args.out), logs=Path(args.logs),
                               seeds=tuple(args.seeds), arms=arms, jobs=args.jobs, threads=args.threads,
+                              rep_cap_tokens=args.rep_cap_tokens,
                               data_dir=Path(args.data_dir) if args.data_dir else None, sib=not args.no_sib))
 
     r.set_defaults(func=run)

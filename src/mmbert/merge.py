@@ -1,9 +1,10 @@
 """Merging checkpoints: TIES, linear and exponentially weighted averaging.
 
-mmBERT's released models are merges: mmBERT-base is a TIES merge of three decay-phase variants
-relative to the mid-training checkpoint they branched from; mmBERT-small is an exponentially
-weighted average of a run's decay checkpoints. This module does both, on our checkpoints and on
-Hugging Face ModernBERT directories (the same layout: config.json + model.safetensors).
+mmBERT's paper (arXiv:2509.06888) merges its three decay-phase variants with TIES, relative to
+the mid-training checkpoint they branched from. Exponentially weighted averaging of one run's
+checkpoints is the other common recipe (the paper does not say it was used for mmBERT-small).
+This module does all three, on our checkpoints and on Hugging Face ModernBERT directories (the
+same layout: config.json + model.safetensors).
 
     mmbert merge --method ties --base out/mid --models out/decay-a out/decay-b out/decay-c \
         --density 0.5 --out out/merged

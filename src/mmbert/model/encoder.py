@@ -115,10 +115,13 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
         self.local = not config.is_global_layer(layer_id)
-        self.dropout = config.attention_dropout
+        self.dropout = config.attention_dropout  # on the attention probabilities
+        # on the attention output (after Wo). HF ModernBERT uses attention_dropout for both; FlexBERT,
+        # which trained mmBERT, sets them apart (attn_out_dropout_prob 0.1, probabilities 0), so a
+        # recipe phase may change this one alone (`set_attention_output_dropout`)
+        self.out_dropout = config.attention_dropout
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
-        self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan) -> torch.Tensor:
         # x: [B, T, H] (padded) or [N, H] (packed); qkv: [..., 3, heads, head_dim]
@@ -127,7 +130,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[..., :2, :, :], cos, sin).unbind(dim=-3)  # q and k in one pass
         v = qkv[..., 2, :, :]
         out = attention(q, k, v, plan, local=self.local, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_drop(self.Wo(out))
+        out = self.Wo(out)
+        return F.dropout(out, self.out_dropout, training=True) if self.training and self.out_dropout > 0 else out
 
 
 class MLP(nn.Module):
@@ -207,6 +211,11 @@ class Encoder(PreTrainedMixin, nn.Module):
         """Change RoPE θ (context extension between phases); the config follows."""
         self.config.global_rope_theta, self.config.local_rope_theta = float(global_theta), float(local_theta)
         self.rotary_emb.set_theta(global_theta, local_theta)
+
+    def set_attention_output_dropout(self, p: float) -> None:
+        """Dropout on every attention layer's output (a training setting; not part of the config)."""
+        for layer in self.layers:
+            layer.attn.out_dropout = float(p)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
@@ -320,6 +329,9 @@ class MaskedLM(PreTrainedMixin, nn.Module):
 
     def set_rope_theta(self, global_theta: float, local_theta: float) -> None:
         self.model.set_rope_theta(global_theta, local_theta)
+
+    def set_attention_output_dropout(self, p: float) -> None:
+        self.model.set_attention_output_dropout(p)
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:

@@ -160,9 +160,10 @@ class _Stream:
         return max(1, self.micro_tokens // p.seq_len)
 
     def params(self, p: Phase) -> dict[str, Any]:
-        return dict(languages=resolve_languages(p.languages, self.counts), tau=temperature_at(p, 0),
+        return dict(languages=resolve_languages(p.languages, self.counts, p.shares), tau=temperature_at(p, 0),
                     mask_rate=mask_rate_at(p, 0), seq_len=p.seq_len,
-                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens)
+                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens,
+                    shares=dict(p.shares) or None, epoch_cap=p.epoch_cap)
 
     def open(self, p: Phase) -> None:
         from mmbert.data.loader import MLMLoader
@@ -209,7 +210,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                           f"vocab_size {config.vocab_size}; build the model with vocab_size={index.vocab_size}")
     counts = {lang: index.tokens(lang) for lang in index.languages}
     for p in recipe.all_phases():  # every language set resolves before anything is written
-        langs = resolve_languages(p.languages, counts)
+        langs = resolve_languages(p.languages, counts, p.shares)
         extra = sorted(set(p.language_weights) - set(langs))
         if extra:
             raise RecipeError(f"phase {p.name!r}: language_weights name {extra}, which are not among its "
@@ -311,6 +312,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         p = phases[state["phase"]]
         if applied is not p:  # phase start (or resume inside it): θ, languages, τ, mask, seq len
             inner.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
+            inner.set_attention_output_dropout(inner.config.attention_dropout if p.attention_output_dropout is None
+                                               else p.attention_output_dropout)
             if stream.phase is not p:
                 stream.switch(p)
             applied = p
