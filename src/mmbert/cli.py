@@ -67,10 +67,20 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
         "data-dir": (["--data-dir"], dict(default=None, help="evaluation data directory "
                                                             "(default: $MMBERT_EVAL_DATA or ../shared/data/eval)")),
         "seed": (["--seed"], dict(type=int, default=0, help="random seed")),
+        "push-to-hub": (["--push-to-hub"], dict(default=None, metavar="REPO_ID",
+                                                help="also upload the written directory to this Hugging Face "
+                                                     "Hub repo (created if missing; needs network and a token)")),
     }
     for n in names:
         flags, kw = spec[n]
         p.add_argument(*flags, **kw)
+
+
+def _push(args, out) -> None:
+    if getattr(args, "push_to_hub", None):
+        from mmbert.export.card import push_to_hub
+
+        print(f"pushed {out} to {args.push_to_hub}: {push_to_hub(out, args.push_to_hub)}")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -153,7 +163,7 @@ def _add_export(sub):
                        description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
                                    "write config.json + model.safetensors (+ tokenizer files) that "
                                    "transformers.AutoModelForMaskedLM loads with identical outputs.")
-    _common(p, "model", "out")
+    _common(p, "model", "out", "push-to-hub")
     p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
                                                      "token-classification"], help="which model class to write")
     p.add_argument("--dtype", default="fp32", type=dtype_arg("fp32", "bf16", "fp16"),
@@ -168,6 +178,7 @@ def _add_export(sub):
         model = mmbert.from_pretrained(args.model, head=args.head, dtype=dtype)
         model.save_pretrained(args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
+        _push(args, args.out)
 
     p.set_defaults(func=run)
 
@@ -180,6 +191,7 @@ def _add_merge(sub):
     p.add_argument("--method", choices=("ties", "linear", "ema"), default="linear",
                    help="ties: task vectors relative to --base; linear: weighted mean; "
                         "ema: weights alpha^k from the newest model")
+    _common(p, "push-to-hub")
     p.add_argument("--models", nargs="+", required=True,
                    help="model directories to merge (for ema: oldest first, newest last)")
     p.add_argument("--base", default=None, help="ties only: the checkpoint the models branched from")
@@ -199,6 +211,7 @@ def _add_merge(sub):
                     weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
                     overwrite=args.overwrite)
         print(f"merged {len(args.models)} models ({args.method}) into {out}")
+        _push(args, out)
 
     p.set_defaults(func=run)
 
@@ -212,6 +225,7 @@ def _add_init_from(sub):
     p.add_argument("--preset", required=True,
                    help="target shape (hidden, intermediate, layers, heads) from this preset; "
                         "vocabulary, RoPE and the rest stay the source's")
+    _common(p, "push-to-hub")
     p.add_argument("--rule", choices=("magnitude", "strided"), default="magnitude",
                    help="how shrinking axes pick the units they keep")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
@@ -222,6 +236,7 @@ def _add_init_from(sub):
         out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
                         overwrite=args.overwrite)
         print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
+        _push(args, out)
 
     p.set_defaults(func=run)
 
