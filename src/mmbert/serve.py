@@ -36,7 +36,6 @@ import logging
 import socket
 import threading
 import time
-import warnings
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -272,12 +271,13 @@ class Engine:
             raise APIError(413, f"`{field_name}[{i}]` has {len(ids[i])} tokens, more than the server's max length "
                                 f"{self.max_length}; shorten it or ask for truncation (TEI: \"truncate\": true; "
                                 f"server: --auto-truncate)", param=field_name)
-        if long:
-            from mmbert.inference import _truncate
-
-            with warnings.catch_warnings():  # the client asked for it: no warning per request
-                warnings.simplefilter("ignore")
-                ids = _truncate(ids, self.max_length, "warn", self.config.sep_token_id)
+        # the client asked for truncation: cut without a warning per request (warnings' filters are
+        # process-global, so not silenced from these threads), keeping the closing separator as
+        # mmbert.inference's truncation does
+        n, sep = self.max_length, self.config.sep_token_id
+        for i in long:
+            x = ids[i]
+            ids[i] = x[:n - 1] + [x[-1]] if sep is not None and x[-1] == sep else x[:n]
         return ids
 
     async def embed(self, request: Any, ids: list[list[int]]) -> torch.Tensor:

@@ -207,7 +207,7 @@ def _resolve(path: str | Path) -> Path:
         except ImportError as e:  # pragma: no cover
             raise FileNotFoundError(f"{s}: not a local directory, and huggingface_hub is not installed") from e
         try:
-            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "README.md",
                                                              "special_tokens_map.json"]))
         except Exception as e:  # offline, unknown repo, …
             raise FileNotFoundError(f"{s}: not a local directory and could not be fetched from the hub ({e})") from e
