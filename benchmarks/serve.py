@@ -8,8 +8,8 @@ against `mmbert.inference.encode` called once per request in a loop and once on 
 
 Requests carry token ids (normal lengths around --mean-tokens, like `mmbert bench`'s normal256
 set) so every system sees identical inputs; they go to /v1/embeddings with base64 encoding (what
-the official openai client asks for by default), each client thread on its own keep-alive httpx
-connection. The server runs as a separate process (`python -m mmbert serve`), so client and server
+the official openai client asks for by default), from `concurrency` closed-loop asyncio clients on
+keep-alive httpx connections. The server runs as a separate process (`python -m mmbert serve`), so client and server
 share the machine's cores — as they would behind a local load balancer.
 
 infinity-emb is compared only where it installs without changing our pins; `--infinity` tries.
@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -80,37 +79,35 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str, Path]:
 
 
 def load_test(url: str, reqs: list, concurrency: int, hidden: int) -> dict:
+    """`concurrency` clients, each sending its next request as soon as the previous one is answered
+    (closed loop), as asyncio tasks in one thread so the load generator itself stays light."""
+    import asyncio
+
     import httpx
 
     latencies: list[float] = []
-    lock = threading.Lock()
     nxt = iter(range(len(reqs)))
     errors = []
 
-    def worker():
-        with httpx.Client(timeout=600) as client:
-            while True:
-                with lock:
-                    i = next(nxt, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                r = client.post(url + "/v1/embeddings", json={"input": reqs[i], "encoding_format": "base64"})
-                dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    errors.append(r.text[:200])
-                    continue
-                v = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
-                assert v.shape == (hidden,)
-                with lock:
-                    latencies.append(dt)
+    async def client_loop(client):
+        for i in nxt:
+            t0 = time.perf_counter()
+            r = await client.post(url + "/v1/embeddings", json={"input": reqs[i], "encoding_format": "base64"})
+            dt = time.perf_counter() - t0
+            if r.status_code != 200:
+                errors.append(r.text[:200])
+                continue
+            v = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
+            assert v.shape == (hidden,)
+            latencies.append(dt)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    async def run():
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    asyncio.run(run())
     wall = time.perf_counter() - t0
     if errors:
         raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")

@@ -97,8 +97,22 @@ def test_hub_sources_become_base_model():
     meta = card_metadata(CardInfo(base_models=["answerdotai/ModernBERT-base", "/local/dir"], relation="finetune"))
     assert meta["base_model"] == ["answerdotai/ModernBERT-base"] and meta["base_model_relation"] == "finetune"
     assert hub_language("zho_Hans") == "zh" and hub_language("yor_Latn") == "yo" and hub_language("und") is None
-    first = CardInfo(pooling="first")
-    assert read_card("/nonexistent") is None and first.pooling == "first"
+    assert read_card("/nonexistent") is None
+
+
+def test_first_token_pooling_round_trips(tmp_path):
+    from mmbert.export.card import write_card_files
+
+    cfg = {"hidden_size": 48, "max_position_embeddings": 256, "num_hidden_layers": 2, "vocab_size": 100}
+    write_card_files(tmp_path, cfg, CardInfo(pooling="first", languages=["yor_Latn"]))
+    pool = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
+    assert pool["pooling_mode_cls_token"] and not pool["pooling_mode_mean_tokens"]
+    assert pool["word_embedding_dimension"] == 48
+    assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+    card = read_card(tmp_path)
+    assert card.pooling == "first" and card.languages == ["yo"]
+    with pytest.raises(ValueError, match="mean or first"):
+        write_card_files(tmp_path, cfg, CardInfo(pooling="max"))
 
 
 # ----------------------------------------------------------------------------- the Hub stand-in
