@@ -131,7 +131,8 @@ def render_card(info: CardInfo, config: dict[str, Any], name: str) -> str:
     lines = [f"---\n{front}\n---", "", f"# {name}", "",
              f"A ModernBERT-architecture multilingual encoder ({n_layers} layers, hidden size {hidden}, "
              f"{config.get('vocab_size')}-token vocabulary, up to {config.get('max_position_embeddings')} tokens) "
-             f"made with [mmbert](https://arxiv.org/abs/2509.06888)'s toolkit. Stored as `{arch}`.", ""]
+             f"made with the mmbert toolkit (the [mmBERT](https://arxiv.org/abs/2509.06888) recipe). "
+             f"Stored as `{arch}`.", ""]
     made = []
     if info.description:
         made.append(info.description)
