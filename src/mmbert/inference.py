@@ -343,8 +343,9 @@ def _token_str(tokenizer: Any, token_id: int) -> str | None:
 
 def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: str | os.PathLike, *,
                pooling: str = "mean", **encode_kwargs) -> int:
-    """Embed a text file (one text per line; blank lines are skipped) into `out_path`: `.npy`
-    (float32 [n, hidden]) or `.jsonl` (one vector per line). Written atomically; returns n."""
+    """Embed a text file (one text per line) into `out_path`: `.npy` (float32 [n, hidden]) or `.jsonl`
+    (one vector per line). Row i is line i+1, so a blank line is an error naming it (nothing is
+    written). Written atomically; returns n."""
     from pathlib import Path
 
     import numpy as np
@@ -356,7 +357,12 @@ def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: 
         raise ValueError(f"{out}: unsupported output type {out.suffix!r}; use a .npy or .jsonl file name")
     if pooling == "none":
         raise ValueError("embed writes one vector per text; use pooling 'mean' or 'first'")
-    texts = [line.rstrip("\n") for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = src.read_text(encoding="utf-8").splitlines()
+    blank = [i + 1 for i, line in enumerate(texts) if not line.strip()]
+    if blank:
+        more = f" (and {len(blank) - 1} more: {', '.join(map(str, blank[1:6]))}{' …' if len(blank) > 6 else ''})"
+        raise ValueError(f"{src}:{blank[0]}: blank line{more if len(blank) > 1 else ''}; every line becomes one "
+                         f"output row, so remove blank lines first (e.g. grep -v '^[[:space:]]*$')")
     vecs = encode(model, texts, pooling=pooling, progress=True, **encode_kwargs).numpy()
     if out.suffix == ".npy":
         buf = io.BytesIO()

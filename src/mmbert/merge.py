@@ -326,8 +326,11 @@ def _check_compatible(models: list[Checkpoint], base: Checkpoint | None) -> None
 # ----------------------------------------------------------------------------- writing
 def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dict,
                     tokenizer_from: Path | None = None, record: dict | None = None,
-                    record_name: str = "merge.json") -> None:
-    """Write config.json, model.safetensors, tokenizer files and (optionally) a JSON record."""
+                    record_name: str = "merge.json", card=None) -> None:
+    """Write config.json, model.safetensors, tokenizer files, (optionally) a JSON record, and the
+    model card + sentence-transformers files (export/card.py; `card` a CardInfo)."""
+    from mmbert.export.card import write_card_files
+
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_NAME,
                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -341,6 +344,7 @@ def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dic
     if record is not None:
         atomic_write(out / record_name,
                             lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+    write_card_files(out, raw_config, card)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -443,7 +447,13 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mmbert_version": _version(),
     }
-    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record)
+    from mmbert.export.card import merged_card
+
+    how = (f"{method.upper() if method == 'ties' else method} merge of {len(ckpts)} models"
+           + (f" relative to base `{base}` (density {density:g}, λ {lam:g})" if method == "ties" else "")
+           + f", weights {[round(w, 4) for w in weights]} (merge.json has the details).")
+    card = merged_card([str(m) for m in models] + ([str(base)] if base is not None else []), "merge", how)
+    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record, card=card)
     return out
 
 

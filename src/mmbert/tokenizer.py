@@ -23,6 +23,7 @@ Design (mmBERT uses Gemma 2's tokenizer; we train the same kind):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -32,6 +33,8 @@ from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from mmbert.utils import atomic_write
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
@@ -358,8 +361,8 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
     if not texts:
         raise ValueError(f"corpus {corpus_dir} gave no training text")
     if progress:
-        print(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} MB of text "
-              f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
+        log.info(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} MB of text "
+                 f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
     tok = train_tokenizer_from_texts(texts, vocab_size, progress=progress)
     if out_dir is not None:
         out = tok.save(out_dir)
@@ -369,7 +372,7 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
         atomic_write(out / "training_mix.json", json.dumps({"temperature": temperature, "max_chars": max_chars,
                                                                "seed": seed, "bytes": taken}, indent=1) + "\n")
         if progress:
-            print(fertility_table(report, top=25))
+            log.info(fertility_table(report, top=25))
     return tok
 
 

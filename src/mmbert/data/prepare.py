@@ -22,10 +22,10 @@ tokenizes single-threaded so that `workers` is the number of cores used.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import multiprocessing as mp
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmbert.data.shards import ShardWriter, write_index
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,6 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     if progress:
         train = sum(c["train"]["tokens"] for c in results.values())
         held = sum(c.get("heldout", {}).get("tokens", 0) for c in results.values())
-        print(f"shards: {len(results)} languages, {train / 1e6:.2f}M train + {held / 1e6:.3f}M held-out tokens "
-              f"({dtype}) in {out_dir}" + (f"; skipped: {dict(skipped)}" if skipped else ""), file=sys.stderr)
+        log.info(f"shards: {len(results)} languages, {train / 1e6:.2f}M train + {held / 1e6:.3f}M held-out tokens "
+                 f"({dtype}) in {out_dir}" + (f"; skipped: {dict(skipped)}" if skipped else ""))
     return {"languages": results, "dtype": dtype, "vocab_size": tok.vocab_size, "skipped": dict(skipped)}

@@ -10,6 +10,8 @@ A model directory (ours and our export: the same layout) holds `config.json` (tr
 ModernBERT dialect), `model.safetensors` (a tied `decoder.weight` is not stored; an untied one is) and, when a
 tokenizer is attached, its files. transformers checkpoints may instead hold
 `model.safetensors.index.json` shards or `pytorch_model.bin` (read with weights_only=True).
+Every directory we write also gets README.md (model card) and the sentence-transformers files
+(export/card.py).
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ def _resolve(path: str | Path) -> Path:
         except ImportError as e:  # pragma: no cover
             raise FileNotFoundError(f"{s}: not a local directory, and huggingface_hub is not installed") from e
         try:
-            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "README.md",
                                                              "special_tokens_map.json"]))
         except Exception as e:  # offline, unknown repo, …
             raise FileNotFoundError(f"{s}: not a local directory and could not be fetched from the hub ({e})") from e
@@ -245,15 +247,22 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
             model.tokenizer = load_tokenizer(p)
         except ImportError:  # pragma: no cover - tokenizer module not available
             pass
+    from mmbert.export.card import read_card
+
+    model.card = read_card(p)  # carried into the next export (languages, licence, lineage)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- writing directories
-def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer files); each file replaced atomically."""
+def save_pretrained(model: torch.nn.Module, path: str | Path, card=None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) + the model card and
+    sentence-transformers files (export/card.py; `card` defaults to the one the model was loaded
+    with); each file replaced atomically."""
     from safetensors.torch import save_file
+
+    from mmbert.export.card import write_card_files
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -266,4 +275,5 @@ def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
         tok.save(path, model_max_length=model.config.max_position_embeddings)
+    write_card_files(path, cfg, card if card is not None else getattr(model, "card", None))
     return path

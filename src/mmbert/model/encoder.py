@@ -176,12 +176,14 @@ class PreTrainedMixin:
     config: EncoderConfig
     head_type: str
     tokenizer = None
+    card = None  # the model card (export/card.py CardInfo) of the directory it was loaded from
 
-    def save_pretrained(self, path) -> None:
-        """Write a directory that transformers (AutoModelForMaskedLM etc.) and mmbert both load."""
+    def save_pretrained(self, path, card=None) -> None:
+        """Write a directory that transformers (AutoModelForMaskedLM etc.), sentence-transformers and
+        mmbert all load, with a README.md model card (`card`: an export.card.CardInfo)."""
         from mmbert.export.hf import save_pretrained  # lazy: model/ stays free of export at import
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, card=card)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         seen, n = set(), 0

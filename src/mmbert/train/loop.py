@@ -367,7 +367,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                                  loader_state=stream.loader.state_dict(), run_config=run_config,
                                  keep_last=keep_last, keep=phase_end, write=d.is_main)
             if phase_end:
-                _export(model, inner, out / "export" / p.name, d, tokenizer)
+                _export(model, inner, out / "export" / p.name, d, tokenizer,
+                        card=_phase_card(recipe, phases[:state["phase"]], counts, state["tokens"]))
             barrier(d)
     if bar is not None:
         bar.close()
@@ -434,7 +435,17 @@ def _shards_tokenizer(index) -> Any:
         return None
 
 
-def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None) -> None:
+def _phase_card(recipe: Recipe, done: Sequence[Phase], counts: dict[str, int], tokens: int):
+    """Model card of a phase-end export: the languages of every phase so far, tokens seen, the recipe."""
+    from mmbert.export.card import CardInfo
+
+    langs = list(dict.fromkeys(lang for p in done for lang in resolve_languages(p.languages, counts)))
+    return CardInfo(languages=langs, tokens_seen=tokens, recipe=f"{recipe.name} → {' → '.join(p.name for p in done)}",
+                    description=f"Masked-LM pretraining with the `{recipe.name}` recipe, exported at the end of "
+                                f"phase `{done[-1].name}`.")
+
+
+def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None, card: Any = None) -> None:
     """Phase-end Hugging Face directory (+ the shards' tokenizer), written to a temp dir and renamed
     into place."""
     from mmbert.model import build_model
@@ -453,7 +464,7 @@ def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         inner.tokenizer = tokenizer
-    inner.save_pretrained(tmp)
+    inner.save_pretrained(tmp, card=card)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
