@@ -109,6 +109,9 @@ def _add_pretrain(sub):
     p.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept (phase ends always kept)")
     p.add_argument("--no-eval", action="store_true", help="skip the periodic per-language held-out MLM eval")
     p.add_argument("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
+    p.add_argument("--lr-scale", type=float, default=None,
+                   help="multiply the recipe's learning rate by this from now on (e.g. 0.5 with --resume after a "
+                        "divergence); recorded in run.json and kept by later resumes")
 
     def run(args):
         from mmbert.train.loop import pretrain
@@ -116,7 +119,7 @@ def _add_pretrain(sub):
         res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
                        threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
                        micro_batch_tokens=args.micro_batch_tokens, parallel=args.parallel, compile=args.compile,
-                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval)
+                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval, lr_scale=args.lr_scale)
         if isinstance(res, str):
             print(res)
         else:
@@ -144,9 +147,11 @@ def _add_export(sub):
         import torch
 
         import mmbert
+        from mmbert.utils import RunLock
 
-        model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
-        model.save_pretrained(args.out)
+        with RunLock(args.out):  # one writer of --out from start to end
+            model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
+            model.save_pretrained(args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
 
     p.set_defaults(func=run)
@@ -174,10 +179,12 @@ def _add_merge(sub):
 
     def run(args):
         from mmbert.merge import merge
+        from mmbert.utils import RunLock
 
-        out = merge(args.models, args.out, method=args.method, base=args.base,
-                    weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
-                    overwrite=args.overwrite)
+        with RunLock(args.out):  # one writer of --out from start to end
+            out = merge(args.models, args.out, method=args.method, base=args.base,
+                        weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
+                        overwrite=args.overwrite)
         print(f"merged {len(args.models)} models ({args.method}) into {out}")
 
     p.set_defaults(func=run)
@@ -198,9 +205,10 @@ def _add_init_from(sub):
 
     def run(args):
         from mmbert.init_from import init_from
+        from mmbert.utils import RunLock
 
-        out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
-                        overwrite=args.overwrite)
+        with RunLock(args.out):  # one writer of --out from start to end
+            out = init_from(args.model, args.out, preset=args.preset, rule=args.rule, overwrite=args.overwrite)
         print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
 
     p.set_defaults(func=run)
@@ -507,16 +515,26 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    out = getattr(args, "out", None)
+    out_existed = out is None or os.path.lexists(out)
     try:
         rc = args.func(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
-        if args.debug:
+    except Exception as e:
+        from mmbert.utils import storage_problem
+
+        problem = None if args.debug else storage_problem(e, out)  # disk full, quota, permission, read-only
+        if problem is not None:
+            if not out_existed and os.path.isdir(out) and not os.listdir(out):
+                os.rmdir(out)  # the empty output a failure left
+            msg = problem
+        elif isinstance(e, USER_ERRORS) and not args.debug:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        else:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1

@@ -8,8 +8,8 @@ Crash safety lives here, so every writer does it the same way:
                              that names its holder (pid, host, command)
   sweep_stale(dir)           temp files/dirs of dead processes on this host are removed, a live
                              writer's never
-  storage_problem(exc)       disk full / quota / permission / read-only → (what, path), for the
-                             CLI's one `error:` line
+  storage_problem(exc)       disk full / quota / permission / read-only → the CLI's one
+                             `error:` line naming the path and the fix
   crash_point(name)          fault injection for the crash tests: $MMBERT_TEST_KILL_AT=name[#k]
                              SIGKILLs the process at the k-th time it reaches `name`
 
@@ -337,12 +337,12 @@ def _describe_holder(text: str) -> str:
 
 # ------------------------------------------------------------------ storage errors
 
-STORAGE_PROBLEMS = {
-    errno.ENOSPC: ("no space left on the device", "free some space (or write to a larger disk) and run it again"),
-    errno.EDQUOT: ("the disk quota is exceeded", "free some space within the quota and run it again"),
-    errno.EACCES: ("permission denied", "choose a directory you can write, or fix its permissions"),
-    errno.EPERM: ("operation not permitted", "choose a directory you can write, or fix its permissions"),
-    errno.EROFS: ("the file system is read-only", "choose a directory on a writable file system"),
+STORAGE_PROBLEMS = {  # errno → (verb, problem, fix)
+    errno.ENOSPC: ("write", "no space left on the device", "free some space (or write to a larger disk) and run it again"),
+    errno.EDQUOT: ("write", "the disk quota is exceeded", "free some space within the quota and run it again"),
+    errno.EACCES: ("access", "permission denied", "choose a path you can read/write, or fix its permissions"),
+    errno.EPERM: ("access", "operation not permitted", "choose a path you can read/write, or fix its permissions"),
+    errno.EROFS: ("write", "the file system is read-only", "choose a directory on a writable file system"),
 }
 # the same failures as seen through libraries that flatten them into strings
 _MESSAGES = [
@@ -354,23 +354,26 @@ _MESSAGES = [
 _TRUNCATED_WRITE = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|file write failed")
 
 
-def storage_problem(exc: BaseException) -> tuple[str, str | None] | None:
-    """(problem and fix, the path involved or None) when `exc` (or what caused it) is a disk-full,
-    quota, permission or read-only failure; None for anything else."""
+def storage_problem(exc: BaseException, default_path: str | os.PathLike | None = None) -> str | None:
+    """One line — "cannot write <path>: no space left on the device; free some space …" — when `exc`
+    (or what caused it) is a disk-full, quota, permission or read-only failure; None otherwise.
+    Libraries that flatten the OSError into text (safetensors: "os error 28", torch: "unexpected
+    pos …") are recognised too; `default_path` names the output when the error does not."""
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        code, note, path = None, "", None
         if isinstance(e, OSError) and e.errno in STORAGE_PROBLEMS:
-            what, fix = STORAGE_PROBLEMS[e.errno]
-            return f"{what}; {fix}", e.filename
-        text = str(e)
-        for pat, code in _MESSAGES:
-            if pat.search(text):
-                what, fix = STORAGE_PROBLEMS[code]
-                return f"{what}; {fix}", None
-        if _TRUNCATED_WRITE.search(text):
-            what, fix = STORAGE_PROBLEMS[errno.ENOSPC]
-            return f"a write stopped part-way ({_TRUNCATED_WRITE.search(text)[0]}) — most likely {what}; {fix}", None
+            code, path = e.errno, e.filename
+        else:
+            text = str(e)
+            code = next((c for pat, c in _MESSAGES if pat.search(text)), None)
+            m = _TRUNCATED_WRITE.search(text)
+            if code is None and m:
+                code, note = errno.ENOSPC, f"a write stopped part-way ({m[0]}): most likely "
+        if code is not None:
+            verb, what, fix = STORAGE_PROBLEMS[code]
+            return f"cannot {verb} {path or default_path or 'the output'}: {note}{what}; {fix}"
         e = e.__cause__ or e.__context__
     return None
