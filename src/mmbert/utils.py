@@ -11,7 +11,8 @@ Crash safety lives here, so every writer does it the same way:
   storage_problem(exc)       disk full / quota / permission / read-only → the CLI's one
                              `error:` line naming the path and the fix
   crash_point(name)          fault injection for the crash tests: $MMBERT_TEST_KILL_AT=name[#k]
-                             SIGKILLs the process at the k-th time it reaches `name`
+                             SIGKILLs the process at the k-th time it reaches `name` (placed right
+                             before every publishing rename and every pruning rename)
 
 Temp names are `.<name>.<kind>-<pid>@<host>` (kind: tmp, old, del), so whoever finds one later can
 tell whether its writer is still alive.
@@ -51,19 +52,20 @@ _CRASH_COUNTS: dict[str, int] = {}
 
 def crash_point(name: str) -> None:
     """SIGKILL this process here when $MMBERT_TEST_KILL_AT is `name` or `name#k` (the k-th time, from
-    1) or `*#k` (the k-th crash point of any name). Costs one environment lookup otherwise."""
+    1), or `kind#k` for names `kind:detail`, or `*#k` (the k-th crash point of any name).
+    $MMBERT_TEST_CRASH_TRACE=file appends every name reached. Costs two environment lookups."""
+    trace = os.environ.get("MMBERT_TEST_CRASH_TRACE")
+    if trace:  # list every point reached (the crash tests enumerate them)
+        with open(trace, "a") as f:
+            f.write(f"{name}\n")
     spec = os.environ.get("MMBERT_TEST_KILL_AT")
     if not spec:
         return
     want, _, k = spec.partition("#")
-    if want not in ("*", name):
+    if want not in ("*", name, name.partition(":")[0]):
         return
     _CRASH_COUNTS[want] = _CRASH_COUNTS.get(want, 0) + 1
     if _CRASH_COUNTS[want] == int(k or 1):
-        log = os.environ.get("MMBERT_TEST_KILL_LOG")
-        if log:  # which point was hit, for the test's report
-            with open(log, "a") as f:
-                f.write(f"{name}\n")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -118,7 +120,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[str], No
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, _file_mode())
         fsync_path(tmp)
-        crash_point("atomic_write")
+        crash_point(f"atomic_write:{path.name}")
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:
@@ -241,7 +243,7 @@ def publish_dir(path: str | os.PathLike, carry: Callable[[str], bool] | None = N
         if carry is not None and path.is_dir():
             _carry_over(path, tmp, carry)
         fsync_tree(tmp)
-        crash_point("publish_dir")
+        crash_point(f"publish_dir:{path.name}")
         if not path.exists():
             os.rename(tmp, path)
         elif _exchange(tmp, path):
@@ -249,10 +251,11 @@ def publish_dir(path: str | os.PathLike, carry: Callable[[str], bool] | None = N
         else:
             old = parent / temp_name(path.name, "old")
             os.rename(path, old)
-            crash_point("publish_dir.second_rename")
+            crash_point(f"publish_dir.second_rename:{path.name}")
             os.rename(tmp, path)
             os.rename(old, tmp)
         fsync_path(parent)
+        crash_point(f"publish_dir.cleanup:{path.name}")
         _remove(tmp)
     except BaseException:
         _remove(tmp)

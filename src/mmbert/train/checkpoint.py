@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------ weights_only-safe encoding
 
 def _encode(obj: Any) -> Any:
-    """numpy arrays/scalars and tuples → types `torch.load(weights_only=True)` accepts."""
+    """numpy arrays/scalars and tuples → types `torch.load(weights_only=True)` accepts. Strings are
+    interned: pickle writes a repeated string once and then by reference, so equal states must
+    share their equal strings for a resumed run's files to equal the uninterrupted run's byte for byte."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj)).clone(), "dtype": str(obj.dtype)}
     if isinstance(obj, np.generic):
@@ -58,7 +63,7 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_encode(x) for x in obj]
     if isinstance(obj, dict):
-        return {k: _encode(v) for k, v in obj.items()}
+        return {_encode(k): _encode(v) for k, v in obj.items()}
     return obj
 
 
@@ -298,7 +303,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, opt
             # first out of the listing in one rename, then deleted: a kill during the delete leaves
             # a hidden .del- directory (removed by the next sweep), never a half-deleted step_
             gone = root / temp_name(p.name, "del")
-            crash_point("prune")
+            crash_point(f"prune:{p.name}")
             os.rename(p, gone)
             shutil.rmtree(gone, ignore_errors=True)
     return final
@@ -313,8 +318,8 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise CheckpointDamaged(f"{path} is not a complete training checkpoint (no {', '.join(missing)})")
-    check_shapes(path / "model.safetensors", model)
     try:
+        check_shapes(path / "model.safetensors", model)  # CheckpointError (another model) passes through
         weights = load_file(str(path / "model.safetensors"))
         optim = _torch_load(path / "optimizer.pt") if optimizer is not None else None
         rng = _torch_load(path / "rng.pt") if restore_rng else None
@@ -323,8 +328,11 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
             "loader_state": _torch_load(path / "loader.pt"),
             "run_config": json.loads((path / "run.json").read_text()),
         }
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated safetensors / zip, bad JSON: the file, not the caller, is wrong
-        raise CheckpointDamaged(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]})") from e
+        first = str(e).split(". ")[0][:160]
+        raise CheckpointDamaged(f"{path} is damaged ({type(e).__name__}: {first})") from e
     bad = non_finite_tensors(weights)
     if bad:
         raise CheckpointDamaged(f"{path} holds non-finite weights ({', '.join(bad[:3])})")

@@ -515,7 +515,8 @@ def _remake_exports(ck_root: Path, done: Sequence[Phase], first: int, config: En
         if c is None:
             _warn(f"export/{p.name} is missing and its phase-end checkpoint is gone; not re-made")
             continue
-        model = build_model(config.replace(), head="mlm", init=False)
+        with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG training resumes with
+            model = build_model(config.replace(), head="mlm", init=False)
         ckpt.load_model_weights(c / "model.safetensors", model)
         model.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
         _export(model, model, out / "export" / p.name, Dist(), tokenizer)
