@@ -271,7 +271,7 @@ class RunLocked(FileExistsError):
     """Another process is writing this run or output directory."""
 
 
-_HELD: dict[str, list] = {}  # lock path → [fd, depth]: re-entrant within one process
+_HELD: dict[str, list] = {}  # lock path → [fd, depth, parents it created]: re-entrant within one process
 
 
 class RunLock:
@@ -294,6 +294,7 @@ class RunLock:
         if key in _HELD:
             _HELD[key][1] += 1
             return self
+        self.created = [a for a in [self.path.parent, *self.path.parent.parents] if not a.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -316,7 +317,7 @@ class RunLock:
                 "command": " ".join(sys.argv)[:500]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        _HELD[key] = [fd, 1]
+        _HELD[key] = [fd, 1, self.created]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -328,6 +329,9 @@ class RunLock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # while still locked: a waiter re-checks the inode
             os.close(entry[0])
+            for a in entry[2]:  # parents made for the lock file that nothing else filled
+                with contextlib.suppress(OSError):
+                    a.rmdir()
 
 
 def _describe_holder(text: str) -> str:
