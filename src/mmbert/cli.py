@@ -528,8 +528,12 @@ def main(argv: list[str] | None = None) -> int:
 
         problem = None if args.debug else storage_problem(e, out)  # disk full, quota, permission, read-only
         if problem is not None:
-            if not out_existed and os.path.isdir(out) and not os.listdir(out):
-                os.rmdir(out)  # the empty output a failure left
+            if not out_existed and os.path.isdir(out):  # the empty directories a failure left
+                for d, _, _ in os.walk(out, topdown=False):
+                    try:
+                        os.rmdir(d)  # only empty ones go
+                    except OSError:
+                        pass
             msg = problem
         elif isinstance(e, USER_ERRORS) and not args.debug:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
