@@ -11,6 +11,7 @@ below; the handler imports its library lazily so `mmbert --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable
@@ -147,11 +148,9 @@ def _add_export(sub):
         import torch
 
         import mmbert
-        from mmbert.utils import RunLock
 
-        with RunLock(args.out):  # one writer of --out from start to end
-            model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
-            model.save_pretrained(args.out)
+        model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
+        model.save_pretrained(args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
 
     p.set_defaults(func=run)
@@ -179,12 +178,10 @@ def _add_merge(sub):
 
     def run(args):
         from mmbert.merge import merge
-        from mmbert.utils import RunLock
 
-        with RunLock(args.out):  # one writer of --out from start to end
-            out = merge(args.models, args.out, method=args.method, base=args.base,
-                        weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
-                        overwrite=args.overwrite)
+        out = merge(args.models, args.out, method=args.method, base=args.base,
+                    weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
+                    overwrite=args.overwrite)
         print(f"merged {len(args.models)} models ({args.method}) into {out}")
 
     p.set_defaults(func=run)
@@ -205,10 +202,9 @@ def _add_init_from(sub):
 
     def run(args):
         from mmbert.init_from import init_from
-        from mmbert.utils import RunLock
 
-        with RunLock(args.out):  # one writer of --out from start to end
-            out = init_from(args.model, args.out, preset=args.preset, rule=args.rule, overwrite=args.overwrite)
+        out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
+                        overwrite=args.overwrite)
         print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
 
     p.set_defaults(func=run)
@@ -518,7 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, "out", None)
     out_existed = out is None or os.path.lexists(out)
     try:
-        rc = args.func(args)
+        from mmbert.utils import RunLock
+
+        # one writer per output: a second command on the same --out is refused, naming the holder
+        # (pretrain locks its run directory itself, on rank 0 only, so torchrun's ranks can share it)
+        with RunLock(out) if out and args.command != "pretrain" else contextlib.nullcontext():
+            rc = args.func(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

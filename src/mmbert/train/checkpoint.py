@@ -266,6 +266,18 @@ def non_finite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any (a plain bool without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(flag)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     train_state: dict[str, Any], loader_state: Any, run_config: dict[str, Any],
                     keep_last: int | None = 3, keep: bool = False, write: bool = True) -> Path:
@@ -279,9 +291,9 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, opt
     root = Path(root)
     weights = model_state(model)
     bad = non_finite_tensors(weights)
-    if bad:
-        raise NonFiniteWeights(f"the weights hold NaN/inf ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) "
-                               f"at step {step}; checkpoint not written")
+    if _any_rank(bool(bad)):  # FSDP: only the writing rank holds the full weights; all ranks must stop
+        raise NonFiniteWeights(f"the weights hold NaN/inf ({', '.join(bad[:3]) or 'on another rank'}"
+                               f"{' …' if len(bad) > 3 else ''}) at step {step}; checkpoint not written")
     optim = optimizer_state(optimizer, model)
     final = root / f"{PREFIX}{step:08d}"
     if not write:
