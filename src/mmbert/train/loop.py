@@ -17,8 +17,11 @@ Run directory:
   run.json                      what this run is (recipe, model config, seed, data) — the guard
   metrics.jsonl                 one JSON record per step ("train") and per eval ("eval")
   checkpoints/<track>/step_*/   see checkpoint.py
-  export/<phase>/               HF model directory at each phase end
+  export/<phase>/               HF model directory at each phase end (re-made on resume if a kill cut it off)
   plots/*.png, summary.md       plots.py
+  ../.<run>.lock                while a process writes the run (utils.RunLock): a second one is refused
+Every file and directory is published by one rename after an fsync (utils), so a kill anywhere
+resumes to the uninterrupted run's end state byte for byte (tests/train/test_crash.py).
 """
 
 from __future__ import annotations
