@@ -100,7 +100,7 @@ def test_without_an_atomic_exchange_a_kill_between_the_renames_is_undone(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_publish_dir_carries_other_files_but_never_an_old_model_file(tmp_path):
+def test_publish_dir_carries_other_files_but_never_an_old_model_file(tmp_path, monkeypatch):
     out = tmp_path / "m"
     with U.publish_dir(out) as d:
         write_model_like(d, "a")
@@ -114,6 +114,10 @@ def test_publish_dir_carries_other_files_but_never_an_old_model_file(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(NotADirectoryError, match="is a file"):
         with U.publish_dir(out / "notes.txt"):
+            pass
+    monkeypatch.chdir(out)  # replacing the working directory would strand this process in a deleted one
+    with pytest.raises(ValueError, match="is the current directory"):
+        with U.publish_dir("."):
             pass
 
 

@@ -228,9 +228,13 @@ def publish_dir(path: str | os.PathLike, carry: Callable[[str], bool] | None = N
     them leaves the old one beside, put back by the next sweep_stale) and only then deleted.
     `carry(name)` → True keeps that entry of the old directory when the new one does not write it
     (hard links). On error the temp dir is removed, and so are parent directories this call created."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a directory; choose another output path")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if path.exists() and Path(os.path.realpath(path)) in (cwd, *cwd.parents):
+        raise ValueError(f"{path} is the current directory (or holds it) and cannot be replaced whole; "
+                         f"write to a new subdirectory instead")
     parent = path.parent
     created = [a for a in [parent, *parent.parents] if not a.exists()]
     parent.mkdir(parents=True, exist_ok=True)
