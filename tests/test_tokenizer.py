@@ -116,13 +116,17 @@ def test_vocab_size_must_be_multiple_of_64():
         train_tokenizer_from_texts(["abc"], 1000)
 
 
-def test_train_from_corpus_dir_writes_reports(tmp_path):
+def test_train_from_corpus_dir_writes_reports(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     for tag, text in [("deu_Latn", SAMPLES["Latin"]), ("tha_Thai", SAMPLES["Thai"]), ("amh_Ethi", SAMPLES["Ethiopic"])]:
         (corpus / tag).mkdir(parents=True)
         (corpus / tag / "a.jsonl").write_text(
             "".join(json.dumps({"text": f"{text} {i}"}, ensure_ascii=False) + "\n" for i in range(20)), encoding="utf-8")
+    (corpus / "deu_Latn" / "b.jsonl").write_bytes(b'{"text": "ok"}\n' * 10 + b"\x00" * 4)  # binary
     tok = train_tokenizer(corpus, 512, tmp_path / "tok", max_chars=50_000, progress=False)
+    # skipped files are reported as `data prepare` reports them, and recorded
+    assert "tokenizer: skipped binary-file ×1 (e.g. " in capsys.readouterr().err
+    assert json.loads((tmp_path / "tok" / "training_mix.json").read_text())["skipped"] == {"binary-file": 1}
     rep = json.loads((tmp_path / "tok" / "fertility.json").read_text())
     assert set(rep) == {"deu_Latn", "tha_Thai", "amh_Ethi"}
     assert all(v["unk"] == 0 and 0 < v["tokens_per_char"] <= 4 for v in rep.values())

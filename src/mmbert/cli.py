@@ -11,6 +11,7 @@ below; the handler imports its library lazily so `mmbert --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -138,6 +139,9 @@ def _add_pretrain(sub):
     p.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept (phase ends always kept)")
     p.add_argument("--no-eval", action="store_true", help="skip the periodic per-language held-out MLM eval")
     p.add_argument("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
+    p.add_argument("--lr-scale", type=float, default=None,
+                   help="multiply the recipe's learning rate by this from now on (e.g. 0.5 with --resume after a "
+                        "divergence); recorded in run.json and kept by later resumes")
 
     def run(args):
         from mmbert.train.loop import pretrain
@@ -145,7 +149,7 @@ def _add_pretrain(sub):
         res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
                        threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
                        micro_batch_tokens=args.micro_batch_tokens, parallel=args.parallel, compile=args.compile,
-                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval)
+                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval, lr_scale=args.lr_scale)
         if isinstance(res, str):
             print(res)
         else:
@@ -616,16 +620,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug)
+    out = getattr(args, "out", None)
+    out_existed = out is None or os.path.lexists(out)
     try:
-        rc = args.func(args)
+        from mmbert.utils import RunLock
+
+        # one writer per output: a second command on the same --out is refused, naming the holder
+        # (pretrain locks its run directory itself, on rank 0 only, so torchrun's ranks can share it)
+        with RunLock(out) if out and args.command != "pretrain" else contextlib.nullcontext():
+            rc = args.func(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
-        if args.debug:
+    except Exception as e:
+        from mmbert.utils import storage_problem
+
+        problem = None if args.debug else storage_problem(e, out)  # disk full, quota, permission, read-only
+        if problem is not None:
+            if not out_existed and os.path.isdir(out):  # the empty directories a failure left
+                for d, _, _ in os.walk(out, topdown=False):
+                    try:
+                        os.rmdir(d)  # only empty ones go
+                    except OSError:
+                        pass
+            msg = problem
+        elif isinstance(e, USER_ERRORS) and not args.debug:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        else:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1

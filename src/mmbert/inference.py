@@ -355,6 +355,10 @@ def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: 
         raise FileNotFoundError(f"{src}: no such input file (expected one text per line)")
     if out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"{out}: unsupported output type {out.suffix!r}; use a .npy or .jsonl file name")
+    if out.is_dir():  # checked before computing anything
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / ('embeddings' + out.suffix)}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {out.parent} is a file, not a directory; choose another path")
     if pooling == "none":
         raise ValueError("embed writes one vector per text; use pooling 'mean' or 'first'")
     texts = src.read_text(encoding="utf-8").splitlines()

@@ -33,7 +33,7 @@ Notable:
   tensor is read, so a bad input fails fast with one `MergeError` naming the problem and the fix.
 - Output: a model directory (config.json of the first model, model.safetensors, tokenizer files
   of the first model) plus merge.json recording the inputs and parameters; files are written
-  atomically (temp file + os.replace).
+  as one directory (utils.publish_dir: built beside --out, swapped into place whole).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmbert.model.config import EncoderConfig
-from mmbert.utils import atomic_write
+from mmbert.utils import RunLock, atomic_write, publish_dir
 
 MERGE_METHODS = ("ties", "linear", "ema")
 WEIGHTS_NAME = "model.safetensors"
@@ -275,7 +275,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     for f in files:
-        with safe_open(f, framework="pt") as h:
+        try:
+            h = safe_open(f, framework="pt")
+        except Exception as e:  # SafetensorError: truncated or not safetensors at all
+            raise MergeError(f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt — "
+                             f"re-export or re-download it") from None
+        with h:
             for name in h.keys():
                 sl = h.get_slice(name)
                 where[name] = (f, name)
@@ -328,23 +333,23 @@ def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dic
                     tokenizer_from: Path | None = None, record: dict | None = None,
                     record_name: str = "merge.json", card=None) -> None:
     """Write config.json, model.safetensors, tokenizer files, (optionally) a JSON record, and the
-    model card + sentence-transformers files (export/card.py; `card` a CardInfo)."""
+    model card + sentence-transformers files (export/card.py; `card` a CardInfo) as one step: built
+    beside `out` and swapped into place whole (utils.publish_dir), so `--overwrite` never leaves new
+    weights beside an old config; other files already in `out` are kept."""
     from mmbert.export.card import write_card_files
+    from mmbert.export.hf import _not_model_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME,
-                        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(out / "config.json",
-                        lambda tmp: Path(tmp).write_text(json.dumps(raw_config, indent=2) + "\n"))
-    if tokenizer_from is not None:
-        for name in TOKENIZER_FILES:
-            src = tokenizer_from / name
-            if src.is_file():
-                atomic_write(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
-    if record is not None:
-        atomic_write(out / record_name,
-                            lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
-    write_card_files(out, raw_config, card)
+    with RunLock(out), publish_dir(out, carry=lambda n: _not_model_file(n) and n != record_name) as tmp:
+        atomic_write(tmp / WEIGHTS_NAME, lambda t: save_file(tensors, t, metadata={"format": "pt"}))
+        atomic_write(tmp / "config.json", json.dumps(raw_config, indent=2) + "\n")
+        if tokenizer_from is not None:
+            for name in TOKENIZER_FILES:
+                src = tokenizer_from / name
+                if src.is_file():
+                    shutil.copyfile(src, tmp / name)
+        if record is not None:
+            atomic_write(tmp / record_name, json.dumps(record, indent=2) + "\n")
+        write_card_files(tmp, raw_config, card)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -269,11 +270,13 @@ def sampling_budgets(sizes: dict[str, int], total: int, temperature: float) -> d
 
 
 def training_texts(corpus_dir: str | os.PathLike, max_chars: int, temperature: float = 0.3, seed: int = 0,
-                   languages: Sequence[str] | None = None) -> tuple[list[str], dict[str, int]]:
+                   languages: Sequence[str] | None = None, skipped: dict | None = None
+                   ) -> tuple[list[str], dict[str, int]]:
     """The temperature-sampled training mix: documents kept with probability budget_l / n_l
     (seeded, in corpus order). Sizes and budgets are UTF-8 bytes — the unit corpus sizes are known
     in without reading them; counting characters against byte sizes would under-sample the
-    multi-byte scripts (CJK, Indic) by 2–3x. Returns (texts, bytes taken per language)."""
+    multi-byte scripts (CJK, Indic) by 2–3x. Returns (texts, bytes taken per language); `skipped`,
+    when given, receives what the corpus reader skipped ({reason: count}, and "examples")."""
     from mmbert.corpus.byo import open_corpus
 
     corpus = open_corpus(corpus_dir)
@@ -293,6 +296,8 @@ def training_texts(corpus_dir: str | os.PathLike, max_chars: int, temperature: f
                 texts.append(doc)
                 n += len(doc.encode("utf-8"))
         taken[l] = n
+    if skipped is not None:
+        skipped.update(dict(corpus.skipped.counts), examples={k: list(v) for k, v in corpus.skipped.examples.items()})
     return texts, taken
 
 
@@ -357,9 +362,14 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
     train a 32k vocabulary in about a minute of CPU); each language's share is
     ∝ (its size)^temperature, capped at its size.
     """
-    texts, taken = training_texts(corpus_dir, max_chars, temperature, seed, languages)
+    skipped: dict = {}
+    texts, taken = training_texts(corpus_dir, max_chars, temperature, seed, languages, skipped=skipped)
+    examples = skipped.pop("examples", {})
+    if skipped:  # reported as `data prepare` does: counts by reason, with example paths
+        print("tokenizer: skipped " + "; ".join(f"{r} ×{n} (e.g. {', '.join(examples.get(r, []))})"
+                                               for r, n in sorted(skipped.items())), file=sys.stderr)
     if not texts:
-        raise ValueError(f"corpus {corpus_dir} gave no training text")
+        raise ValueError(f"corpus {corpus_dir} gave no training text (skipped: {skipped or 'nothing'})")
     if progress:
         log.info(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} MB of text "
                  f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
@@ -370,7 +380,8 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
         atomic_write(out / "fertility.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         atomic_write(out / "fertility.md", fertility_table(report))
         atomic_write(out / "training_mix.json", json.dumps({"temperature": temperature, "max_chars": max_chars,
-                                                               "seed": seed, "bytes": taken}, indent=1) + "\n")
+                                                               "seed": seed, "bytes": taken, "skipped": skipped},
+                                                              indent=1) + "\n")
         if progress:
             log.info(fertility_table(report, top=25))
     return tok

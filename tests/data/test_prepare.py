@@ -108,3 +108,32 @@ def test_unknown_language_and_missing_tokenizer(setup, tmp_path):
         prepare_shards(corpus, root / "tok", tmp_path / "s", languages=["fra_Latn"], progress=False)
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         prepare_shards(corpus, tmp_path / "nope", tmp_path / "s", progress=False)
+
+
+def test_shards_remember_their_tokenizer(setup, tmp_path):
+    """A byte copy in the shard directory, its sha256 in index.json; a tokenizer swapped since (same
+    vocabulary size) is an error naming both files at pretrain and eval time."""
+    from mmbert.data.shards import ShardError, check_tokenizer, sha256_file, shards_tokenizer
+
+    root, corpus = setup
+    tok_dir = tmp_path / "tok"
+    load_tokenizer(root / "tok").save(tok_dir)
+    out = tmp_path / "shards"
+    prepare_shards(corpus, tok_dir, out, workers=1, heldout_fraction=0.1, progress=False)
+    index = ShardIndex.load(out)
+    copy = out / "tokenizer" / "tokenizer.json"
+    assert index.tokenizer["copy"] == "tokenizer/tokenizer.json"
+    assert sha256_file(copy) == index.tokenizer["sha256"] == sha256_file(tok_dir / "tokenizer.json")
+    assert shards_tokenizer(index).vocab_size == 512
+    other = train_tokenizer_from_texts(["ganz andere Texte, andere Merges. " * 3] * 20, 512)
+    other.save(tok_dir)  # swapped in place after `data prepare`
+    with pytest.raises(ShardError, match=rf"{tok_dir / 'tokenizer.json'} .*is not the tokenizer the shards in "
+                                         rf".* were made with: {copy} \(their copy\)"):
+        shards_tokenizer(index)
+    with pytest.raises(ShardError, match="the model's tokenizer"):
+        check_tokenizer(index, tok_dir / "tokenizer.json", role="the model's tokenizer")
+    check_tokenizer(index, copy)  # the copy itself matches
+    import shutil
+
+    shutil.rmtree(tok_dir)  # the original gone: the copy still serves
+    assert shards_tokenizer(index).encode("Dokument 1") == load_tokenizer(root / "tok").encode("Dokument 1")

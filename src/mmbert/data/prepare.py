@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mmbert.data.shards import ShardWriter, write_index
+from mmbert.data.shards import ShardWriter, copy_tokenizer, write_index
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     if not results:
         raise ValueError(f"no language of {corpus_dir} produced any tokens; check the corpus "
                          f"(skipped: {dict(skipped) or 'nothing'})")
+    info["copy"] = copy_tokenizer(tok_path, out_dir)  # shards remember their tokenizer
     write_index(out_dir, results, dtype, tok.vocab_size, info)
     if progress:
         train = sum(c["train"]["tokens"] for c in results.values())

@@ -25,7 +25,7 @@ import torch
 
 from mmbert.model.config import ConfigError, EncoderConfig
 from mmbert.model.encoder import HEADS, build_model
-from mmbert.utils import atomic_write
+from mmbert.utils import RunLock, atomic_write, publish_dir
 
 # ----------------------------------------------------------------------------- the name table
 # (ours, transformers') for the bare encoder; {i} is the layer index. Headed models prefix "model.".
@@ -256,16 +256,33 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
 
 
 # ----------------------------------------------------------------------------- writing directories
+# files that must come from one save: a new save never keeps an old one beside its own
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
 def save_pretrained(model: torch.nn.Module, path: str | Path, card=None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) + the model card and
     sentence-transformers files (export/card.py; `card` defaults to the one the model was loaded
-    with); each file replaced atomically."""
+    with) as one step: the directory is built beside `path` and swapped into place whole
+    (utils.publish_dir), so a reader — or a crash — never sees new weights with an old config. Other
+    files already in `path` are kept; the write holds `path`'s lock (utils.RunLock)."""
+    path = Path(path)
+    with RunLock(path), publish_dir(path, carry=_not_model_file) as tmp:
+        write_model_files(model, tmp, card=card)
+    return path
+
+
+def _not_model_file(name: str) -> bool:
+    return name not in MODEL_FILES and not name.endswith((".safetensors", ".bin"))
+
+
+def write_model_files(model: torch.nn.Module, path: Path, card=None) -> Path:
+    """config.json + model.safetensors (+ tokenizer files) + card files into an existing (temp) directory."""
     from safetensors.torch import save_file
 
     from mmbert.export.card import write_card_files
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_hf_dict()
     cfg["architectures"] = [ARCHITECTURES[model.head_type]]
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
