@@ -354,6 +354,7 @@ def run_classification(ctx: _Ctx, task: Task) -> dict:
     labels = _label_set(task, train_items)
     if task.type != "multiple-choice" and len(labels) < 2:
         raise task.error(f"the label set {list(labels)} has fewer than two labels; list them under `labels:`")
+    train_ex = _examples(task, train_items, labels)  # a stray label: the training file is named first
     eval_ex = {}
     for l, paths in evals_files.items():
         ex = _examples(task, _cap(_select(task, paths, task.eval, "eval"), task.protocol.max_eval), labels)
@@ -361,8 +362,10 @@ def run_classification(ctx: _Ctx, task: Task) -> dict:
     score = _scorer(task, labels)
     num = len(labels)
     head = {"metric": TF.METRIC_NAMES[task.metric], "protocol": _protocol_text(task)}
+    if task.type != "multiple-choice":
+        head["labels"] = list(labels)  # id order of the head (listed, or collected from train and sorted)
     if task.protocol.transfer != "in-language":
-        train = _encode(ctx, task, _examples(task, train_items, labels))[0]
+        train = _encode(ctx, task, train_ex)[0]
         evals = {l: _encode(ctx, task, ex) for l, ex in eval_ex.items()}
         return {**head, **_finetune_eval(ctx, task, train, evals, num, score)}
     # in-language: one fine-tune per language on its own train split; averages over languages per seed

@@ -114,7 +114,7 @@ class Task:
     requires: str | None = None  # a folder that must exist, else the task is skipped (not failed)
     parallel: bool = False  # extractive-qa: eval files must hold the train file's questions, same order
     base: Path | None = None  # relative paths start here; None: the eval data directory
-    where: str = "?"  # file:line that defines the task (error messages)
+    where: str = field(default="?", compare=False)  # file:line that defines the task (error messages)
 
     @property
     def max_len(self) -> int:
@@ -146,6 +146,13 @@ def _yaml_load(text: str):
 
     class Loader(yaml.SafeLoader):
         pass
+
+    # YAML 1.2 booleans: only true / false. YAML 1.1 also reads yes / no / on / off as booleans, which
+    # would turn the label `no` or the language code `no` (Norwegian) into False.
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t != bool_tag]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
     def mapping(loader, node):
         m = _Map(loader.construct_mapping(node, deep=True))
@@ -377,10 +384,11 @@ def load_task_file(path: str | os.PathLike, *, data_dir: str | os.PathLike | Non
     path = Path(path)
     doc = _read_file(path)
     entries, file_dir = _entries(doc, path)
+    file_base = (path.parent / str(file_dir)).resolve() if file_dir is not None else None
     if builtin:
         base = None
-    elif file_dir is not None:
-        base = (path.parent / str(file_dir)).resolve()
+    elif file_base is not None:
+        base = file_base
     elif data_dir is not None:
         base = Path(data_dir).expanduser()
     else:
@@ -392,7 +400,8 @@ def load_task_file(path: str | os.PathLike, *, data_dir: str | os.PathLike | Non
         over_builtin = isinstance(raw, dict) and "use" in raw and not any(
             k in raw for k in ("train", "eval", "source", "target"))
         try:
-            t = parse_task(raw, where=where, base=None if over_builtin else base)
+            # a built-in's own paths start at the file's data_dir when it has one, else at the eval data dir
+            t = parse_task(raw, where=where, base=file_base if over_builtin else base)
             if t.name in seen:
                 raise TaskError(f"task {t.name!r} ({where}): a second task with this name; names must be unique "
                                 f"(they key the results)")
