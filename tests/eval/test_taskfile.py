@@ -377,3 +377,16 @@ tasks:
     mine = run_suite(ours_dir, "x", task_file=tmp_path / "mine.yaml", out_dir=tmp_path / "b", seeds=(0,),
                      progress=False, plots=False)["tasks"]["topics"]
     assert mine["languages"] == builtin["languages"] and mine["average"] == builtin["average"]
+
+
+def test_docs_examples_are_valid_task_files(tmp_path):
+    """Every YAML block of docs/eval.md's task-file section parses into tasks (no schema error)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "eval.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text.split("## Task files", 1)[1], flags=re.S)
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        (tmp_path / f"{i}.yaml").write_text(block, encoding="utf-8")
+        tasks = TF.load_task_file(tmp_path / f"{i}.yaml")
+        assert len(tasks) == 2 and all(isinstance(t, TF.Task) for t in tasks), tasks
+    ner, zero = TF.load_task_file(tmp_path / "0.yaml")
+    assert (ner.protocol.transfer, zero.protocol.transfer) == ("in-language", "zero-shot")

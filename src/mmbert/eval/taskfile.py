@@ -153,6 +153,9 @@ def _yaml_load(text: str):
     Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t != bool_tag]
                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    # and YAML 1.2 floats: `lr: 2e-5` is a number (YAML 1.1 wants a dot, `2.0e-5`, else reads a string)
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                                                                      r"[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
     def mapping(loader, node):
         m = _Map(loader.construct_mapping(node, deep=True))
