@@ -390,3 +390,27 @@ def test_docs_examples_are_valid_task_files(tmp_path):
         assert len(tasks) == 2 and all(isinstance(t, TF.Task) for t in tasks), tasks
     ner, zero = TF.load_task_file(tmp_path / "0.yaml")
     assert (ner.protocol.transfer, zero.protocol.transfer) == ("in-language", "zero-shot")
+
+
+def test_dataset_readers_refuse_degenerate_splits(fixture_data):
+    from mmbert.eval.qa import load_squad
+
+    p = fixture_data / "sib200/deu_Latn/test.tsv"
+    p.write_text("index_id\tcategory\ttext\n1\tsports\ta\n2\tsports\tb\n", encoding="utf-8")
+    with pytest.raises(D.EvalDataError, match=r"test.tsv: every example has the same label \('sports'\)"):
+        D.load_sib200(fixture_data, "deu_Latn", "test")
+    p.write_text("index_id\tcategory\ttext\n", encoding="utf-8")
+    with pytest.raises(D.EvalDataError, match=r"test.tsv: no examples \(empty split\)"):
+        D.load_sib200(fixture_data, "deu_Latn", "test")
+    q = fixture_data / "xquad" / "xquad.de.json"
+    q.write_text(json.dumps({"data": [{"paragraphs": [{"context": "abc", "qas": [
+        {"id": "1", "question": "?", "answers": [{"text": "", "answer_start": 1}]}]}]}]}), encoding="utf-8")
+    with pytest.raises(D.EvalDataError, match=r"xquad.de.json: every answer text is empty"):
+        load_squad(q)
+    q.write_text(json.dumps({"data": []}), encoding="utf-8")
+    with pytest.raises(D.EvalDataError, match=r"xquad.de.json: no questions \(empty split\)"):
+        load_squad(q)
+    t = fixture_data / "tatoeba" / "tatoeba.deu-eng.deu"
+    t.write_text("", encoding="utf-8")
+    with pytest.raises(D.EvalDataError, match="empty file"):
+        D.load_tatoeba(fixture_data, "deu")

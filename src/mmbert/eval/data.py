@@ -12,7 +12,12 @@ in this order: an explicit `data_dir`, the MMBERT_EVAL_DATA environment variable
 
 Labels are mapped through FIXED label lists defined here (not "labels seen in this file"), so the id
 of a label is the same in every language and every split. An unknown label, a wrong column count or
-an unreadable line raises EvalDataError naming the file and the 1-based line number.
+an unreadable line raises EvalDataError naming the file and the 1-based line number; so does a
+degenerate split (no rows, or one label throughout: `check_split`).
+
+The generic readers at the end (`read_table` for TSV/CSV, `read_jsonl`, `read_conll`, `read_conllu`,
+`read_lines`) serve the task files (mmbert.eval.taskfile): they return raw records with line numbers,
+and the runner maps labels through each task's label set.
 """
 
 from __future__ import annotations
@@ -110,11 +115,13 @@ def _label_id(labels: tuple[str, ...], value: str, path: Path, lineno: int) -> i
                             f"{', '.join(labels)} (fix or remove the line)") from None
 
 
-def check_split(path: Path, items: list, labels: Sequence[Any] | None = None) -> list:
+def check_split(path: Path, items: list, labels: Sequence[Any] | None = None,
+                names: Sequence[str] | None = None) -> list:
     """Refuse a degenerate split: zero examples, or (classification) a single label throughout.
 
     labels: the label of every example (default: `.label` of each item, or every tag of a
-    TaggedSentence); a file in which every example has the same label cannot train or test a classifier.
+    TaggedSentence; names: the label list those ids index); a file in which every example has the same
+    label cannot train or test a classifier.
     """
     if not items:
         raise EvalDataError(f"{path}: no examples (empty split); fill the file or point the task at "
@@ -127,6 +134,7 @@ def check_split(path: Path, items: list, labels: Sequence[Any] | None = None) ->
             labels = [e.label for e in items]
     if labels is not None and len(items) > 1 and len(set(labels)) < 2:
         value = next(iter(labels), None)
+        value = names[value] if names is not None and isinstance(value, int) else value
         raise EvalDataError(f"{path}: every example has the same label ({value!r}); a classification split "
                             f"needs at least two labels: check the label column / the file")
     return items
@@ -167,7 +175,8 @@ def load_sib200(root: Path, lang: str, split: str = "test") -> list[Example]:
     """sib200/<lang_Script>/<split>.tsv: header index_id, category, text. id = index_id (parallel)."""
     path = require_dir(root, "sib200") / lang / f"{split}.tsv"
     return check_split(path, [Example(text=f[2], label=_label_id(SIB200_LABELS, f[1], path, n), id=f[0].strip())
-                              for n, f in _tsv_rows(path, 3, header=("index_id", "category", "text"))])
+                              for n, f in _tsv_rows(path, 3, header=("index_id", "category", "text"))],
+                       names=SIB200_LABELS)
 
 
 # ----------------------------------------------------------------------------- XNLI, PAWS-X
@@ -188,14 +197,14 @@ def load_xnli(root: Path, lang: str) -> list[Example]:
     """xnli/dev-<ll>.tsv: headerless premise, hypothesis, label. Rows are parallel across languages."""
     path = require_dir(root, "xnli") / f"dev-{lang}.tsv"
     return check_split(path, [Example(text=f[0], text_pair=f[1], label=_label_id(XNLI_LABELS, f[2], path, n),
-                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))])
+                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))], names=XNLI_LABELS)
 
 
 def load_pawsx(root: Path, lang: str) -> list[Example]:
     """pawsx/dev-<ll>.tsv: headerless s1, s2, 0/1. Rows are parallel across languages."""
     path = require_dir(root, "pawsx") / f"dev-{lang}.tsv"
     return check_split(path, [Example(text=f[0], text_pair=f[1], label=_label_id(PAWSX_LABELS, f[2], path, n),
-                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))])
+                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))], names=PAWSX_LABELS)
 
 
 # ----------------------------------------------------------------------------- SST-2, NusaX
@@ -203,7 +212,7 @@ def load_sst2(root: Path, split: str = "test") -> list[Example]:
     """glue/sst2/<split>.tsv: header sentence, label (test = the labelled GLUE dev set)."""
     path = require_dir(root, "glue/sst2") / f"{split}.tsv"
     return check_split(path, [Example(text=f[0].strip(), label=_label_id(SST2_LABELS, f[1], path, n))
-                              for n, f in _tsv_rows(path, 2, header=("sentence", "label"))])
+                              for n, f in _tsv_rows(path, 2, header=("sentence", "label"))], names=SST2_LABELS)
 
 
 def nusax_languages(root: Path) -> list[str]:
@@ -234,7 +243,7 @@ def load_nusax(root: Path, language: str, split: str = "test") -> list[Example]:
                 out.append(Example(text=row[1], label=_label_id(NUSAX_LABELS, row[2], path, n), id=row[0]))
         except csv.Error as e:
             raise EvalDataError(f"{path}:{reader.line_num}: unreadable CSV line ({e})") from None
-    return check_split(path, out)
+    return check_split(path, out, names=NUSAX_LABELS)
 
 
 # ----------------------------------------------------------------------------- WikiANN, UD
@@ -265,7 +274,7 @@ def _read_tagged(path: Path, parse_line, tags: tuple[str, ...]) -> list[TaggedSe
             ids.append(_label_id(tags, tag, path, lineno))
     if words:
         sents.append(TaggedSentence(tuple(words), tuple(ids)))
-    return check_split(path, sents)
+    return check_split(path, sents, names=tags)
 
 
 def _wikiann_line(line: str, path: Path, lineno: int):
