@@ -216,7 +216,7 @@ def _select(task: Task, paths: list[Path], split: TF.Split, key: str) -> list[tu
     if split.rows is not None:
         items = items[split.rows[0]:split.rows[1]]
         if not items:
-            raise task.error(f"`{key}.rows: {list(split.rows)}` leaves no items of {', '.join(map(str, paths))}; "
+            raise task.error(f"`{key}.rows: {_range(split.rows)}` leaves no items of {', '.join(map(str, paths))}; "
                              f"fix the range")
     return items
 
@@ -321,6 +321,10 @@ def _describe(task: Task, **extra) -> str | None:
         return task.description.format_map({**values, **extra})
     except (KeyError, ValueError, IndexError):
         return task.description  # braces that are not placeholders: the text as written
+
+
+def _range(r: tuple[int, int | None] | None) -> str:
+    return "[]" if r is None else f"[{r[0]}, {'null' if r[1] is None else r[1]}]"
 
 
 def _span(split: TF.Split) -> str:
@@ -493,7 +497,7 @@ def run_qa(ctx: _Ctx, task: Task) -> dict:
     train_ex = _cap([e for f in train_files for e in paragraphs(full_train[f], task.train)], p.max_train)
     if not train_ex:
         raise D.EvalDataError(f"{train_files[0]}: no questions left to fine-tune on after `paragraphs: "
-                              f"{list(task.train.paragraphs or [])}` / max_train; fix the range")
+                              f"{_range(task.train.paragraphs)}` / max_train; fix the range")
     pivot = next(iter(full_train.values()))
     tests = {}
     for l, files in evals_files.items():
@@ -505,7 +509,7 @@ def run_qa(ctx: _Ctx, task: Task) -> dict:
         test = _cap(paragraphs(ex, task.eval), p.max_eval)
         if not test:
             raise D.EvalDataError(f"{files[0]}: no questions left to evaluate after `paragraphs: "
-                                  f"{list(task.eval.paragraphs or [])}`; fix the range")
+                                  f"{_range(task.eval.paragraphs)}`; fix the range")
         tests[l] = test
     stride = p.stride if p.stride is not None else p.max_len // 2
     r = finetune_qa(ctx.bb, train_ex, tests, seeds=_seeds(ctx, task), epochs=p.epochs, max_len=p.max_len,

@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "tasks"
 
