@@ -381,7 +381,8 @@ def squad_questions(path: str | os.PathLike) -> list[dict]:
                                 "answers": [a["text"] for a in qa.get("answers", [])]})
     except (KeyError, TypeError, AttributeError) as e:
         raise EvalDataError(f"{path}: not SQuAD v1.1 JSON (missing {e}); expected "
-                            '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}') from None
+                            '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}'
+                            ) from None
     return check_split(path, out)
 
 

@@ -68,7 +68,8 @@ class TaskSpec:
                                 languages=langs if langs is not None else t.languages)
         if self.train_rows is not None:  # the description's row ranges no longer hold: the generated text says them
             key = "paragraphs" if t.type == "extractive-qa" else "rows"
-            t = dataclasses.replace(t, description=None, train=dataclasses.replace(t.train, **{key: (0, self.train_rows)}),
+            t = dataclasses.replace(t, description=None,
+                                    train=dataclasses.replace(t.train, **{key: (0, self.train_rows)}),
                                     eval=dataclasses.replace(t.eval, **{key: (self.train_rows, None)}))
         return t
 
@@ -304,7 +305,10 @@ def _encode(ctx: _Ctx, task: Task, examples: list):
 
 def _scorer(task: Task, labels: Sequence[str]) -> Callable[[list, list], float]:
     if task.metric == "span-f1":
-        return lambda pred, gold: span_f1([[labels[t] for t in s] for s in pred], [[labels[t] for t in s] for s in gold])
+        def names(sents: list) -> list[list[str]]:
+            return [[labels[t] for t in s] for s in sents]
+
+        return lambda pred, gold: span_f1(names(pred), names(gold))
     if task.metric == "macro-f1":
         if task.type == "token-classification":
             return lambda pred, gold: macro_f1([p for s in pred for p in s], [g for s in gold for g in s])
@@ -474,7 +478,8 @@ def run_bitext(ctx: _Ctx, task: Task) -> dict:
     if not res:
         raise task.error("no language besides the target itself; check `source:` / `languages:`")
     return _retrieval_result(res, "accuracy@1 (mean of xx→en and en→xx)", _describe(task) or
-                             f"zero-shot, mean-pooled, cosine nearest neighbour; {task.source.path} ↔ {task.target.path}")
+                             f"zero-shot, mean-pooled, cosine nearest neighbour; {task.source.path} ↔ "
+                             f"{task.target.path}")
 
 
 def run_qa(ctx: _Ctx, task: Task) -> dict:

@@ -292,8 +292,9 @@ def parse_task(raw: Any, *, where: str, base: Path | None) -> Task:
             raise fail(f"`protocol.{k}` must be a positive number")
     for k in ("batch_size", "max_len", "max_train", "max_eval", "sample_seed", "stride", "max_languages",
               "max_tokens"):
-        if k in proto and proto[k] is not None and (not isinstance(proto[k], int) or proto[k] < 1 and k != "sample_seed"):
-            raise fail(f"`protocol.{k}` must be a positive integer")
+        low = 0 if k == "sample_seed" else 1
+        if k in proto and proto[k] is not None and (not isinstance(proto[k], int) or proto[k] < low):
+            raise fail(f"`protocol.{k}` must be an integer ≥ {low}")
     if proto.get("train_sample", "first") not in ("first", "random"):
         raise fail("`protocol.train_sample` must be first or random")
     if proto.get("transfer") not in (None,) + TRANSFERS:
