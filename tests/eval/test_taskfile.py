@@ -46,6 +46,9 @@ def write_every_format(root: Path, seed: int = 0) -> Path:
         _w(root, f"copa/{lang}/val.jsonl", [json.dumps({"premise": sent(), "choice1": sent(2), "choice2": sent(2),
                                                         "question": ("cause", "effect")[i % 2], "label": i % 2, "idx": i})
                                             for i in range(8)])
+        # the same without a question field (the default `question` column is optional)
+        _w(root, f"copa-noq/{lang}.jsonl", [json.dumps({"premise": sent(), "choice1": sent(2), "choice2": sent(2),
+                                                        "label": i % 2}) for i in range(8)])
         _w(root, f"bitext/{lang}-en.{lang}", [sent() for _ in range(10)])
         _w(root, f"bitext/{lang}-en.en", [sent() for _ in range(10)])
         (root / "qa").mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,12 @@ tasks:
     train: copa/train.jsonl
     eval: copa/{{lang}}/val.jsonl
     {FAST}
+  - name: copa-noq
+    type: multiple-choice
+    format: jsonl
+    train: copa/train.jsonl
+    eval: copa-noq/{{lang}}.jsonl
+    {FAST}
   - name: qa
     type: extractive-qa
     format: squad
@@ -131,7 +140,7 @@ def test_every_type_and_format_end_to_end(ours_dir, tmp_path):
                  "--seed", "1"]) == 0
     res = json.loads((out / "results.json").read_text())
     tasks = res["tasks"]
-    assert list(tasks) == ["ner", "pos", "topic", "nli", "reviews", "copa", "qa", "bitext"]
+    assert list(tasks) == ["ner", "pos", "topic", "nli", "reviews", "copa", "copa-noq", "qa", "bitext"]
     for name, r in tasks.items():
         assert "error" not in r and "skipped" not in r, (name, r)
         assert set(r["languages"]) == set(LANGS), name  # {lang} discovered from the files present

@@ -424,11 +424,12 @@ def _pick(fields: Sequence[str], header: list[str] | None, column: str | int, pa
 
 
 def read_table(path: str | os.PathLike, columns: dict[str, Any], *, fmt: str = "tsv", header: bool = False,
-               strip: bool = False) -> list[Record]:
+               strip: bool = False, optional: Sequence[str] = ()) -> list[Record]:
     """A TSV (plain split on tabs, no quoting: such files hold literal quotes) or CSV (RFC 4180 quoting)
     file → records. columns: role → column name (needs header) or 0-based index; the role `choices`
     takes a list of columns. Every line must have the header's (else the first line's) column count.
-    strip: strip whitespace around text values (labels and ids are always stripped)."""
+    strip: strip whitespace around text values (labels and ids are always stripped); optional: roles
+    whose named column may be absent from the header (read as "")."""
     path = Path(path)
     out: list[Record] = []
     head: list[str] | None = None
@@ -454,6 +455,9 @@ def read_table(path: str | os.PathLike, columns: dict[str, Any], *, fmt: str = "
                                         f"{str(fields)[:80]}")
                 values = {}
                 for role, col in columns.items():
+                    if role in optional and isinstance(col, str) and col not in (head or []):
+                        values[role] = ""
+                        continue
                     cols = col if isinstance(col, list) else [col]
                     vals = [_pick(fields, head, c, path, n) for c in cols]
                     vals = [v.strip() if (strip or role in ("label", "id")) else v for v in vals]
@@ -466,9 +470,11 @@ def read_table(path: str | os.PathLike, columns: dict[str, Any], *, fmt: str = "
     return out
 
 
-def read_jsonl(path: str | os.PathLike, columns: dict[str, Any], *, strip: bool = False) -> list[Record]:
+def read_jsonl(path: str | os.PathLike, columns: dict[str, Any], *, strip: bool = False,
+               optional: Sequence[str] = ()) -> list[Record]:
     """JSON Lines → records: role → field name (the role `choices` takes a list of fields, or one field
-    holding a list; `tokens` / `tags` fields hold lists). Values are read as text (numbers too)."""
+    holding a list; `tokens` / `tags` fields hold lists). Values are read as text (numbers too).
+    optional: roles whose field may be absent (read as "")."""
     path = Path(path)
     out: list[Record] = []
     with _open_checked(path) as f:
@@ -483,6 +489,9 @@ def read_jsonl(path: str | os.PathLike, columns: dict[str, Any], *, strip: bool 
                 raise EvalDataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             values = {}
             for role, key in columns.items():
+                if role in optional and isinstance(key, str) and key not in obj:
+                    values[role] = ""
+                    continue
                 listed = role in ("choices", "tokens", "tags")
                 keys = key if isinstance(key, list) else [key]
                 vals: list[str] = []

@@ -193,9 +193,10 @@ def _by_language(task: Task, root: Path, pattern: str, key: str) -> dict[str, li
 def _records(task: Task, path: Path) -> list[D.Record]:
     fmt = task.format
     if fmt in ("tsv", "csv"):
-        recs = D.read_table(path, task.columns, fmt=fmt, header=bool(task.header), strip=task.strip)
+        recs = D.read_table(path, task.columns, fmt=fmt, header=bool(task.header), strip=task.strip,
+                            optional=task.optional)
     elif fmt == "jsonl":
-        recs = D.read_jsonl(path, task.columns, strip=task.strip)
+        recs = D.read_jsonl(path, task.columns, strip=task.strip, optional=task.optional)
     elif fmt == "conll":
         recs = D.read_conll(path, separator=task.separator, token_column=task.columns["token"],
                             tag_column=task.columns["tag"])

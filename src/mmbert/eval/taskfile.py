@@ -113,6 +113,7 @@ class Task:
     description: str | None = None
     requires: str | None = None  # a folder that must exist, else the task is skipped (not failed)
     parallel: bool = False  # extractive-qa: eval files must hold the train file's questions, same order
+    optional: tuple[str, ...] = ()  # column roles taken from the defaults that a file may lack (read as "")
     base: Path | None = None  # relative paths start here; None: the eval data directory
     where: str = field(default="?", compare=False)  # file:line that defines the task (error messages)
 
@@ -337,12 +338,14 @@ def parse_task(raw: Any, *, where: str, base: Path | None) -> Task:
     if not isinstance(columns, dict):
         raise fail("`columns` must map roles to column names / indices (e.g. {text: sentence, label: label})")
     defaults = COLUMNS.get((kind, fmt), {})
+    optional: tuple[str, ...] = ()
     if defaults or columns:
         if not defaults:
             raise fail(f"format {fmt} of type {kind} takes no `columns:`")
         extra = sorted(set(columns) - set(defaults))
         if extra:
             raise fail(f"unknown column role(s) {', '.join(extra)} for {kind} / {fmt}; roles: {', '.join(defaults)}")
+        optional = tuple(r for r in ("question",) if r in defaults and r not in columns)  # COPA's, if present
         columns = {**defaults, **columns}
         missing = [r for r, c in columns.items() if c is None]
         if missing:
@@ -378,7 +381,7 @@ def parse_task(raw: Any, *, where: str, base: Path | None) -> Task:
                 languages=languages, labels=labels, columns=columns, separator=raw.get("separator"),
                 header=header, strip=bool(raw.get("strip", False)), metric=metric, protocol=protocol,
                 description=raw.get("description"), requires=raw.get("requires"),
-                parallel=bool(raw.get("parallel", False)), base=base, where=where)
+                parallel=bool(raw.get("parallel", False)), optional=optional, base=base, where=where)
 
 
 def load_task_file(path: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
