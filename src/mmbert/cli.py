@@ -376,8 +376,10 @@ def _add_eval(sub):
                             "tasks (SIB-200, XNLI, PAWS-X, WikiANN, UD POS, SST-2, NusaX), zero-shot retrieval")
     _common(p, "model", "out", "data-dir", "seed")
     p.add_argument("--suite", choices=["quick", "full"], default="quick", help="task set (docs/eval.md)")
+    p.add_argument("--task-file", action="append", default=None,
+                   help="YAML/JSON task file (schema: docs/eval.md), run instead of --suite; repeatable")
     p.add_argument("--num-seeds", type=int, default=None,
-                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick, 3 for full)")
+                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick and task files, 3 for full)")
     p.add_argument("--shards", default=None, help="token shards with a held-out split (per-language MLM task)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
@@ -392,11 +394,11 @@ def _add_eval(sub):
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" else 3)
+        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" or args.task_file else 3)
         res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
                         seeds=range(args.seed, args.seed + k), shards_root=args.shards,
                         tasks=args.tasks.split(",") if args.tasks else None, device=args.device,
-                        tokenizer=args.tokenizer)
+                        tokenizer=args.tokenizer, task_file=args.task_file)
         print(f"{args.out}/results.md ({res['seconds']:.0f} s)")
         return 1 if any("error" in r for r in res["tasks"].values()) else 0
 
