@@ -223,6 +223,10 @@ def summary(stats: dict) -> str:
         w = sorted(stats["warnings"].items(), key=lambda kv: -kv[1])
         lines.append(f"warnings ({sum(stats['warnings'].values())}): " +
                      ", ".join(f"{k} ×{v}" for k, v in w[:12]) + (" …" if len(w) > 12 else ""))
+        if any(k.startswith("unknown-language:") for k in stats["warnings"]):
+            lines.append("  unknown-language:X = texts whose source tags them with a code naming no single "
+                         "language (und = undetermined, mul = several, zxx = none, private use); they are left "
+                         "out of the corpus (harmless)")
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ def tatoeba(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None,
         if max_pairs is not None:
             src, eng = src[:max_pairs], eng[:max_pairs]
         acc = bitext_accuracy(embed(bb, src, max_len=max_len), embed(bb, eng, max_len=max_len))
-        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
+        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"], "n": len(src)}
     return res
 
 
@@ -67,7 +67,7 @@ def sib200_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | Non
         if keys not in cache:  # every language has the same ids: embed the pivot once
             cache[keys] = embed(bb, [pivot_ex[k] for k in keys], max_len=max_len)
         acc = bitext_accuracy(embed(bb, [e.text for e in ex], max_len=max_len), cache[keys])
-        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
+        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"], "n": len(ex)}
     return res
 
 
@@ -91,5 +91,5 @@ def xquad_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | None
             raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: {len(qa)} questions, the pivot "
                                   f"has {len(pivot_qa)}; XQuAD files must be parallel")
         q = embed(bb, [x["question"] for x in qa], max_len=max_len)
-        res[lang] = {"q2p": float(((q @ para_emb.T).argmax(-1) == target).float().mean())}
+        res[lang] = {"q2p": float(((q @ para_emb.T).argmax(-1) == target).float().mean()), "n": len(qa)}
     return res

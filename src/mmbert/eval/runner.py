@@ -132,9 +132,15 @@ def _langs(spec: TaskSpec, present: Sequence[str]) -> list[str]:
 
 
 def _finetune_eval(ctx: _Ctx, spec: TaskSpec, train: EncodedSet, evals: dict[str, tuple[EncodedSet, list]],
-                   num_labels: int, score: Callable[[list, list], float]) -> dict:
-    """Fine-tune once per seed, score every eval language; mean ± std over seeds."""
+                   num_labels: int, score: Callable[[list, list], float], chance: bool = True) -> dict:
+    """Fine-tune once per seed, score every eval language; mean ± std over seeds. Each language also
+    gets its sample size `n` and the score of predicting the training set's most frequent label
+    everywhere (`majority`); `floors` holds their averages and chance (1/labels, for accuracies)."""
     cfg = FinetuneConfig(epochs=spec.epochs, max_len=spec.max_len)
+    flat = [y for ys in train.labels for y in (ys if isinstance(ys, list) else [ys]) if y != -100]
+    top = max(set(flat), key=flat.count) if flat else 0
+    majority = {l: score([[top] * len(g) if isinstance(g, list) else top for g in gold], gold)
+                for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
     avg_seed, final_loss = [], []
     for seed in ctx.seeds:
@@ -149,9 +155,11 @@ def _finetune_eval(ctx: _Ctx, spec: TaskSpec, train: EncodedSet, evals: dict[str
             vals.append(v)
         avg_seed.append(sum(vals) / len(vals))
         del model
-    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v) for l, v in per_seed.items()}
+    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v, n=len(evals[l][1]), majority=majority[l])
+             for l, v in per_seed.items()}
     m, s = mean_std(avg_seed)
-    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed},
+    floors = {"chance": 1 / num_labels if chance else None, "majority": sum(majority.values()) / len(majority)}
+    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed}, "floors": floors,
             "train_size": len(train), "seeds": list(ctx.seeds), "epochs": spec.epochs,
             "final_train_loss": final_loss, "hyperparameters": dataclasses.asdict(cfg)}
 
@@ -217,7 +225,7 @@ def task_wikiann(ctx, spec):
         names = D.WIKIANN_TAGS
         return span_f1([[names[t] for t in s] for s in pred], [[names[t] for t in s] for s in gold])
 
-    r = _finetune_eval(ctx, spec, _tag(ctx, spec, train), evals, len(D.WIKIANN_TAGS), f1)
+    r = _finetune_eval(ctx, spec, _tag(ctx, spec, train), evals, len(D.WIKIANN_TAGS), f1, chance=False)
     return {"metric": "span-F1 (seqeval)", "protocol": "fine-tune on English train, dev per language", **r}
 
 
@@ -263,8 +271,10 @@ def _retrieval_result(res: dict[str, dict[str, float]], protocol: str) -> dict:
     n = max(1, len(res))
     xx2en = sum(v["xx2en"] for v in res.values()) / n
     en2xx = sum(v["en2xx"] for v in res.values()) / n
+    chance = sum(1 / v["n"] for v in res.values() if v.get("n")) / n  # a random pick among n candidates
     return {"metric": "accuracy@1 (mean of xx→en and en→xx)", "protocol": protocol, "languages": langs,
-            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx}}
+            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx},
+            "floors": {"chance": chance, "majority": None}}
 
 
 def task_tatoeba(ctx, spec):
