@@ -157,8 +157,8 @@ def _training_progress(run: Path, rec, t_start: float) -> Callable[[], tuple[flo
         done, dt = done_tokens(), time.perf_counter() - t_start
         rate = (done - state["start"]) / dt if dt > 0 else 0.0
         if rate <= 0:
-            return None, f"{done / 1e6:.2f}M/{total / 1e6:.2f}M tokens"
-        return (total - done) / rate, f"{done / 1e6:.2f}M/{total / 1e6:.2f}M tokens at {rate:,.0f} tok/s"
+            return None, f"{done:,}/{total:,} tokens"
+        return (total - done) / rate, f"{done:,}/{total:,} tokens at {rate:,.0f} tok/s"
 
     return progress
 
@@ -194,6 +194,11 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     out, corpus = Path(out), Path(corpus)
     out.mkdir(parents=True, exist_ok=True)
     con = Console(log, heartbeat)
+    root, where = _data_dir(data_dir)
+    skip = None if root.is_dir() else (f"no evaluation data at {os.path.relpath(root, out)} ({where}); pass "
+                                       f"--data-dir or set ${eval_data.ENV_VAR}")
+    if skip:
+        con.estimate.update({"eval-suite": 0.0, "eval-suite-random-init": 0.0})
 
     # 1. corpus (shared between demo runs)
     def build():
@@ -234,6 +239,9 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     exports = run / "export"
     main_last = rec.phases[-1].name
     variants = list(rec.variants)  # the loop's exports carry the shards' tokenizer (index.json names it)
+    langs = [lang for lang in index.languages if index.has(lang, "heldout")]
+    if train_rate:  # a forward pass costs about a third of a training step (forward + backward)
+        con.estimate["eval-mlm"] = (len(variants) + 3) * len(langs) * MLM_TOKENS / (3 * train_rate)
 
     # 5. TIES merge of the decay variants, relative to the checkpoint they branched from
     merged = out / "merged"
@@ -249,9 +257,6 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
               RANDOM: random_dir}
     tiers = _tiers(rec)
     mlm_json = out / "eval" / "mlm.json"
-    langs = [lang for lang in index.languages if index.has(lang, "heldout")]
-    if train_rate:  # a forward pass costs about a third of a training step (forward + backward)
-        con.estimate["eval-mlm"] = len(models) * len(langs) * MLM_TOKENS / (3 * train_rate)
 
     def eval_mlm():
         import mmbert
@@ -269,9 +274,6 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     con.stage("eval-mlm", out / "eval" / "mlm", eval_mlm)
 
     # 7. the task suite on the merge, then on the random-init model (same tasks, same seed)
-    root, where = _data_dir(data_dir)
-    skip = None if root.is_dir() else (f"no evaluation data at {os.path.relpath(root, out)} ({where}); pass "
-                                       f"--data-dir or set ${eval_data.ENV_VAR}")
     for stage, model_dir, sub in (("eval-suite", merged / "model", "suite"),
                                   ("eval-suite-random-init", random_dir, f"suite-{RANDOM}")):
         def suite(model_dir=model_dir, sub=sub):

@@ -39,6 +39,10 @@ def _num(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _langs(n: int) -> str:
+    return f"{n} language" if n == 1 else f"{n} languages"
+
+
 def _hms(s: float | None) -> str:
     if s is None:
         return "–"
@@ -124,6 +128,7 @@ def _plot_sampling(plans, members: dict[str, list[str]], path: Path, max_named: 
     top.set_xticks(range(len(shown)), shown, rotation=90, fontsize=8)
     top.set_ylabel("sampling share (%)")
     top.set_yscale("log")
+    _plain_log_ticks(top)
     top.set_title(f"languages of the {' and '.join(tiers[:-1])} tiers" +
                   (f" (first {len(shown)} of {len(named)})" if len(shown) < len(named) else ""), fontsize=10)
     top.legend(fontsize=8, ncol=2)
@@ -135,6 +140,7 @@ def _plot_sampling(plans, members: dict[str, list[str]], path: Path, max_named: 
                       f"(dotted: tier boundaries {' | '.join(tiers)})")
     bottom.set_ylabel("sampling share (%)")
     bottom.set_yscale("log")
+    _plain_log_ticks(bottom)
     bottom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +151,17 @@ def _plot_sampling(plans, members: dict[str, list[str]], path: Path, max_named: 
                + f"; bottom: every one of the {len(order)} languages (decay-only languages appear only in the "
                  f"phases that sample all languages).")
     return path, caption
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log-axis tick labels as plain numbers (0.1, 2, 30) instead of 10^k mantissas."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v, _):  # label the 2s and 5s of each decade only
+        return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v) + 1e-9)) in (2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
@@ -160,7 +177,7 @@ def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
         accs = [100 * mlm[n]["tiers"].get(t, {}).get("accuracy", float("nan")) for t in tiers]
         a0.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(tiers))], accs, width, label=n,
                color="lightgrey" if n == RANDOM else None, edgecolor="grey" if n == RANDOM else None)
-    a0.set_xticks(range(len(tiers)), [f"{t} ({mlm[names[0]]['tiers'].get(t, {}).get('languages', 0)} langs)"
+    a0.set_xticks(range(len(tiers)), [f"{t} ({_langs(mlm[names[0]]['tiers'].get(t, {}).get('languages', 0))})"
                                       for t in tiers])
     a0.set_ylabel("held-out MLM accuracy (%)")
     a0.set_title("by the phase that first trained on the language (grey: untrained model)", fontsize=10)
@@ -184,6 +201,7 @@ def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
 def render(out: Path) -> str:
     from mmbert.data.sampling import plan_phase
     from mmbert.data.shards import ShardIndex
+    from mmbert.demo import STAGES
     from mmbert.model import EncoderConfig
     from mmbert.train.recipe import Recipe
 
@@ -249,7 +267,8 @@ def render(out: Path) -> str:
           + f"; {mach['os']}, Python {mach['python']}. CPU time counts every thread of the process and its worker "
             f"processes, so CPU ÷ wall ≈ the cores kept busy.", "",
           "| stage | wall | CPU | |", "|---|---:|---:|---|"]
-    for name, v in st.items():
+    for name in sorted(st, key=lambda k: STAGES.index(k) if k in STAGES else 99):
+        v = st[name]
         note = {"ran": "", "reused": "reused: finished in an earlier run (its time then)",
                 "skipped": f"skipped: {v.get('note', '')}"}[v["status"]]
         L.append(f"| {name} | {_hms(v['seconds']) if v['status'] != 'skipped' else '–'} | "
@@ -265,7 +284,7 @@ def render(out: Path) -> str:
         ls = members[t]
         what = ("seen only in the decay variants that sample every language" if t == "decay-only"
                 else f"first trained in the `{t}` phase")
-        L.append(f"- **{t}** ({len(ls)} languages, {what}): " + ", ".join(ls[:24]) + (" …" if len(ls) > 24 else ""))
+        L.append(f"- **{t}** ({_langs(len(ls))}, {what}): " + ", ".join(ls[:24]) + (" …" if len(ls) > 24 else ""))
     samp, caption = _plot_sampling(plans, members, figs / "sampling.png")
     L += ["", f"![language sampling per phase]({samp.relative_to(out)})", "",
           f"Sampling share p ∝ n^τ per phase. {caption}", ""]
@@ -279,14 +298,16 @@ def render(out: Path) -> str:
                        ("throughput", "training tokens per second")):
         p = out / "run" / "plots" / f"{name}.png"
         if p.is_file():
-            L += [f"![{name}]({p.relative_to(out)})", "", f"*{what.capitalize()}.*", ""]
+            L += [f"![{name}]({p.relative_to(out)})", "", f"*{what[0].upper() + what[1:]}.*", ""]
 
     # ---- held-out MLM
     L += _mlm_section(out, mlm, tiers, config, index, figs, readings, rec)
 
     # ---- task suite
     if suites:
-        L += _suite_section(suites, tier_of, readings)
+        specials = _specials(config)
+        L += _suite_section(suites, tier_of, readings, config.vocab_size,
+                            lambda langs, n: _majority_token(out / "shards", langs, n, specials))
     else:
         ed = info.get("eval_data", {})
         L += ["## Task suite", "", f"Not run: no evaluation data was found ({ed.get('where')}: "
@@ -301,14 +322,19 @@ def render(out: Path) -> str:
     L += ["## Use the merged model", "", f"From inside `{out.name}/`:", "", "```python", "import mmbert",
           "model = mmbert.from_pretrained('merged/model')", "from transformers import pipeline",
           "pipeline('fill-mask', model='merged/model')('The capital of France is <mask>.')", "```", "",
-          "At this scale (a few million training tokens) expect the fill-mask answers to be frequent tokens, "
-          "not facts; compare with the floors above before reading anything into them.", ""]
+          f"After {_num(sum(trained.values()))} training tokens expect fill-mask answers to be frequent tokens "
+          f"rather than facts (mmBERT trained on 3 trillion); compare with the floors above before reading "
+          f"anything into them.", ""]
     return "\n".join(L)
 
 
+def _specials(config) -> set[int]:
+    return {getattr(config, k) for k in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id",
+                                         "sep_token_id", "unk_token_id", "mask_token_id")} - {None}
+
+
 def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[str]:
-    specials = {getattr(config, k) for k in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id",
-                                             "sep_token_id", "unk_token_id", "mask_token_id")} - {None}
+    specials = _specials(config)
     from mmbert.demo import MLM_TOKENS
 
     some = next(iter(mlm.values()))
@@ -340,7 +366,7 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
     head = []
     for g in groups:
         s = stats(some, g)
-        head.append(f"{g} ({s[3]} langs, {s[2]:,} masked)" if s else f"{g} (none)")
+        head.append(f"{g} ({_langs(s[3])}, {s[2]:,} masked)" if s else f"{g} (none)")
     L = ["## Held-out MLM by variant", "",
          f"Masked-token accuracy on each language's held-out split: the first {MLM_TOKENS:,} tokens, 15% masked "
          f"with a fixed seed, so every model sees the same masks. Averages are over languages (macro); the "
@@ -383,11 +409,13 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
     b_acc, b_se = stats(mlm[best], "all")[:2]
     readings.append(f"Held-out MLM, all languages: **{best}** is best ({_pct(b_acc)} ± {_pct(b_se)}); " + ", ".join(
         f"{n} {_pct(stats(mlm[n], 'all')[0])}" for n in trained if n != best) + ".")
+    at_floor = False
     if RANDOM in mlm:
         r_acc, r_se = stats(mlm[RANDOM], "all")[:2]
         m_acc = sum(majority[lang] for lang in langs if not math.isnan(majority[lang])) / max(1, len(langs))
         floor, fname = (r_acc, RANDOM) if r_acc >= m_acc else (m_acc, "always predicting the most frequent token")
         if b_acc - floor <= 2 * math.hypot(b_se, r_se):
+            at_floor = True
             readings.append(f"**At floor**: no trained model beats {fname} ({_pct(floor)}) on held-out MLM beyond "
                             f"noise — at this scale the models have learnt little more than token frequencies.")
         else:
@@ -421,7 +449,9 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
             readings.append(f"**Use `merged/model`** (the TIES merge): it is the best or within noise of the best "
                             f"on held-out accuracy ({_pct(m_acc)} vs {_pct(b_acc)}); lowest held-out loss: "
                             f"{loss_best} ({mlm[loss_best]['macro']['loss']:.3f} vs merge "
-                            f"{mlm[MERGE]['macro']['loss']:.3f}).")
+                            f"{mlm[MERGE]['macro']['loss']:.3f})"
+                            + (" — though with every model at floor the choice matters little." if at_floor
+                               else "."))
         else:
             readings.append(f"The TIES merge is worse than {best} on held-out accuracy ({_pct(m_acc)} vs "
                             f"{_pct(b_acc)}, beyond noise) and has loss {mlm[MERGE]['macro']['loss']:.3f} vs "
@@ -437,7 +467,8 @@ def _lang_tier(lang: str, tier_of: dict[str, str]) -> str:
     return hits[0] if hits else "not in corpus"
 
 
-def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str]) -> list[str]:
+def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str], vocab: int,
+                   constant_token) -> list[str]:
     main = suites.get(MERGE) or next(iter(suites.values()))
     rnd = suites.get(RANDOM, {"tasks": {}})
     L = ["## Task suite", "",
@@ -445,7 +476,8 @@ def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str]) -
          f"(`{rnd.get('model', '–')}`), same tasks, same fine-tuning seed ({main['seeds']}). Floors: "
          f"**{RANDOM}** = the same recipe applied to the untrained model; **chance** = a uniform guess "
          f"(1 / classes, or 1 / candidates for retrieval); **majority** = predicting the training set's most "
-         f"frequent label everywhere. n = items per language.", "",
+         f"frequent label everywhere (for MLM: each language's most frequent token). n = items per language "
+         f"(examples, retrieval pairs, masked tokens).", "",
          f"| task | metric | {MERGE} | {RANDOM} | chance | majority | languages | n per language | above floor? |",
          "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     details = []
@@ -459,13 +491,18 @@ def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str]) -
         rr = rnd["tasks"].get(name, {})
         r_mean = rr.get("average", {}).get("mean") if "average" in rr else None
         floors = r.get("floors") or {}
-        if name == "mlm":
-            floors = {"chance": None, "majority": None}
+        if name == "mlm":  # the constant predictor on the tokens this task read
+            const = constant_token(list(langs), max(v.get("tokens", 0) for v in langs.values()))
+            for lang, v in langs.items():
+                v["majority"] = const[lang]
+            floors = {"chance": 1 / vocab, "majority": sum(const.values()) / len(const)}
         mean = r["average"]["mean"]
         se = (math.sqrt(sum(_se(v["mean"], _n(v)) ** 2 for v in langs.values() if _n(v))) / len(ns)
               if len(ns) == len(langs) and ns else None)
-        top_floor = max([x for x in (r_mean, floors.get("chance"), floors.get("majority")) if x is not None],
-                        default=None)
+        named = {RANDOM: r_mean, "chance": floors.get("chance"), "majority": floors.get("majority")}
+        named = {k: v for k, v in named.items() if v is not None}
+        top_floor = max(named.values(), default=None)
+        top_names = " = ".join(k for k, v in named.items() if v == top_floor)
         if top_floor is None or se is None:
             verdict = "–"
         else:
@@ -477,10 +514,10 @@ def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str]) -
                  f"{_pct(floors.get('majority'))} | {len(langs)} | {n_txt} | {verdict} |")
         if verdict.startswith("no"):
             readings.append(f"{name}: **at floor** — {_pct(mean)} against {_pct(top_floor)} "
-                            f"({'untrained model' if top_floor == r_mean else 'chance/majority'}); "
+                            f"({top_names}); "
                             f"the score says nothing about the model yet.")
         elif verdict.startswith("yes"):
-            readings.append(f"{name}: above every floor ({_pct(mean)} vs best floor {_pct(top_floor)}).")
+            readings.append(f"{name}: above every floor ({_pct(mean)} vs {_pct(top_floor)}, {top_names}).")
         rl = rr.get("languages", {})
         rows = [f"### {name}", "", f"{r['protocol']}.", "",
                 f"| language | tier | n | {MERGE} | {RANDOM} | majority |", "|---|---|---:|---:|---:|---:|"]
