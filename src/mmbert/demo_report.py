@@ -461,9 +461,17 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
 
 def _lang_tier(lang: str, tier_of: dict[str, str]) -> str:
     """A task's language code → the corpus tier (tags as in the corpus, or ISO 639-3 codes)."""
+    from mmbert.corpus.languages import resolve_tag
+
     if lang in tier_of:
         return tier_of[lang]
-    hits = [t for tag, t in tier_of.items() if tag.split("_")[0] == lang.split("_")[0]]
+    try:
+        tag = resolve_tag(lang)  # en → eng_Latn, ara → arb_Arab
+    except ValueError:  # e.g. a treebank name
+        return "–"
+    if tag in tier_of:
+        return tier_of[tag]
+    hits = [t for other, t in tier_of.items() if other.split("_")[0] == tag.split("_")[0]]
     return hits[0] if hits else "not in corpus"
 
 

@@ -137,10 +137,10 @@ def _finetune_eval(ctx: _Ctx, spec: TaskSpec, train: EncodedSet, evals: dict[str
     gets its sample size `n` and the score of predicting the training set's most frequent label
     everywhere (`majority`); `floors` holds their averages and chance (1/labels, for accuracies)."""
     cfg = FinetuneConfig(epochs=spec.epochs, max_len=spec.max_len)
-    flat = [y for ys in train.labels for y in (ys if isinstance(ys, list) else [ys]) if y != -100]
+    seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
+    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
     top = max(set(flat), key=flat.count) if flat else 0
-    majority = {l: score([[top] * len(g) if isinstance(g, list) else top for g in gold], gold)
-                for l, (_, gold) in evals.items()}
+    majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
     avg_seed, final_loss = [], []
     for seed in ctx.seeds:
