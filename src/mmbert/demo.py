@@ -20,7 +20,6 @@ only on a terminal; redirected to a file, the log is plain lines.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource

@@ -63,7 +63,7 @@ def write_eval_data(root: Path) -> Path:
     spec = importlib.util.spec_from_file_location("eval_fixtures", REPO / "tests" / "eval" / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.write_fixture_data(root)
+    return mod.write_fixture_data(root, n=8)
 
 
 # an absolute path in text: after a space, quote, backtick, bracket or `=`, a / followed by a name and another /
