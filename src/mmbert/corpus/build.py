@@ -133,7 +133,8 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         with ctx.Pool(max(1, workers)) as pool:
             results = pool.imap(_process_package, jobs) if workers > 1 else map(_process_package, jobs)
-            bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress)
+            bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress,
+                       smoothing=0)  # the average since the start: package sizes differ a lot
             for res in bar:
                 bar.set_postfix_str(res.name)
                 warnings.update(res.warnings)
