@@ -220,9 +220,15 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
         log(f"tokenizer: {tok.vocab_size} tokens; tokens per word per language in {tok_dir / 'fertility.md'}")
         return {"vocab_size": tok.vocab_size}
 
+    def shard():
+        res = prepare_shards(corpus, tok_dir, shards, progress=bars)
+        if not bars:  # with bars, prepare_shards printed this line itself
+            train_tokens = sum(c["train"]["tokens"] for c in res["languages"].values())
+            log(f"shards: {len(res['languages'])} languages, {train_tokens:,} training tokens")
+        return {"languages": len(res["languages"])}
+
     con.stage("tokenizer", tok_dir, tokenizer)
-    con.stage("shards", shards, lambda: {"languages": len(prepare_shards(corpus, tok_dir, shards,
-                                                                         progress=bars)["languages"])})
+    con.stage("shards", shards, shard)
     index = ShardIndex.load(shards)
 
     # 4. pretraining: main track (pretrain → mid) and the three decay variants
@@ -260,6 +266,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     def eval_mlm():
         import mmbert
         from mmbert.eval.mlm import evaluate_mlm
+        from mmbert.inference import fill_mask
 
         res = {}
         for name, path in models.items():
@@ -268,6 +275,11 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
                                      tiers=tiers, progress=bars)
         mlm_json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(mlm_json, json.dumps(res, indent=1))
+        # what a user sees first: fill-mask answers of the merge beside those of the untrained model
+        answers = {name: [[d["token"] for d in r[0]] for r in fill_mask(str(models[name]), FILL_MASK_PROMPTS)]
+                   for name in ("ties-merge", RANDOM)}
+        atomic_write(out / "eval" / "fill_mask.json",
+                     json.dumps({"prompts": FILL_MASK_PROMPTS, "top5": answers}, indent=1, ensure_ascii=False))
         return {"models": list(res)}
 
     con.stage("eval-mlm", out / "eval" / "mlm", eval_mlm)
@@ -303,6 +315,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
 
 
 MLM_TOKENS = 1024  # held-out tokens per language for the variant comparison (≈150 masked)
+FILL_MASK_PROMPTS = ["The capital of France is <mask>.", "Die Hauptstadt von Deutschland ist <mask>."]
 
 
 def _round_vocab(n: int) -> int:

@@ -322,8 +322,15 @@ def render(out: Path) -> str:
           "model = mmbert.from_pretrained('merged/model')", "from transformers import pipeline",
           "pipeline('fill-mask', model='merged/model')('The capital of France is <mask>.')", "```", "",
           f"After {_num(sum(trained.values()))} training tokens expect fill-mask answers to be frequent tokens "
-          f"rather than facts (mmBERT trained on 3 trillion); compare with the floors above before reading "
-          f"anything into them.", ""]
+          f"rather than facts (mmBERT trained on 3 trillion); compare with the untrained model's:", ""]
+    fm = out / "eval" / "fill_mask.json"
+    if fm.is_file():
+        d = json.loads(fm.read_text())
+        cell = lambda toks: ", ".join(f"`{t.replace('`', '')}`" for t in toks).replace("|", "\\|")  # noqa: E731
+        L += [f"| prompt | {MERGE}: top 5 | {RANDOM}: top 5 |", "|---|---|---|"]
+        L += [f"| `{prompt}` | {cell(d['top5'][MERGE][i])} | {cell(d['top5'][RANDOM][i])} |"
+              for i, prompt in enumerate(d["prompts"])]
+        L.append("")
     return "\n".join(L)
 
 

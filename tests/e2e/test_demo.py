@@ -136,6 +136,7 @@ def test_demo_pipeline_end_to_end_report_and_reuse(tmp_path):
     assert "### sib200" in text and "| language | tier | n |" in text
     assert r >= 0 and "## Reading" in text and ("at floor" in text or "above every floor" in text)
     assert "**Use `" in text  # which model to use
+    assert "| prompt | ties-merge: top 5 | random-init: top 5 |" in text  # fill-mask beside its floor
 
     # one naming of the tiers, markdown rendered, no absolute path anywhere in the report
     assert not re.search(r"\b(high|low)\b", text)
