@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -139,7 +140,7 @@ def _finetune_eval(ctx: _Ctx, spec: TaskSpec, train: EncodedSet, evals: dict[str
     cfg = FinetuneConfig(epochs=spec.epochs, max_len=spec.max_len)
     seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
     flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
-    top = max(set(flat), key=flat.count) if flat else 0
+    top = Counter(flat).most_common(1)[0][0] if flat else 0
     majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
     avg_seed, final_loss = [], []
