@@ -110,10 +110,9 @@ def _add_demo(sub):
     def run(args):
         from mmbert.demo import run_demo
 
-        report = run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed,
-                          vocab_size=args.vocab_size, recipe=args.recipe, preset=args.preset,
-                          density=args.density, eval_suite=args.suite, sources=args.sources)
-        print(f"report: {report} (and {report.with_suffix('.html')})")
+        run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed, vocab_size=args.vocab_size,
+                 recipe=args.recipe, preset=args.preset, density=args.density, eval_suite=args.suite,
+                 sources=args.sources)  # its last line names the report
 
     p.set_defaults(func=run)
 

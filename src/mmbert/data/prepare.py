@@ -134,7 +134,11 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     results: dict[str, dict] = {}
     skipped: Counter = Counter(corpus.skipped.counts)
     total_tokens = 0
-    bar = tqdm(total=len(jobs), desc="tokenize", unit="lang", disable=not progress)
+    # counted in corpus bytes, not languages: the largest go first, so a per-language rate would
+    # promise hours at the start and seconds at the end
+    size = {l: corpus.size_bytes(l) for l in langs}
+    bar = tqdm(total=sum(size.values()), desc="tokenize", unit="B", unit_scale=True, smoothing=0,
+               disable=not progress)
     if workers > 1:
         # fork is cheap; the workers never touch the parent's rayon pool because tokenization in
         # them is single-threaded (TOKENIZERS_PARALLELISM=false, and `tokenizers` itself disables
@@ -150,7 +154,7 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
             if counts:  # (a language without documents is counted as "empty-language" by the reader)
                 results[lang] = counts
                 total_tokens += counts["train"]["tokens"] + counts.get("heldout", {}).get("tokens", 0)
-            bar.update(1)
+            bar.update(size[lang])
             bar.set_postfix_str(f"{lang} {total_tokens / 1e6:.1f}M tokens")
     finally:
         bar.close()

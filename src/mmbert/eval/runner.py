@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -143,10 +144,16 @@ def _cfg(task: Task) -> FinetuneConfig:
 
 def _finetune_eval(ctx: _Ctx, task: Task, train, evals: dict[str, tuple[Any, list]], num_labels: int,
                    score: Callable[[list, list], float]) -> dict:
-    """Fine-tune once per seed, score every eval language; mean ± std over seeds."""
+    """Fine-tune once per seed, score every eval language; mean ± std over seeds. Each language also
+    gets its sample size `n` and the score of predicting the training set's most frequent label
+    everywhere (`majority`); `floors` holds their average and, for accuracy, chance (1/labels)."""
     cfg = _cfg(task)
     choice = task.type == "multiple-choice"
     seeds = _seeds(ctx, task)
+    seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
+    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
+    top = Counter(flat).most_common(1)[0][0] if flat else 0
+    majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
     avg_seed, final_loss = [], []
     for seed in seeds:
@@ -163,9 +170,12 @@ def _finetune_eval(ctx: _Ctx, task: Task, train, evals: dict[str, tuple[Any, lis
             vals.append(v)
         avg_seed.append(sum(vals) / len(vals))
         del model
-    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v) for l, v in per_seed.items()}
+    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v, n=len(evals[l][1]), majority=majority[l])
+             for l, v in per_seed.items()}
     m, s = mean_std(avg_seed)
-    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed},
+    floors = {"chance": 1 / num_labels if task.metric == "accuracy" else None,
+              "majority": sum(majority.values()) / len(majority)}
+    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed}, "floors": floors,
             "train_size": len(train), "seeds": list(seeds), "epochs": task.protocol.epochs,
             "final_train_loss": final_loss, "hyperparameters": dataclasses.asdict(cfg)}
 
@@ -388,7 +398,9 @@ def run_classification(ctx: _Ctx, task: Task) -> dict:
     avg = [sum(per[l]["languages"][l]["values"][i] for l in langs) / len(langs) for i in range(len(seeds))]
     m, s = mean_std(avg)
     first = per[langs[0]]
-    return {**head, "languages": {l: per[l]["languages"][l] for l in langs},
+    floors = {"chance": first["floors"]["chance"],
+              "majority": sum(per[l]["floors"]["majority"] for l in langs) / len(langs)}
+    return {**head, "languages": {l: per[l]["languages"][l] for l in langs}, "floors": floors,
             "average": {"mean": m, "std": s, "values": avg}, "train_size": sizes, "seeds": list(seeds),
             "epochs": task.protocol.epochs, "final_train_loss": {l: per[l]["final_train_loss"] for l in langs},
             "hyperparameters": first["hyperparameters"]}
@@ -399,8 +411,10 @@ def _retrieval_result(res: dict[str, dict[str, float]], metric: str, protocol: s
     n = max(1, len(res))
     xx2en = sum(v["xx2en"] for v in res.values()) / n
     en2xx = sum(v["en2xx"] for v in res.values()) / n
+    chance = sum(1 / v["n"] for v in res.values() if v.get("n")) / n  # a random pick among n candidates
     return {"metric": metric, "protocol": protocol, "languages": langs,
-            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx}}
+            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx},
+            "floors": {"chance": chance, "majority": None}}
 
 
 def run_bitext(ctx: _Ctx, task: Task) -> dict:
@@ -434,12 +448,13 @@ def run_bitext(ctx: _Ctx, task: Task) -> dict:
                                       f"(parallel files)")
             n = p.max_eval or len(qa)
             res[l] = {"q2p": question_to_paragraph(ctx.bb, [q["question"] for q in qa[:n]], para_emb, target[:n],
-                                                   max_len=p.max_len)}
+                                                   max_len=p.max_len), "n": len(qa[:n])}
         langs = {l: {"mean": v["q2p"], "std": 0.0, **v} for l, v in res.items()}
         return {"metric": "accuracy@1 question → target paragraph", "languages": langs,
                 "protocol": _describe(task) or f"zero-shot, mean-pooled; questions of {task.source.path} against "
                                                 f"the {len(paragraphs)} paragraphs of {task.target.path}",
-                "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0}}
+                "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0},
+                "floors": {"chance": 1 / len(paragraphs), "majority": None}}  # a random paragraph
 
     def texts(files: list[Path]) -> list[tuple[str | None, str]]:
         if task.format == "text":
@@ -476,6 +491,7 @@ def run_bitext(ctx: _Ctx, task: Task) -> dict:
             res[l] = bitext(ctx.bb, [a for a, _ in pairs], cache[key], max_len=p.max_len)
         else:
             res[l] = bitext(ctx.bb, [a for a, _ in pairs], [b for _, b in pairs], max_len=p.max_len)
+        res[l]["n"] = len(pairs)  # sample size, and the candidates a random pick chooses among
     if not res:
         raise task.error("no language besides the target itself; check `source:` / `languages:`")
     return _retrieval_result(res, "accuracy@1 (mean of xx→en and en→xx)", _describe(task) or
