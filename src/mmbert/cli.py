@@ -535,8 +535,10 @@ def _add_study(sub):
     r.add_argument("--arms", nargs="+", default=None,
                    help="subset of the arms (default: all): recipe, constant-mask, mbert-baseline, time-shuffled, "
                         "tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau")
-    r.add_argument("--rep-cap-tokens", type=int, default=600,
+    r.add_argument("--rep-cap-tokens", type=int, default=250,
                    help="training tokens each decay-only language keeps in the repetition-regime shards")
+    r.add_argument("--rep-cap-other-tokens", type=int, default=50_000,
+                   help="training tokens every other language keeps in the repetition-regime shards")
     r.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per process")
     r.add_argument("--no-sib", action="store_true", help="skip the SIB-200 zero-shot fine-tuning")
@@ -553,7 +555,7 @@ def _add_study(sub):
             raise ValueError(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
         run_study(StudyConfig(shards=Path(args.shards), out=Path(args.out), logs=Path(args.logs),
                               seeds=tuple(args.seeds), arms=arms, jobs=args.jobs, threads=args.threads,
-                              rep_cap_tokens=args.rep_cap_tokens,
+                              rep_cap_tokens=args.rep_cap_tokens, rep_cap_other_tokens=args.rep_cap_other_tokens,
                               data_dir=Path(args.data_dir) if args.data_dir else None, sib=not args.no_sib))
 
     r.set_defaults(func=run)
