@@ -130,21 +130,36 @@ def _add_pretrain(sub):
 @command
 def _add_export(sub):
     p = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it)",
+                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it) "
+                            "or as ONNX for ONNX Runtime",
                        description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
                                    "write config.json + model.safetensors (+ tokenizer files) that "
-                                   "transformers.AutoModelForMaskedLM loads with identical outputs.")
+                                   "transformers.AutoModelForMaskedLM loads with identical outputs; with "
+                                   "--format onnx, model.onnx (+ model.int8.onnx) verified in ONNX Runtime.")
     _common(p, "model", "out")
+    p.add_argument("--format", default="hf", choices=["hf", "onnx"], help="Hugging Face directory or ONNX")
     p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
-                                                     "token-classification"], help="which model class to write")
+                                                     "token-classification"], help="hf: which model class to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the saved weights")
+                   help="hf: dtype of the saved weights")
+    p.add_argument("--pooling", default="mean", choices=["mean", "first", "none"],
+                   help="onnx: the graph's output (mean / first-token embedding, or all hidden states)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="onnx: also write an int8 dynamic-quantised copy")
 
     def run(args):
         import torch
 
         import mmbert
 
+        if args.format == "onnx":
+            from mmbert.export.onnx import export_onnx
+
+            info = export_onnx(args.model, args.out, pooling=args.pooling, quantize=args.quantize)
+            v = info["verification"]
+            print(f"wrote {', '.join(info['files'].values())} in {args.out} (pooling {args.pooling}); vs ours fp32: "
+                  + ", ".join(f"{k} max |diff| {v[k + '_max_abs_diff']:.2e}, min cosine {v[k + '_min_cosine']:.6f}"
+                              for k in info["files"]))
+            return
         model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
         model.save_pretrained(args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")

@@ -31,6 +31,7 @@ from mmbert.eval.backbone import Backbone, load_backbone
 from mmbert.eval.finetune import (EncodedSet, FinetuneConfig, encode_examples, encode_tagged, finetune,
                                   predict)
 from mmbert.eval.metrics import accuracy, mean_std, span_f1, token_accuracy
+from mmbert.threads import ThreadPolicy
 from mmbert.utils import atomic_write
 
 
@@ -371,6 +372,8 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device) == "cpu":
+        ThreadPolicy()  # threads = the cores other processes leave free (at most the current count)
     bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
     root = D.resolve_data_dir(data_dir)
     have = D.available(root)

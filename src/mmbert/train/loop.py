@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mmbert.model.config import EncoderConfig
+from mmbert.threads import ThreadPolicy
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.optim import build_optimizer, set_lr_and_weight_decay
 from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize, unwrap
@@ -300,6 +301,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         metrics.truncate(track, state["step"])
 
     amp = torch.bfloat16 if d.device.type == "cuda" else None
+    cpu_threads = ThreadPolicy() if d.device.type == "cpu" else None  # fewer threads while others share the cores
     peak = peak_flops(d.device)
     inner = unwrap(model)
     total = sum(p.tokens for p in phases)
@@ -325,6 +327,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         micro = stream.step_batches(p, rows)
         stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
         dt = time.perf_counter() - t0
+        if cpu_threads is not None:
+            cpu_threads.update()
         step_tokens = rows * p.seq_len
         state["step"] += 1
         state["phase_tokens"] += step_tokens
