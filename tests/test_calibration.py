@@ -1,0 +1,122 @@
+"""dtype="auto" on CPU: the decision from measured timings, the cache file, the overrides; and the
+thread policy. Timings are injected — nothing here asserts a speed."""
+
+import json
+
+import pytest
+import torch
+
+from mmbert import inference
+from mmbert.inference import (CALIBRATION_FORMAT, MIN_COSINE, calibrate_dtype, calibration_key, decide_dtype,
+                              read_calibration, resolve_dtype)
+from mmbert.threads import ThreadPolicy, choose_threads, fixed_threads
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMBERT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MMBERT_DTYPE", raising=False)
+    return tmp_path / "dtype_calibration.json"
+
+
+# measured seconds per pass (fp32, bf16) and cosine of three kinds of CPU, as the issue describes
+AMX = dict(fp32_s=0.100, bf16_s=0.025, cosine=0.99995)  # Sapphire Rapids: bf16 on AMX tiles
+AVX512_BF16 = dict(fp32_s=0.100, bf16_s=0.045, cosine=0.99995)  # Zen 4: 2.2x
+FP32_ONLY = dict(fp32_s=0.100, bf16_s=0.400, cosine=0.99995)  # bf16 emulated: slower
+
+
+@pytest.mark.parametrize("timings, want", [(AMX, "bf16"), (AVX512_BF16, "bf16"), (FP32_ONLY, "fp32"),
+                                           (dict(fp32_s=0.100, bf16_s=0.095, cosine=0.99995), "fp32"),  # in the noise
+                                           (dict(AVX512_BF16, cosine=0.998), "fp32"),  # fast but not close
+                                           (dict(AVX512_BF16, cosine=float("nan")), "fp32")])
+def test_decision_from_injected_timings(timings, want):
+    dtype, why = decide_dtype(**timings)
+    assert dtype == want, why
+    assert why  # the reason is reported
+
+
+def test_calibration_is_measured_once_and_cached(cache):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return dict(AVX512_BF16, threads=2, rounds=5, tokens=506)
+
+    rec = calibrate_dtype(measure=measure)
+    assert (rec["dtype"], rec["source"]) == ("bf16", "measured") and len(calls) == 1
+    # the file: a format number and one entry per CPU model + torch version with the numbers
+    data = json.loads(cache.read_text())
+    assert data["format"] == CALIBRATION_FORMAT
+    entry = data["entries"][calibration_key()]
+    assert torch.__version__ in calibration_key()
+    assert entry["dtype"] == "bf16" and entry["fp32_s"] == 0.100 and entry["bf16_s"] == 0.045
+    assert entry["speedup"] == pytest.approx(0.100 / 0.045) and entry["cosine"] == AVX512_BF16["cosine"]
+    assert {"reason", "threads", "date", "load_avg_1m"} <= set(entry)
+
+    again = calibrate_dtype(measure=measure)
+    assert (again["dtype"], again["source"]) == ("bf16", "cache") and len(calls) == 1
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 and len(calls) == 1
+
+    # another machine's entry is kept beside ours; a forced re-measurement replaces ours only
+    data["entries"]["Other CPU | torch 0.0"] = dict(entry, dtype="fp32")
+    cache.write_text(json.dumps(data))
+    rec = calibrate_dtype(force=True, measure=lambda: dict(FP32_ONLY, threads=1, rounds=5, tokens=506))
+    assert rec["dtype"] == "fp32" and len(calls) == 1
+    entries = read_calibration(cache)
+    assert entries[calibration_key()]["dtype"] == "fp32" and entries["Other CPU | torch 0.0"]["dtype"] == "fp32"
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_unreadable_or_foreign_cache_is_measured_again(cache):
+    for bad in ("not json", json.dumps({"format": CALIBRATION_FORMAT + 1, "entries": {calibration_key(): {"dtype": "bf16"}}}),
+                json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {"dtype": "int4"}}})):
+        cache.write_text(bad)
+        rec = calibrate_dtype(measure=lambda: dict(FP32_ONLY, threads=1, rounds=5, tokens=506))
+        assert rec["source"] == "measured" and rec["dtype"] == "fp32"
+
+
+def test_environment_overrides(cache, monkeypatch):
+    def never():
+        raise AssertionError("an override must not measure")
+
+    monkeypatch.setenv("MMBERT_DTYPE", "fp32")
+    assert calibrate_dtype(measure=never)["source"] == "env"
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setenv("MMBERT_DTYPE", "bf16")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32  # explicit dtypes win
+    assert not cache.exists()
+    monkeypatch.setenv("MMBERT_DTYPE", "fp16")
+    with pytest.raises(ValueError, match="MMBERT_DTYPE"):
+        resolve_dtype("auto", torch.device("cpu"))
+
+
+def test_real_measurement_is_sane(cache):
+    """The real workload runs and gives numbers the decision can use (no speed asserted)."""
+    m = inference.measure_dtypes(rounds=1)
+    assert m["fp32_s"] > 0 and m["bf16_s"] > 0 and m["tokens"] > 0
+    # bf16 keeps 8 bits of mantissa (relative error 2^-9 per rounding); two random-init layers
+    # give a mean-pooled embedding whose cosine to fp32 sits far above the decision's bar
+    assert m["cosine"] >= MIN_COSINE
+
+
+def test_thread_choice():
+    assert choose_threads(allowed=2, load=0.1) == 2  # idle
+    assert choose_threads(allowed=2, load=1.0) == 1  # one CPU-bound process next to us
+    assert choose_threads(allowed=2, load=6.0) == 1  # at least one
+    assert choose_threads(allowed=2, load=2.1, own_cpu=2.0) == 2  # the load is our own threads
+    assert choose_threads(allowed=16, load=4.2, cap=8) == 8  # never above torch's default
+    assert choose_threads(allowed=16, load=None) == 16
+
+
+def test_thread_override(monkeypatch):
+    monkeypatch.setenv("MMBERT_THREADS", "1")
+    assert fixed_threads() == 1
+    old = torch.get_num_threads()
+    try:
+        assert ThreadPolicy().update() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+    monkeypatch.setenv("MMBERT_THREADS", "two")
+    with pytest.raises(ValueError, match="MMBERT_THREADS"):
+        fixed_threads()
