@@ -391,7 +391,7 @@ def _add_embed(sub):
     p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
     p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise")
+                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
 
     def run(args):
         from mmbert.inference import embed_file
@@ -411,7 +411,7 @@ def _add_fill_mask(sub):
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
     p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 where the CPU has fast bf16 (AMX) or on CUDA, else fp32")
+                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
 
     def run(args):
         from mmbert.inference import fill_mask
@@ -442,6 +442,7 @@ def _add_bench(sub):
                    help="stop timing a cell after this many seconds (at least one pass)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sets and weights")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime peers")
 
     def run(args):
         from mmbert.bench import BenchConfig, run_and_report
@@ -449,7 +450,8 @@ def _add_bench(sub):
         run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets), quick=args.quick,
                                    batch_tokens=args.batch_tokens, repeats=args.repeats,
                                    cell_budget_s=args.cell_budget, peer_dtypes=tuple(args.peer_dtypes),
-                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed),
+                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed,
+                                   onnx=not args.no_onnx),
                        json_path=args.json)
 
     p.set_defaults(func=run)
@@ -510,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="mmBERT: train, merge, evaluate and run ModernBERT-architecture multilingual encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="log decisions (dtype calibration, thread counts) to stderr")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in _COMMANDS:
         add(sub)
@@ -519,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("mmbert").setLevel(logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
