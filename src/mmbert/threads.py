@@ -15,15 +15,18 @@ both halves wait on each other (issue 15 saw 7–18× slower training at load 3�
 costs 2–3×). Fewer threads than free cores never wait on a descheduled peer.
 
 Policy: threads = the cores this process may run on minus the cores other processes keep busy,
-at least 1. "Busy" is the 1-minute load average minus this process's own CPU use over the last
-interval (our threads count in the load too), rounded to the nearest core. `MMBERT_THREADS` or
-an explicit count fixes the number and turns the policy off.
+at least 1, at most torch's default. "Busy" is measured now, not averaged over a minute: the
+kernel's count of runnable tasks (/proc/loadavg, 4th field), minus this process's own runnable
+threads (/proc/self/task/*/stat), median of a few samples 10 ms apart, rounded to whole cores.
+Where /proc is absent it falls back to the 1-minute load average minus our own CPU use.
+`MMBERT_THREADS` or an explicit count fixes the number and turns the policy off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 
 import torch
@@ -47,15 +50,52 @@ def load_average() -> float | None:
         return None
 
 
-def choose_threads(allowed: int, load: float | None, own_cpu: float = 0.0, cap: int | None = None) -> int:
-    """Threads for `allowed` cores when the load average is `load` and this process itself used
-    `own_cpu` cores' worth of CPU lately: the cores the others leave free, at least 1, at most
-    `cap` (torch's default: the physical cores)."""
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable) right now."""
+    n = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        n += stat[stat.rindex(")") + 2] == "R"  # field 3, after "pid (comm)"
+    return max(n, 1)  # the thread reading this is running
+
+
+def others_busy(samples: int = 5, interval_s: float = 0.01) -> float | None:
+    """Runnable tasks of other processes right now (median of `samples`); None without /proc."""
+    vals = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        vals.append(max(0, running - _own_running()))
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return float(statistics.median(vals))
+
+
+def choose_threads(allowed: int, others: float | None, cap: int | None = None) -> int:
+    """Threads for `allowed` cores when other processes keep `others` cores busy: the cores they
+    leave free, at least 1, at most `cap` (torch's default: the physical cores)."""
     cap = min(allowed, cap or allowed)
-    if load is None:
+    if others is None:
         return max(1, cap)
-    others = max(0.0, load - own_cpu)
     return max(1, min(cap, round(allowed - others)))
+
+
+def _others(own_cpu: float = 0.0) -> float | None:
+    busy = others_busy()
+    if busy is None and load_average() is not None:
+        busy = max(0.0, load_average() - own_cpu)
+    return busy
 
 
 def fixed_threads() -> int | None:
@@ -77,7 +117,7 @@ def default_threads() -> int:
     fixed = fixed_threads()
     if fixed is not None:
         return fixed
-    return choose_threads(allowed_cores(), load_average(), 0.0, cap=torch.get_num_threads())
+    return choose_threads(allowed_cores(), _others(), cap=torch.get_num_threads())
 
 
 class ThreadPolicy:
@@ -89,15 +129,17 @@ class ThreadPolicy:
         self.fixed = threads if threads else fixed_threads()
         self.every_s = every_s
         self.cap = torch.get_num_threads()  # torch's default before we touch it: physical cores
-        self.threads = self.fixed or choose_threads(allowed_cores(), load_average(), 0.0, cap=self.cap)
-        self._set(self.threads, "start")
+        self.others = None if self.fixed else _others()
+        self.threads = self.fixed or choose_threads(allowed_cores(), self.others, cap=self.cap)
+        self._set(self.threads, "fixed" if self.fixed else "start")
         self._wall, self._cpu = time.perf_counter(), time.process_time()
 
     def _set(self, n: int, why: str) -> None:
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-        log.info("threads: %d (%s; %d usable cores, load average %s)", n, why, allowed_cores(),
-                 f"{load_average():.2f}" if load_average() is not None else "n/a")
+        log.info("threads: %d (%s; %d usable cores, other processes busy %s, load average %s)", n, why,
+                 allowed_cores(), "n/a" if self.others is None else f"{self.others:.1f}",
+                 "n/a" if load_average() is None else f"{load_average():.2f}")
 
     def update(self) -> int:
         """Re-check after every `every_s` seconds; returns the threads in use."""
@@ -107,9 +149,10 @@ class ThreadPolicy:
         if wall < self.every_s:
             return self.threads
         own = (time.process_time() - self._cpu) / wall  # our cores' worth of CPU since the last check
-        n = choose_threads(allowed_cores(), load_average(), own, cap=self.cap)
+        self.others = _others(own)
+        n = choose_threads(allowed_cores(), self.others, cap=self.cap)
         if n != self.threads:
             self.threads = n
-            self._set(n, f"others use ~{max(0.0, (load_average() or 0) - own):.1f} cores")
+            self._set(n, "re-checked")
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self.threads
