@@ -143,3 +143,31 @@ def test_thread_override(monkeypatch):
     monkeypatch.setenv("MMBERT_THREADS", "two")
     with pytest.raises(ValueError, match="MMBERT_THREADS"):
         fixed_threads()
+
+
+def test_the_decision_is_visible_with_verbose(cache, tmp_path, caplog):
+    """"auto" logs what it chose and where the answer came from; `mmbert --verbose` shows that log."""
+    import logging
+
+    import numpy as np
+
+    from mmbert import EncoderConfig
+    from mmbert.cli import main
+    from mmbert.model import build_model
+
+    cache.write_text(json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {
+        "dtype": "bf16", "reason": "bf16 2.20x fp32, cosine 0.99990", "fp32_s": 0.1, "bf16_s": 0.045}}}))
+    cfg = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                    num_attention_heads=2, local_attention=16, max_position_embeddings=64)
+    build_model(cfg, head="mlm").save_pretrained(tmp_path / "m")
+    with caplog.at_level(logging.INFO, logger="mmbert"):
+        vecs = inference.encode(str(tmp_path / "m"), [[5, 6, 7]])
+    assert vecs.dtype == torch.float32 and np.isfinite(vecs.numpy()).all()
+    msgs = [r.getMessage() for r in caplog.records if r.name == "mmbert"]
+    assert any("dtype auto → bf16" in m and "2.20x" in m and str(cache) in m for m in msgs), msgs
+    old = logging.getLogger("mmbert").level
+    try:
+        assert main(["--verbose"]) == 2  # no subcommand: help; the flag has switched the log on
+        assert logging.getLogger("mmbert").level == logging.INFO
+    finally:
+        logging.getLogger("mmbert").setLevel(old)
