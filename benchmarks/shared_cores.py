@@ -8,10 +8,12 @@ Each measurement is a fresh process that trains the cpu-demo recipe's pretrainin
 tiny, vocabulary 32768, 4 packed rows of 256 tokens per step (its batch warm-up start), mask 30%, StableAdamW, the real
 `train_step`) for `--seconds` after two warm-up steps and reports real tokens/s. Modes:
   default  torch's default intra-op threads (the physical cores), as before issue 15;
-  policy   `ThreadPolicy` chooses at start and re-checks every 2 s (the training loop's call).
-Both run with OMP_WAIT_POLICY=PASSIVE, as every `mmbert` command sets it. The competitor is
+  free     the cores other processes leave free, chosen once at start (a load-based rule);
+  policy   `ThreadPolicy` as the training loop uses it: starts at `default_threads()`, then
+           measures steps and probes the other count (here every 4 s, 2 steps, for a short run).
+All run with OMP_WAIT_POLICY=PASSIVE, as every `mmbert` command sets it. The competitor is
 `python -c "while True: pass"` (one busy core), started before the worker and killed after it.
-Order per round: alone/default, alone/policy, shared/default, shared/policy — interleaved, so slow
+Order per round: alone × each mode, then shared × each mode — interleaved, so slow
 drifts in the machine's other load hit all four alike. Prints a markdown table; the "kept" column
 is shared ÷ alone (the issue's goal: ≥ 40% with one competitor on the demo's 2 cores).
 """
@@ -28,6 +30,9 @@ import sys
 import time
 
 
+MODES = ("default", "free", "policy")
+
+
 def worker(mode: str, seconds: float) -> None:
     import numpy as np
     import torch
@@ -39,7 +44,11 @@ def worker(mode: str, seconds: float) -> None:
     from mmbert.train.optim import build_optimizer
     from mmbert.train.step import mlm_loss_fn, train_step
 
-    policy = ThreadPolicy(every_s=2.0) if mode == "policy" else None
+    from mmbert.threads import _others, allowed_cores, choose_threads
+
+    policy = ThreadPolicy(every_s=4.0, probe_steps=2) if mode == "policy" else None
+    if mode == "free":
+        torch.set_num_threads(choose_threads(allowed_cores(), _others(), cap=torch.get_num_threads()))
     torch.manual_seed(0)
     vocab, S, R = 32768, 256, 4  # the recipe starts its batch warm-up at 4 rows of 256
     model = build_model(EncoderConfig.from_preset("tiny", vocab_size=vocab), head="mlm")
@@ -59,11 +68,12 @@ def worker(mode: str, seconds: float) -> None:
         train_step(model, opt, [batch()], mlm_loss_fn)
     threads_seen, tokens, t0 = set(), 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
+        threads_seen.add(torch.get_num_threads())
+        t = time.perf_counter()
         train_step(model, opt, [batch()], mlm_loss_fn)
         tokens += R * S
         if policy is not None:
-            policy.update()
-        threads_seen.add(torch.get_num_threads())
+            policy.update(R * S, time.perf_counter() - t)
     print(json.dumps({"tokens_per_s": tokens / (time.perf_counter() - t0), "threads": sorted(threads_seen)}))
 
 
@@ -91,7 +101,7 @@ def main() -> None:
     loads = []
     for _ in range(args.rounds):
         for shared in ("alone", "shared"):
-            for mode in ("default", "policy"):
+            for mode in MODES:
                 spin = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if shared == "shared" else None
                 try:
                     loads.append(os.getloadavg()[0])
@@ -110,7 +120,7 @@ def main() -> None:
           f"measurement {min(loads):.1f}–{max(loads):.1f}; {args.rounds} rounds × {args.seconds:.0f} s, median.\n")
     print("| threads | alone tok/s | next to 1 busy process tok/s | kept | threads used (alone / shared) |")
     print("|---|---:|---:|---:|---|")
-    for mode in ("default", "policy"):
+    for mode in MODES:
         a, s = statistics.median(res[("alone", mode)]), statistics.median(res[("shared", mode)])
         print(f"| {mode} | {a:.0f} | {s:.0f} | {s / a:.0%} | {sorted(threads[('alone', mode)])} / "
               f"{sorted(threads[('shared', mode)])} |")

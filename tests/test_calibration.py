@@ -137,7 +137,7 @@ def test_thread_override(monkeypatch):
     assert fixed_threads() == 1
     old = torch.get_num_threads()
     try:
-        assert ThreadPolicy().update() == 1 and torch.get_num_threads() == 1
+        assert ThreadPolicy().update(100, 1.0) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
     monkeypatch.setenv("MMBERT_THREADS", "two")
@@ -171,3 +171,26 @@ def test_the_decision_is_visible_with_verbose(cache, tmp_path, caplog):
         assert logging.getLogger("mmbert").level == logging.INFO
     finally:
         logging.getLogger("mmbert").setLevel(old)
+
+
+def test_thread_policy_keeps_the_faster_count(monkeypatch):
+    """Injected step times: the probe switches to the count that trains faster, or goes back."""
+    monkeypatch.delenv("MMBERT_THREADS", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # start at all cores
+    old = torch.get_num_threads()
+    try:
+        for slow_at, expect in ((2, 1), (1, 2)):
+            torch.set_num_threads(2)
+            now = [0.0]
+            policy = ThreadPolicy(every_s=10.0, probe_steps=3, clock=lambda: now[0])
+            policy._alternative = lambda: 1 if policy.threads == 2 else 2  # (the machine's busy count aside)
+            assert policy.threads == 2
+            seen = []
+            for _ in range(9):  # warm-up, 3 steps at 2, 3 probing 1 (decided after the 3rd), 2 more
+                now[0] += 4.0
+                step_s = 2.0 if policy.threads == slow_at else 1.0
+                seen.append(policy.update(1000, step_s))
+            assert set(seen) == {1, 2}  # it tried the other count
+            assert policy.threads == expect == torch.get_num_threads(), seen
+    finally:
+        torch.set_num_threads(old)

@@ -1,25 +1,31 @@
 """How many CPU threads torch should use when other processes may share the cores (issue 15).
 
     from mmbert.threads import ThreadPolicy
-    policy = ThreadPolicy()          # picks threads now from the cores other processes leave free
+    policy = ThreadPolicy()          # threads for now (see default_threads)
     for step in ...:
         ...                          # one training step
-        policy.update()              # every `every_s` seconds: re-measure, change threads if needed
+        policy.update(tokens, seconds)   # records the step; now and then tries another thread count
 
-    python benchmarks/shared_cores.py   # training tokens/s alone vs next to a CPU-bound process
+    PYTHONPATH=src python benchmarks/shared_cores.py   # training alone vs next to a busy process
 
-Why: torch's intra-op pool splits every op into one chunk per thread and waits for all of them.
-When another process holds a core, the chunk on that core waits for the scheduler, and the op
-runs at the speed of the slowest thread — with 2 threads on 2 cores next to one busy process,
-both halves wait on each other (issue 15 saw 7–18× slower training at load 3–5, where a fair share
-costs 2–3×). Fewer threads than free cores never wait on a descheduled peer.
+Why: torch's intra-op pool cuts every op into one chunk per thread and waits for all of them.
+When another process holds a core, the chunk on that core waits for the scheduler. With OpenMP's
+default wait policy the waiting threads spin and steal the time the late one needs (issue 15 saw
+7–18x slower training at load 3–5); with OMP_WAIT_POLICY=PASSIVE (every `mmbert` command sets it)
+they sleep, and then more threads usually means a larger fair share of a busy machine
+(benchmarks/results/shared_cores_*.md: on 2 shared cores at load ~17, 2 threads trained ~1.3x
+faster than 1). Which count wins depends on the machine, the load and the wait policy — so the
+training loop measures it:
 
-Policy: threads = the cores this process may run on minus the cores other processes keep busy,
-at least 1, at most torch's default. "Busy" is measured now, not averaged over a minute: the
-kernel's count of runnable tasks (/proc/loadavg, 4th field), minus this process's own runnable
-threads (/proc/self/task/*/stat), median of a few samples 10 ms apart, rounded to whole cores.
-Where /proc is absent it falls back to the 1-minute load average minus our own CPU use.
-`MMBERT_THREADS` or an explicit count fixes the number and turns the policy off.
+- start: `default_threads()` — the usable cores (capped at torch's default) when idle threads
+  sleep (PASSIVE), else the cores other processes leave free. "Busy" is measured now, not
+  averaged over a minute: runnable tasks (/proc/loadavg, 4th field) minus this process's own
+  runnable threads (/proc/self/task/*/stat), median of a few samples 10 ms apart;
+- `update(tokens)` after every step records seconds per token; every `every_s` seconds it runs
+  `probe_steps` steps at the other candidate count (the free cores, or all, or half) and keeps
+  whichever had the lower median time per token (a switch needs a 5% win).
+
+`MMBERT_THREADS=N` (or ThreadPolicy(threads=N), `--threads N`) fixes the count: no probing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import logging
 import os
 import statistics
 import time
+from collections import deque
+from typing import Callable
 
 import torch
 
@@ -112,47 +120,81 @@ def fixed_threads() -> int | None:
     return n
 
 
+def idle_threads_sleep() -> bool:
+    """True when OpenMP's idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def default_threads() -> int:
-    """The thread count for a CPU job starting now (inference, evaluation, a training run)."""
+    """The thread count for a CPU job starting now (inference, evaluation, a training run's start)."""
     fixed = fixed_threads()
     if fixed is not None:
         return fixed
-    return choose_threads(allowed_cores(), _others(), cap=torch.get_num_threads())
+    cap = torch.get_num_threads()
+    if idle_threads_sleep():
+        return choose_threads(allowed_cores(), 0.0, cap=cap)
+    return choose_threads(allowed_cores(), _others(), cap=cap)
 
 
 class ThreadPolicy:
-    """Sets torch's threads now and re-checks them every `every_s` seconds in `update()`.
+    """Sets torch's threads now; `update(tokens)` after each training step measures the step and
+    now and then tries another count, keeping the faster (module docstring). `threads` fixes the
+    count. Changes are logged ("mmbert" logger, INFO)."""
 
-    `threads` fixes the count (no re-checks). Changes are logged ("mmbert" logger, INFO)."""
-
-    def __init__(self, threads: int | None = None, every_s: float = 10.0):
+    def __init__(self, threads: int | None = None, every_s: float = 30.0, probe_steps: int = 3,
+                 clock: Callable[[], float] = time.monotonic):
         self.fixed = threads if threads else fixed_threads()
-        self.every_s = every_s
+        self.every_s, self.probe_steps, self.clock = every_s, probe_steps, clock
         self.cap = torch.get_num_threads()  # torch's default before we touch it: physical cores
-        self.others = None if self.fixed else _others()
-        self.threads = self.fixed or choose_threads(allowed_cores(), self.others, cap=self.cap)
+        self.threads = self.fixed or default_threads()
         self._set(self.threads, "fixed" if self.fixed else "start")
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self.per_token: dict[int, deque] = {}  # threads → recent seconds per token
+        self._steps = 0
+        self._probing: int | None = None  # steps left at the probed count
+        self._before = self.threads  # the count a probe started from
+        self._next_probe = self.clock() + every_s
 
     def _set(self, n: int, why: str) -> None:
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-        log.info("threads: %d (%s; %d usable cores, other processes busy %s, load average %s)", n, why,
-                 allowed_cores(), "n/a" if self.others is None else f"{self.others:.1f}",
+        self.threads = n
+        log.info("threads: %d (%s; %d usable cores, load average %s)", n, why, allowed_cores(),
                  "n/a" if load_average() is None else f"{load_average():.2f}")
 
-    def update(self) -> int:
-        """Re-check after every `every_s` seconds; returns the threads in use."""
-        if self.fixed:
+    def _alternative(self) -> int:
+        free = choose_threads(allowed_cores(), _others(), cap=self.cap)
+        if free != self.threads:
+            return free
+        return self.cap if self.threads != self.cap else max(1, self.cap // 2)
+
+    def update(self, tokens: int, seconds: float) -> int:
+        """Call after every step with its tokens and seconds; returns the threads for the next step."""
+        if self.fixed or self.cap <= 1:
             return self.threads
-        wall = time.perf_counter() - self._wall
-        if wall < self.every_s:
+        now = self.clock()
+        self._steps += 1
+        if self._steps == 1:  # the first step carries one-off warm-up costs
             return self.threads
-        own = (time.process_time() - self._cpu) / wall  # our cores' worth of CPU since the last check
-        self.others = _others(own)
-        n = choose_threads(allowed_cores(), self.others, cap=self.cap)
-        if n != self.threads:
-            self.threads = n
-            self._set(n, "re-checked")
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self.per_token.setdefault(self.threads, deque(maxlen=self.probe_steps)).append(seconds / max(tokens, 1))
+        if self._probing is not None:
+            self._probing -= 1
+            if self._probing == 0:
+                self._probing = None
+                self._next_probe = now + self.every_s
+                tried, before = statistics.median(self.per_token[self.threads]), \
+                    statistics.median(self.per_token[self._before])
+                if not tried < 0.95 * before:
+                    self._set(self._before, f"kept: {1 / before:,.0f} tok/s vs {1 / tried:,.0f} with {self.threads}")
+                else:
+                    log.info("threads: %d (%.0f tok/s vs %.0f with %d)", self.threads, 1 / tried, 1 / before,
+                             self._before)
+        elif now >= self._next_probe and len(self.per_token[self.threads]) >= self.probe_steps:
+            alt = self._alternative()
+            if alt == self.threads:
+                self._next_probe = now + self.every_s
+            else:
+                self._before = self.threads
+                self.per_token.pop(alt, None)
+                self._probing = self.probe_steps
+                self._set(alt, f"probing against {self._before}")
         return self.threads

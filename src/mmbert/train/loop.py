@@ -301,7 +301,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         metrics.truncate(track, state["step"])
 
     amp = torch.bfloat16 if d.device.type == "cuda" else None
-    cpu_threads = ThreadPolicy() if d.device.type == "cpu" else None  # fewer threads while others share the cores
+    cpu_threads = ThreadPolicy() if d.device.type == "cpu" else None  # threads measured against shared cores
     peak = peak_flops(d.device)
     inner = unwrap(model)
     total = sum(p.tokens for p in phases)
@@ -328,7 +328,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
         dt = time.perf_counter() - t0
         if cpu_threads is not None:
-            cpu_threads.update()
+            cpu_threads.update(rows * p.seq_len, dt)
         step_tokens = rows * p.seq_len
         state["step"] += 1
         state["phase_tokens"] += step_tokens
