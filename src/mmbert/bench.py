@@ -330,7 +330,7 @@ def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int
 @dataclass
 class BenchConfig:
     presets: tuple[str, ...] = ("mmbert-small", "mmbert-base")
-    sets: tuple[str, ...] = SETS
+    sets: tuple[str, ...] | None = SETS  # None: all, or the --quick pair
     quick: bool = False
     batch_tokens: int = 8192
     repeats: int = 3
@@ -360,8 +360,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     from mmbert.inference import DTYPES, calibrate_dtype, default_threads
 
     if cfg.quick:
-        cfg.presets, cfg.sets = ("mmbert-small",), ("fixed512", "normal256")
+        cfg.presets, cfg.sets = ("mmbert-small",), cfg.sets or ("fixed512", "normal256")
         cfg.cell_budget_s = min(cfg.cell_budget_s, 10.0)
+    cfg.sets = cfg.sets or SETS
     bad = [s for s in cfg.sets if s not in SETS]
     if bad:
         raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")

@@ -432,7 +432,8 @@ def _add_bench(sub):
     p.add_argument("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
     p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"], help="model presets to benchmark")
-    p.add_argument("--sets", nargs="+", default=list(sets), choices=sets, help="synthetic token sets to run")
+    p.add_argument("--sets", nargs="+", default=None, choices=sets,
+                   help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
     p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                    help="dtypes the transformers peers run in")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="our dtype")
@@ -447,7 +448,8 @@ def _add_bench(sub):
     def run(args):
         from mmbert.bench import BenchConfig, run_and_report
 
-        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets), quick=args.quick,
+        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets) if args.sets else None,
+                                   quick=args.quick,
                                    batch_tokens=args.batch_tokens, repeats=args.repeats,
                                    cell_budget_s=args.cell_budget, peer_dtypes=tuple(args.peer_dtypes),
                                    ours_dtype=args.dtype, threads=args.threads, seed=args.seed,
