@@ -23,7 +23,8 @@ How it is fast (benchmarks/efficiency.py measures each lever; results in benchma
 - optional `torch.compile` of the MLP blocks (fuses GELU·gate; `compile=True`), applied from
   outside on a private copy so the caller's model is never modified. Off by default: on the 2-core
   Xeon it took 172 s to compile and ran 2.1× slower (benchmarks/results/efficiency_*.md);
-- CPU threads: the cores other processes leave free (mmbert/threads.py).
+- CPU threads from `mmbert.threads.default_threads()` (all usable cores when idle OpenMP threads sleep,
+  else the cores other processes leave free; `MMBERT_THREADS` fixes them).
 Outputs come back in the caller's order, as float32.
 """
 
