@@ -7,6 +7,13 @@ import torch
 # fp32 oracle everywhere; deterministic CPU math for parity tests.
 torch.set_default_dtype(torch.float32)
 
+# dtype="auto" calibrates once per machine and caches the answer: keep that cache out of the
+# user's home during tests (one folder per session; subprocesses inherit it).
+if not os.environ.get("MMBERT_CACHE_DIR"):
+    import tempfile
+
+    os.environ["MMBERT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmbert-test-cache-")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

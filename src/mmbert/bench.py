@@ -13,13 +13,19 @@ alike; a system leaves after the round in which its passes exceed the per-cell b
 pass gives tokens/s (real tokens only; padding is waste).
 
 Systems, same weights where they share an architecture (ours is copied into transformers through
-save_pretrained → from_pretrained):
+save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
 - mmbert: ours, the packed varlen path (no compute on padding), in the dtype `encode` picks
-  ("auto": bf16 on AMX CPUs);
+  ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
+- onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder
+  exported by torch.onnx.export, fp32 and int8 dynamic quantisation (onnxruntime.quantization),
+  padded batches; skipped when onnxruntime is not installed;
 - xlmr: transformers XLMRobertaModel, same width, 12 layers (MiniLM-L12-H384 / XLM-R-base shapes),
   max length 512 so the long sets are n/a, padded batches, random weights.
-Peers run in fp32 and, with `--peer-dtypes fp32 bf16`, also in bf16.
+Padded peers see the shuffled batches and, as `<name>_sorted`, batches cut from the documents
+sorted by length (what a careful user does; less padding) — on sets whose lengths vary.
+Peers run in fp32 and, with `--peer-dtypes fp32 bf16`, also in bf16. Each system's mean-pooled
+embeddings of the first batch are compared with ours in fp32: the cosine column (min over docs).
 
 MFU = achieved FLOP/s ÷ this machine's measured GEMM FLOP/s (a 2048³ matmul, fp32 and bf16, timed
 once per round next to the passes; MFU divides by the median over the whole run). FLOPs per real token = 2 × (weights of the linear layers) + attention
@@ -30,6 +36,7 @@ real document length on global ones — work on padding is not counted as useful
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -69,12 +76,15 @@ def set_lengths(name: str, n_docs: int, seed: int = 0) -> list[int]:
     raise ValueError(f"unknown set {name!r}; choose from {', '.join(SETS)}")
 
 
-def make_batches(lengths: list[int], vocab_size: int, batch_tokens: int, seed: int = 0) -> list[list[list[int]]]:
-    """Random token ids (never special ids 0-4), shuffled, grouped greedily by token budget; every
-    system gets exactly these batches in this order."""
+def make_batches(lengths: list[int], vocab_size: int, batch_tokens: int, seed: int = 0,
+                 by_length: bool = False) -> list[list[list[int]]]:
+    """Random token ids (never special ids 0-4), shuffled (or, `by_length`, sorted longest first),
+    grouped greedily by token budget; every system gets exactly these batches in this order."""
     g = torch.Generator().manual_seed(seed)
     docs = [torch.randint(5, vocab_size, (n,), generator=g).tolist() for n in lengths]
     random.Random(seed).shuffle(docs)
+    if by_length:
+        docs.sort(key=len, reverse=True)
     batches, cur, used = [], [], 0
     for d in docs:
         if cur and used + len(d) > batch_tokens:
@@ -118,26 +128,24 @@ def gemm_flops_per_s(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> flo
     return 2 * n ** 3 / statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info(threads: int) -> dict:
     import transformers
 
-    from mmbert.inference import cpu_has_fast_bf16
+    from mmbert.inference import SPEED_FLAGS, cpu_flags, cpu_has_fast_bf16, cpu_model, cpu_vendor
 
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         cores = os.cpu_count()
-    return {"cpu": cpu_model(), "cores": cores, "threads": threads, "amx_bf16": cpu_has_fast_bf16(),
+    flags = cpu_flags()
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"cpu": cpu_model(), "cpu_vendor": cpu_vendor(), "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+            "cores": cores, "threads": threads, "amx_bf16": cpu_has_fast_bf16(), "onnxruntime": ort_version,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
@@ -153,6 +161,9 @@ class System:
     flops: Callable[[list[int]], float]  # useful FLOPs for these document lengths
     max_len: int | None = None
     extra: dict = field(default_factory=dict)
+    embed: Callable[[list[list[int]]], torch.Tensor] | None = None  # mean-pooled [docs, H], for the cosine
+    padded: bool = False  # gets a `_sorted` twin on sets with varying lengths
+    sorted_batches: bool = False
 
 
 def _named(name: str, dtype: torch.dtype) -> str:
@@ -169,8 +180,13 @@ def padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return ids, mask
 
 
+def _mean_padded(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return (hidden.float() * m).sum(1) / m.sum(1)
+
+
 def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
-                  seed: int = 0) -> list[System]:
+                  seed: int = 0, onnx: bool = True, threads: int | None = None) -> list[System]:
     try:
         import transformers
     except ImportError as e:
@@ -190,21 +206,24 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     flops_mm = lambda lengths: model_flops(lengths, linear_params=lin, hidden=cfg.hidden_size,  # noqa: E731
                                            layer_windows=windows)
     dt = resolve_dtype(ours_dtype, torch.device("cpu"))
-    fast = prepare(ours, dt)
 
-    def run_ours(batch):
-        p = pack(batch, torch.device("cpu"))
-        fast(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen)
+    def packed_system(name: str, dtype: torch.dtype) -> System:
+        fast = prepare(ours, dtype)
 
-    systems = [System("mmbert", dt, run_ours, flops_mm)]
-    if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
-        exact = prepare(ours, torch.float32)
-
-        def run_ours_fp32(batch):
+        def run(batch):
             p = pack(batch, torch.device("cpu"))
-            exact(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen)
+            return p, fast(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state
 
-        systems.append(System("mmbert_fp32", torch.float32, run_ours_fp32, flops_mm))
+        def embed(batch):
+            p, h = run(batch)
+            cu = p.cu_seqlens.tolist()
+            return torch.stack([h[a:b].float().mean(0) for a, b in zip(cu[:-1], cu[1:])])
+
+        return System(name, dtype, run, flops_mm, embed=embed)
+
+    systems = [packed_system("mmbert", dt)]
+    if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
+        systems.append(packed_system("mmbert_fp32", torch.float32))
 
     with tempfile.TemporaryDirectory() as d:
         ours.save_pretrained(d)  # identical weights in transformers' ModernBertModel
@@ -214,9 +233,13 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     for pdt, hf in hf_models.items():
         def run_hf(batch, hf=hf):
             ids, mask = padded(batch, cfg.pad_token_id)
-            hf(input_ids=ids, attention_mask=mask)
+            return mask, hf(input_ids=ids, attention_mask=mask).last_hidden_state
 
-        systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm))
+        systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm,
+                              embed=lambda b, run=run_hf: _mean_padded(*reversed(run(b))), padded=True))
+
+    if onnx:
+        systems += onnx_systems(ours, flops_mm, threads)
 
     shape = XLMR_SHAPES.get(cfg.hidden_size, dict(num_attention_heads=cfg.num_attention_heads,
                                                   intermediate_size=4 * cfg.hidden_size))
@@ -236,20 +259,54 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
             ids = torch.where(mask.bool(), 5 + (ids - 5) % (xcfg.vocab_size - 5), ids)  # into its vocab
             xm(input_ids=ids, attention_mask=mask)
 
-        systems.append(System(_named("xlmr", pdt), pdt, run_x, flops_x, max_len=512))
+        systems.append(System(_named("xlmr", pdt), pdt, run_x, flops_x, max_len=512, padded=True))
     return systems
+
+
+def onnx_systems(ours: torch.nn.Module, flops: Callable[[list[int]], float], threads: int | None) -> list[System]:
+    """ONNX Runtime fp32 and int8 (dynamic quantisation) on our encoder's weights; [] without
+    onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime not installed: ONNX Runtime peers skipped (pip install 'mmbert[onnx]')")
+        return []
+    from mmbert.export.onnx import export_onnx, padded_numpy, session
+
+    with tempfile.TemporaryDirectory(prefix="mmbert-bench-onnx-") as tmp:  # sessions hold the graphs in memory
+        export_onnx(ours, tmp, pooling="none", quantize="int8", verify=False)
+        sessions = {name: session(Path(tmp) / file, threads=threads)
+                    for name, file in (("onnxrt", "model.onnx"), ("onnxrt_int8", "model.int8.onnx"))}
+    pad = ours.config.pad_token_id
+    out = []
+    for name, sess in sessions.items():
+
+        def run(batch, sess=sess):
+            ids, mask = padded_numpy(batch, pad)
+            return mask, sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        def embed(batch, run=run):
+            mask, h = run(batch)
+            return _mean_padded(torch.from_numpy(h), torch.from_numpy(mask))
+
+        out.append(System(name, torch.float32 if name == "onnxrt" else torch.int8, run, flops, embed=embed,
+                          padded=True))
+    return out
 
 
 # ----------------------------------------------------------------------------- timing
 @torch.inference_mode()
 def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int,
-             cell_budget_s: float) -> tuple[dict[str, list[float]], dict[str, float]]:
+             cell_budget_s: float, sorted_batches: list[list[list[int]]] | None = None
+             ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Round-robin timing: every round times one whole pass of each system over the set, then a
     GEMM in each dtype, so load changes from other jobs on a shared machine hit all systems alike.
     Each system is warmed up first on the first batch (a 512-token prefix for long documents: a
     whole 8k pass of a padded peer costs minutes here, and first-call overhead is negligible at
     that size). A system stops after the round in which its passes exceed `cell_budget_s`.
-    Returns pass times per system and the median GEMM FLOP/s per dtype."""
+    Systems marked `sorted_batches` get `sorted_batches` (the same documents, cut after sorting
+    by length). Returns pass times per system and the median GEMM FLOP/s per dtype."""
+    sets = [sorted_batches if s.sorted_batches and sorted_batches else batches for s in systems]
     first = batches[0]
     warm = first if max(len(d) for d in first) <= 512 else [first[0][:512]]
     for s in systems:
@@ -262,7 +319,7 @@ def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int
             break
         for i in active:
             t = time.perf_counter()
-            for b in batches:
+            for b in sets[i]:
                 systems[i].run(b)
             times[i].append(time.perf_counter() - t)
         gemm["fp32"].append(gemm_flops_per_s(torch.float32, repeats=1))
@@ -273,7 +330,7 @@ def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int
 @dataclass
 class BenchConfig:
     presets: tuple[str, ...] = ("mmbert-small", "mmbert-base")
-    sets: tuple[str, ...] = SETS
+    sets: tuple[str, ...] | None = SETS  # None: all, or the --quick pair
     quick: bool = False
     batch_tokens: int = 8192
     repeats: int = 3
@@ -282,44 +339,73 @@ class BenchConfig:
     ours_dtype: str = "auto"
     threads: int | None = None
     seed: int = 0
+    onnx: bool = True
+
+
+def cosines(systems: list[System], batch: list[list[int]]) -> dict[str, float]:
+    """Smallest cosine over the batch's documents between each system's mean-pooled embeddings and
+    ours in fp32 (systems without `embed`, other models, are left out)."""
+    ref_sys = next((s for s in systems if s.name in ("mmbert_fp32", "mmbert") and s.dtype == torch.float32), None)
+    if ref_sys is None:
+        return {}
+    with torch.inference_mode():
+        ref = ref_sys.embed(batch).double()
+        return {s.name: float(torch.nn.functional.cosine_similarity(s.embed(batch).double(), ref).min())
+                for s in systems if s.embed is not None and not s.sorted_batches}
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """All presets × sets × systems; returns the JSON-shaped result (see module docstring)."""
-    from mmbert.inference import DTYPES, default_threads
+    from mmbert import EncoderConfig
+    from mmbert.inference import DTYPES, calibrate_dtype, default_threads
 
     if cfg.quick:
-        cfg.presets, cfg.sets = ("mmbert-small",), ("fixed512", "normal256")
+        cfg.presets, cfg.sets = ("mmbert-small",), cfg.sets or ("fixed512", "normal256")
         cfg.cell_budget_s = min(cfg.cell_budget_s, 10.0)
+    cfg.sets = cfg.sets or SETS
     bad = [s for s in cfg.sets if s not in SETS]
     if bad:
         raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
     threads = cfg.threads or default_threads()
     torch.set_num_threads(threads)
     peer_dtypes = [DTYPES[d] for d in cfg.peer_dtypes]
-    result = {"machine": machine_info(threads), "method": {
+    calibration = calibrate_dtype() if cfg.ours_dtype == "auto" else {"dtype": cfg.ours_dtype, "source": "--dtype"}
+    log("dtype auto → {dtype} ({reason}; {source}{extra})".format(
+        **{"reason": "given", **calibration},
+        extra="".join(f", {k} {calibration[k]:.4g}" for k in ("fp32_s", "bf16_s", "speedup", "cosine")
+                      if k in calibration)))
+    result = {"machine": {**machine_info(threads), "dtype_calibration": calibration}, "method": {
         "batch_tokens": cfg.batch_tokens, "repeats": cfg.repeats, "cell_budget_s": cfg.cell_budget_s,
         "docs": {s: DOCS[s][1 if cfg.quick else 0] for s in cfg.sets}, "statistic": "median pass"}}
     gemms = []
     log(f"{threads} threads; GEMM 2048³ timed once per round, next to the passes")
     result["presets"] = {}
     for preset in cfg.presets:
-        systems = build_systems(preset, peer_dtypes, cfg.ours_dtype, cfg.seed)
-        vocab = 256000
+        systems = build_systems(preset, peer_dtypes, cfg.ours_dtype, cfg.seed, onnx=cfg.onnx, threads=threads)
+        vocab = EncoderConfig.from_preset(preset).vocab_size  # random ids over the model's vocabulary
         per_set = {}
         for set_name in cfg.sets:
             n_docs = DOCS[set_name][1 if cfg.quick else 0]
             lengths = set_lengths(set_name, n_docs, cfg.seed)
-            batches = make_batches(lengths, vocab, max(cfg.batch_tokens, max(lengths)), cfg.seed)
+            budget = max(cfg.batch_tokens, max(lengths))
+            batches = make_batches(lengths, vocab, budget, cfg.seed)
             runnable = [x for x in systems if x.max_len is None or max(lengths) <= x.max_len]  # else n/a
-            times, gemm = time_set(runnable, batches, cfg.repeats, cfg.cell_budget_s)
+            if len(set(lengths)) > 1:  # padded peers also get length-sorted batches
+                runnable += [dataclasses.replace(x, name=f"{x.name}_sorted", sorted_batches=True)
+                             for x in runnable if x.padded]
+            cos = cosines(runnable, batches[0])
+            load0 = os.getloadavg()[0]
+            times, gemm = time_set(runnable, batches, cfg.repeats, cfg.cell_budget_s,
+                                   make_batches(lengths, vocab, budget, cfg.seed, by_length=True))
             gemms.append(gemm)
             cells = {}
+            load = [round(load0, 2), round(os.getloadavg()[0], 2)]
             for i, s in enumerate(runnable):
                 sec = statistics.median(times[i])
                 r = {"tokens_per_s": sum(lengths) / sec, "flops_per_s": s.flops(lengths) / sec,
                      "passes": len(times[i]), "seconds": sec, "dtype": str(s.dtype).replace("torch.", ""),
-                     "gemm_flops_per_s": gemm}
+                     "gemm_flops_per_s": gemm, "cosine_to_ours_fp32": cos.get(s.name.removesuffix("_sorted")),
+                     "load_avg_1m_start_end": load}
                 r["mfu_fp32_gemm"] = r["flops_per_s"] / gemm["fp32"]
                 r["mfu_same_dtype_gemm"] = r["flops_per_s"] / gemm["bf16" if s.dtype == torch.bfloat16 else "fp32"]
                 key = s.name
@@ -356,26 +442,36 @@ def markdown(result: dict) -> str:
     """Per preset: tokens/s per system and set with ratios ours ÷ each peer, then MFU per system."""
     m = result["machine"]
     g = m["gemm_flops_per_s"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, "
-             f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}; load average at start "
-             f"{m['load_avg_1m_at_start']}.",
+    cal = m.get("dtype_calibration", {})
+    cal_line = (f"dtype auto → {cal.get('dtype')} ({cal.get('reason', '')}; {cal.get('source', '')}"
+                + (f": fp32 {1e3 * cal['fp32_s']:.1f} ms, bf16 {1e3 * cal['bf16_s']:.1f} ms per calibration pass"
+                   if "fp32_s" in cal else "") + ").")
+    lines = [f"Machine: {m.get('cpu_vendor', '?')} {m['cpu']}, flags {' '.join(m.get('cpu_flags', [])) or 'n/a'}, "
+             f"{m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, "
+             f"torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m.get('onnxruntime')}; {m['date']}; "
+             f"load average at start {m['load_avg_1m_at_start']}.", cal_line,
              f"Measured GEMM (2048³, median over all rounds of the run; the MFU denominator): fp32 "
              f"{g['fp32'] / 1e9:.0f} GFLOP/s, bf16 {g['bf16'] / 1e9:.0f} GFLOP/s.", ""]
     for preset, sets in result["presets"].items():
         systems = []
         for cells in sets.values():
             systems += [k for k in cells if k not in systems]
-        peers = [k for k in systems if k != "mmbert"]
-        lines += [f"### {preset}: tokens/s", "",
-                  "| set | " + " | ".join(f"{k} ({_dtype_of(sets, k)})" for k in systems) + " | "
-                  + " | ".join(f"mmbert ÷ {k}" for k in peers) + " |",
-                  "|---" * (1 + len(systems) + len(peers)) + "|"]
-        for set_name, cells in sets.items():
-            ours = cells.get("mmbert")
-            row = [set_name] + [f"{cells[k]['tokens_per_s']:.0f}" if k in cells else "n/a" for k in systems]
-            row += [f"{ours['tokens_per_s'] / cells[k]['tokens_per_s']:.2f}×" if ours and k in cells else "n/a"
-                    for k in peers]
+        lines += [f"### {preset}: tokens/s (mmbert ÷ each system in brackets), cosine of mean-pooled embeddings "
+                  f"to ours fp32 (min over the first batch's documents)", "",
+                  "| system | dtype | " + " | ".join(sets) + " | cosine |", "|---" * (3 + len(sets)) + "|"]
+        for k in systems:
+            row = [k, _dtype_of(sets, k)]
+            for cells in sets.values():
+                ours, c = cells.get("mmbert"), cells.get(k)
+                row.append("n/a" if c is None else f"{c['tokens_per_s']:.0f}" + (
+                    f" ({ours['tokens_per_s'] / c['tokens_per_s']:.2f}×)" if ours and k != "mmbert" else ""))
+            cos = [c[k]["cosine_to_ours_fp32"] for c in sets.values() if c.get(k, {}).get("cosine_to_ours_fp32")]
+            row.append(f"{min(cos):.6f}" if cos else "–")
             lines.append("| " + " | ".join(row) + " |")
+        loads = ", ".join(f"{n} {c0.get('load_avg_1m_start_end', ['?', '?'])[0]}→"
+                          f"{c0.get('load_avg_1m_start_end', ['?', '?'])[1]}"
+                          for n, c0 in ((n, next(iter(cells.values()))) for n, cells in sets.items()))
+        lines += ["", f"Load average (1 min) at the start → end of each set: {loads}."]
         lines += ["", f"### {preset}: MFU (achieved FLOP/s ÷ GEMM FLOP/s of the same dtype; in brackets ÷ fp32 GEMM)",
                   "", "| set | " + " | ".join(systems) + " |", "|---" * (1 + len(systems)) + "|"]
         for set_name, cells in sets.items():

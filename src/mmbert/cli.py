@@ -162,21 +162,39 @@ def _add_pretrain(sub):
 @command
 def _add_export(sub):
     p = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it)",
+                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it) "
+                            "or as ONNX for ONNX Runtime",
                        description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
                                    "write config.json + model.safetensors (+ tokenizer files) that "
-                                   "transformers.AutoModelForMaskedLM loads with identical outputs.")
+                                   "transformers.AutoModelForMaskedLM loads with identical outputs; with "
+                                   "--format onnx, model.onnx (+ model.int8.onnx) verified in ONNX Runtime.")
     _common(p, "model", "out", "push-to-hub")
+    p.add_argument("--format", default="hf", choices=["hf", "onnx"], help="Hugging Face directory or ONNX")
     p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
-                                                     "token-classification"], help="which model class to write")
+                                                     "token-classification"], help="hf: which model class to write")
     p.add_argument("--dtype", default="fp32", type=dtype_arg("fp32", "bf16", "fp16"),
-                   help="dtype of the saved weights (fp32/float32, bf16/bfloat16, fp16/float16)")
+                   help="hf: dtype of the saved weights (fp32/float32, bf16/bfloat16, fp16/float16)")
+    p.add_argument("--pooling", default="mean", choices=["mean", "first", "none"],
+                   help="onnx: the graph's output (mean / first-token embedding, or all hidden states)")
+    p.add_argument("--quantize", default=None, choices=["int8"], help="onnx: also write an int8 dynamic-quantised copy")
 
     def run(args):
         import torch
 
         import mmbert
 
+        if args.format == "onnx":
+            from mmbert.export.onnx import export_onnx
+
+            if args.push_to_hub:
+                raise ValueError("--push-to-hub uploads a Hugging Face directory; export with --format hf to push")
+
+            info = export_onnx(args.model, args.out, pooling=args.pooling, quantize=args.quantize)
+            v = info["verification"]
+            print(f"wrote {', '.join(info['files'].values())} in {args.out} (pooling {args.pooling}); vs ours fp32: "
+                  + ", ".join(f"{k} max |diff| {v[k + '_max_abs_diff']:.2e}, min cosine {v[k + '_min_cosine']:.6f}"
+                              for k in info["files"]))
+            return
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         model = mmbert.from_pretrained(args.model, head=args.head, dtype=dtype)
         model.save_pretrained(args.out)
@@ -417,7 +435,8 @@ def _add_embed(sub):
     p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
     p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
     p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise (fp32/float32, bf16/bfloat16)")
+                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
+                        "(fp32/float32, bf16/bfloat16)")
 
     def run(args):
         from mmbert.inference import embed_file
@@ -437,7 +456,8 @@ def _add_fill_mask(sub):
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
     p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
     p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 where the CPU has fast bf16 (AMX) or on CUDA, else fp32")
+                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
+                        "(fp32/float32, bf16/bfloat16)")
 
     def run(args):
         from mmbert.inference import fill_mask
@@ -494,7 +514,8 @@ def _add_bench(sub):
     p.add_argument("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
     p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"], help="model presets to benchmark")
-    p.add_argument("--sets", nargs="+", default=list(sets), choices=sets, help="synthetic token sets to run")
+    p.add_argument("--sets", nargs="+", default=None, choices=sets,
+                   help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
     p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], type=dtype_arg("fp32", "bf16"),
                    help="dtypes the transformers peers run in")
     p.add_argument("--dtype", default="auto", type=dtype_arg("auto", "fp32", "bf16"), help="our dtype")
@@ -504,14 +525,17 @@ def _add_bench(sub):
                    help="stop timing a cell after this many seconds (at least one pass)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sets and weights")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime peers")
 
     def run(args):
         from mmbert.bench import BenchConfig, run_and_report
 
-        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets), quick=args.quick,
+        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets) if args.sets else None,
+                                   quick=args.quick,
                                    batch_tokens=args.batch_tokens, repeats=args.repeats,
                                    cell_budget_s=args.cell_budget, peer_dtypes=tuple(args.peer_dtypes),
-                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed),
+                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed,
+                                   onnx=not args.no_onnx),
                        json_path=args.json)
 
     p.set_defaults(func=run)
@@ -610,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="mmBERT: train, merge, evaluate and run ModernBERT-architecture multilingual encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"mmbert {_version()}")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="log decisions (dtype calibration, thread counts) to stderr")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in _COMMANDS:
         add(sub)
@@ -619,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("mmbert").setLevel(logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -13,29 +13,45 @@ How it is fast (benchmarks/efficiency.py measures each lever; results in benchma
 - inputs are sorted by length and cut into batches by a token budget, then run *packed*
   (documents back to back with `cu_seqlens`): no FLOP is spent on padding, in the linear layers or
   in attention (model/attention.py "varlen" on CPU, flash-attn's varlen kernel on CUDA);
-- bf16 weights where the hardware has fast bf16 matmuls (AMX on Xeon, any CUDA GPU) — detected at
-  run time; fp32 elsewhere, and always available with `dtype="fp32"` (the tested oracle path);
+- bf16 weights where they are measured to pay: `dtype="auto"` on CPU times fp32 against bf16 on a
+  small encoder-shaped workload the first time on a machine (~0.1–0.5 s, `calibrate_dtype`) and
+  picks bf16 where it is ≥ 1.15× faster with embeddings' cosine ≥ 0.999 to fp32 (AMX Xeons and
+  AVX512-BF16 EPYCs; not fp32-only CPUs, where bf16 is emulated). The answer is cached per CPU
+  model and torch version in ~/.cache/mmbert/dtype_calibration.json ($MMBERT_CACHE_DIR moves it,
+  $MMBERT_DTYPE=fp32|bf16 overrides it) and logged ("mmbert" logger; `mmbert --verbose`, `mmbert
+  bench`); bf16 on any CUDA GPU; always exact with `dtype="fp32"` (the tested oracle path);
 - optional `torch.compile` of the MLP blocks (fuses GELU·gate; `compile=True`), applied from
   outside on a private copy so the caller's model is never modified. Off by default: on the 2-core
   Xeon it took 172 s to compile and ran 2.1× slower (benchmarks/results/efficiency_*.md);
-- CPU threads capped at the cores this process may run on.
+- CPU threads from `mmbert.threads.default_threads()` (all usable cores when idle OpenMP threads sleep,
+  else the cores other processes leave free; `MMBERT_THREADS` fixes them).
 Outputs come back in the caller's order, as float32.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import io
+import json
+import logging
 import os
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from mmbert.threads import default_threads
 from mmbert.utils import atomic_write
+
+log = logging.getLogger("mmbert")
 
 POOLINGS = ("mean", "first", "none")
 DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -43,20 +59,170 @@ DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16":
 
 
 # ----------------------------------------------------------------------------- hardware
-@lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """True when bf16 matmuls run on AMX tiles (Sapphire Rapids and later). AVX512-BF16 alone only
-    speeds up dot products ~2× and loses on the elementwise ops, so it does not count."""
+def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        flags = ""
-    return "amx_bf16" in flags.split() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return set()
+
+
+def _cpuinfo(field: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 9R14 96-Core Processor"), or the platform's best guess."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_vendor() -> str:
+    return _cpuinfo("vendor_id") or "unknown"
+
+
+# flags that decide bf16/int8 speed on x86 (the machine record lists the ones present)
+SPEED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """True when bf16 matmuls run on AMX tiles (Sapphire Rapids and later). Kept for the machine
+    record only: "auto" no longer trusts flags (AVX512-BF16 on Zen 4 runs the encoder 2.2× faster
+    in bf16, issue 15) and measures instead, `calibrate_dtype`."""
+    return "amx_bf16" in cpu_flags() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# "auto" on CPU: bf16 against fp32 measured once per (CPU model, torch version), the answer cached.
+DTYPE_ENV = "MMBERT_DTYPE"  # fp32 / bf16: what "auto" means on CPU, without calibrating
+CACHE_ENV = "MMBERT_CACHE_DIR"  # folder of the calibration file (default: the user cache dir)
+CALIBRATION_FORMAT = 1
+MIN_COSINE = 0.999  # mean-pooled embeddings' cosine to fp32 that bf16 must keep (issue 15)
+MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this margin: fp32 is exact, and timings on a busy machine jitter
+
+
+def cache_dir() -> Path:
+    """$MMBERT_CACHE_DIR, else $XDG_CACHE_HOME/mmbert, else ~/.cache/mmbert."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmbert"
+
+
+def calibration_path() -> Path:
+    return cache_dir() / "dtype_calibration.json"
+
+
+def calibration_key() -> str:
+    return f"{cpu_model()} | torch {torch.__version__}"
+
+
+def decide_dtype(fp32_s: float, bf16_s: float, cosine: float, min_cosine: float = MIN_COSINE,
+                 min_speedup: float = MIN_SPEEDUP) -> tuple[str, str]:
+    """("bf16" | "fp32", why) from the calibration's seconds per pass and bf16's cosine to fp32."""
+    speedup = fp32_s / bf16_s if bf16_s > 0 else 0.0
+    if not cosine >= min_cosine:  # (NaN fails too)
+        return "fp32", f"bf16 cosine to fp32 {cosine:.5f} < {min_cosine}"
+    if speedup < min_speedup:
+        return "fp32", f"bf16 only {speedup:.2f}x fp32 (needs ≥ {min_speedup}x)"
+    return "bf16", f"bf16 {speedup:.2f}x fp32, cosine {cosine:.5f}"
+
+
+def measure_dtypes(rounds: int = 5, threads: int | None = None) -> dict:
+    """Seconds per pass of a small encoder-shaped workload in fp32 and bf16, interleaved (load from
+    other processes hits both alike; median of `rounds`), and the mean-pooled embeddings' smallest
+    cosine bf16 vs fp32. mmbert-small's width and layer mix (hidden 384, GeGLU 1152, one global
+    and one local layer), 4 documents of 64–192 tokens, packed: ~0.1–0.5 s in all on 2 cores."""
+    import statistics
+
+    from mmbert.model import build_model
+    from mmbert.model.config import EncoderConfig
+
+    cfg = EncoderConfig.from_preset("mmbert-small", vocab_size=1024, num_hidden_layers=2, local_attention=64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc = build_model(cfg, head="none").eval()
+        docs = [torch.randint(5, cfg.vocab_size, (n,)).tolist() for n in (192, 150, 100, 64)]
+    p = pack(docs, torch.device("cpu"))
+    models = {"fp32": enc, "bf16": copy.deepcopy(enc).to(torch.bfloat16)}
+
+    def run(m: nn.Module) -> torch.Tensor:
+        h = m(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state.float()
+        return torch.stack([h[int(p.cu_seqlens[i]):int(p.cu_seqlens[i + 1])].mean(0) for i in range(len(docs))])
+
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode(), _threads(threads if threads is not None else default_threads()):
+        out = {k: run(m) for k, m in models.items()}  # warm-up, and the outputs compared
+        for _ in range(rounds):
+            for k, m in models.items():
+                t = time.perf_counter()
+                run(m)
+                times[k].append(time.perf_counter() - t)
+        used = torch.get_num_threads()
+    cosine = float(F.cosine_similarity(out["bf16"].double(), out["fp32"].double()).min())
+    return {"fp32_s": statistics.median(times["fp32"]), "bf16_s": statistics.median(times["bf16"]),
+            "cosine": cosine, "threads": used, "rounds": rounds, "tokens": int(p.input_ids.numel())}
+
+
+def read_calibration(path: Path | None = None) -> dict:
+    """The cache file's entries {key: record}; {} when absent, unreadable or of another format."""
+    try:
+        data = json.loads((path or calibration_path()).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def calibrate_dtype(force: bool = False, measure: Callable[[], dict] | None = None) -> dict:
+    """What "auto" means on this CPU: the cached record, or a fresh measurement (then cached).
+    {"dtype", "reason", "source": "env" | "cache" | "measured", and for measurements "fp32_s",
+    "bf16_s", "speedup", "cosine", "threads", "load_avg_1m", "date"}. `measure` stands in for
+    `measure_dtypes` (tests inject timings)."""
+    forced = os.environ.get(DTYPE_ENV)
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise ValueError(f"{DTYPE_ENV}={forced!r} is not a CPU dtype; set it to fp32 or bf16, or unset it "
+                             f"to let mmbert measure")
+        return {"dtype": forced, "reason": f"set by ${DTYPE_ENV}", "source": "env"}
+    key, path = calibration_key(), calibration_path()
+    entries = read_calibration(path)
+    hit = entries.get(key)
+    if not force and isinstance(hit, dict) and hit.get("dtype") in ("fp32", "bf16"):
+        return {**hit, "source": "cache", "path": str(path)}
+    m = (measure or measure_dtypes)()
+    dtype, reason = decide_dtype(m["fp32_s"], m["bf16_s"], m["cosine"])
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # pragma: no cover - no load average on this platform
+        load = None
+    rec = {"dtype": dtype, "reason": reason, **m, "speedup": m["fp32_s"] / m["bf16_s"] if m["bf16_s"] > 0 else 0.0,
+           "load_avg_1m": load,
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    entries[key] = rec
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps({"format": CALIBRATION_FORMAT, "entries": entries}, indent=2) + "\n")
+    except OSError as e:  # a read-only home still gets the measured answer, only not cached
+        log.warning("could not cache the dtype calibration in %s (%s); set $%s to a writable folder",
+                    path, e, CACHE_ENV)
+    log.info("dtype auto → %s on %s: fp32 %.1f ms, bf16 %.1f ms per pass, cosine %.5f (%s); cached in %s",
+             dtype, key, 1e3 * m["fp32_s"], 1e3 * m["bf16_s"], m["cosine"], reason, path)
+    return {**rec, "source": "measured", "path": str(path)}
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" → bf16 on CUDA (with bf16 support) and on AMX CPUs, float32 otherwise."""
+    """"auto" → bf16 on CUDA (with bf16 support); on CPU what `calibrate_dtype` measured (bf16
+    where it is ≥ 1.15× faster than fp32 and keeps cosine ≥ 0.999), else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -65,23 +231,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
-
-
-def default_threads() -> int:
-    """torch's default (physical cores) capped at the cores this process is allowed to use; 1 when
-    other processes already saturate them (load average ≥ cores): OpenMP threads then spin waiting
-    for descheduled peers — measured 3.4× slower with 2 threads than 1 at load 12 on 2 cores."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        allowed = os.cpu_count() or 1
-    try:
-        if os.getloadavg()[0] >= allowed:
-            return 1
-    except OSError:  # pragma: no cover - no load average on this platform
-        pass
-    return max(1, min(torch.get_num_threads(), allowed))
+    if device.type != "cpu":
+        return torch.float32
+    rec = calibrate_dtype()
+    if rec["source"] != "measured":
+        log.info("dtype auto → %s (%s; from %s)", rec["dtype"], rec["reason"], rec.get("path", rec["source"]))
+    return DTYPES[rec["dtype"]]
 
 
 # ----------------------------------------------------------------------------- model preparation

@@ -36,6 +36,7 @@ from mmbert.eval.finetune import (FinetuneConfig, choice_collate, choice_loss_fn
                                   encode_tagged, finetune, predict, predict_choices)
 from mmbert.eval.metrics import accuracy, macro_f1, mean_std, span_f1, token_accuracy
 from mmbert.eval.taskfile import InvalidTask, Task, TaskError
+from mmbert.threads import ThreadPolicy
 from mmbert.utils import atomic_write
 
 
@@ -620,6 +621,8 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         tp = Path(tokenizer or model_path)
         check_tokenizer(ShardIndex.load(shards_root), tp / "tokenizer.json" if tp.is_dir() else tp,
                         role="the model's tokenizer")
+    if str(device) == "cpu":
+        ThreadPolicy()  # threads = the cores other processes leave free (at most the current count)
     bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
     root = D.resolve_data_dir(data_dir)
     log = lambda msg: tqdm.write(msg, file=sys.stderr) if progress else None  # noqa: E731

@@ -92,6 +92,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     float64 (the structural parity tests run whole models in double)."""
     xf = x if x.dtype == torch.float64 else x.float()
     x1, x2 = xf.chunk(2, dim=-1)
+    if torch.onnx.is_in_onnx_export():  # slice writes become ScatterND in ONNX (~35% of an ORT forward)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h = x.shape[-1] // 2  # (slices taken right before each write, so autograd accepts the in-place copies)
     out[..., :h].copy_(torch.addcmul(x1 * cos, x2, sin, value=-1))

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from mmbert.model.config import EncoderConfig
+from mmbert.threads import ThreadPolicy
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.optim import build_optimizer, set_lr_and_weight_decay
 from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize, unwrap
@@ -220,7 +221,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
           seed: int = 0, resume: bool = False, phases: Sequence[str] | None = None,
           micro_batch_tokens: int | None = None, parallel: str = "auto", compile: bool = False,
           device: str | None = None, keep_last: int = 3, stop_at_step: int | None = None,
-          eval: bool = True, progress: bool = True, plots: bool = True,
+          eval: bool = True, progress: bool = True, plots: bool = True, threads: int | None = None,
           lr_scale: float | None = None) -> dict[str, Any]:
     """Run the recipe's tracks into `out`; returns {"tracks": {name: {"step", "tokens", "loss"}}}.
 
@@ -272,7 +273,8 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
             main_end = _main_phase_count(recipe, phases)
             result["tracks"]["main"] = _run_track(
                 "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
-                micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, None, scale)
+                micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, None, scale,
+                threads)
             if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
                 branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
                 for name, track in tracks.items():
@@ -280,7 +282,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                         continue
                     result["tracks"][name] = _run_track(
                         name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
-                        compile, keep_last, stop_at_step, eval, progress, tokenizer, branch, scale)
+                        compile, keep_last, stop_at_step, eval, progress, tokenizer, branch, scale, threads)
                     if result["tracks"][name].get("stopped"):
                         break
         finally:
@@ -316,7 +318,8 @@ def _main_phase_count(recipe: Recipe, only: Sequence[str] | None) -> int:
 def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: EncoderConfig, data: Path, out: Path,
                counts: dict[str, int], seed: int, d: Dist, metrics: Metrics, micro_tokens: int, parallel: str,
                compile: bool, keep_last: int, stop_at_step: int | None, do_eval: bool, progress: bool,
-               tokenizer: Any, init_from: Path | None, lr_scale: float = 1.0) -> dict[str, Any]:
+               tokenizer: Any, init_from: Path | None, lr_scale: float = 1.0,
+               threads: int | None = None) -> dict[str, Any]:
     from mmbert.model import build_model
 
     torch.manual_seed(seed)
@@ -354,6 +357,11 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         metrics.truncate(track, state["step"])
 
     amp = torch.bfloat16 if d.device.type == "cuda" else None
+    # CPU threads: the count chosen at start (idle threads sleep, busy cores counted; mmbert.threads).
+    # No probing of other counts mid-run: a changed count may round CPU reductions differently, and
+    # exact resume needs the same arithmetic; on 2 shared cores the start count kept 97% of its
+    # speed next to a busy process against 81% with probing (benchmarks/results/shared_cores_*)
+    cpu_threads = ThreadPolicy(threads, probe=False) if d.device.type == "cpu" else None
     peak = peak_flops(d.device)
     inner = unwrap(model)
     total = sum(p.tokens for p in phases)
@@ -381,6 +389,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
         micro = stream.step_batches(p, rows)
         stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
         dt = time.perf_counter() - t0
+        if cpu_threads is not None:
+            cpu_threads.update(rows * p.seq_len, dt)
         step_tokens = rows * p.seq_len
         state["step"] += 1
         state["phase_tokens"] += step_tokens
@@ -597,6 +607,4 @@ def pretrain(recipe: str, data: str | os.PathLike, out: str | os.PathLike, *, pr
             langs = resolve_languages(p.languages, counts)
             lines.append(f"{p.name}: {len(langs)} languages: {', '.join(langs[:12])}{' …' if len(langs) > 12 else ''}")
         return "\n".join(lines)
-    if threads:
-        torch.set_num_threads(threads)
-    return train(r, config, data, out, **kwargs)
+    return train(r, config, data, out, threads=threads, **kwargs)
