@@ -206,7 +206,8 @@ class Encoder(PreTrainedMixin, nn.Module):
         """Hidden states in the input's layout, plus the layout (for heads that pool or unpad)."""
         dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
             input_ids.device.type) else self.embeddings.tok_embeddings.weight.dtype
-        backend = resolve_backend(backend or self.attn_backend, input_ids.device, dtype)
+        backend = resolve_backend(backend or self.attn_backend, input_ids.device, dtype,
+                                  self.config.attention_dropout if self.training else 0.0)
         layout = Layout.build(input_ids, attention_mask, cu_seqlens, max_seqlen, position_ids, backend,
                               self.config.local_attention // 2)
         x = self.embeddings(layout.tokens(input_ids))
@@ -242,7 +243,8 @@ class Layout:
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[0], device=dev) - torch.repeat_interleave(cu[:-1], lengths)
             if backend in ("eager", "sdpa"):
-                raise ValueError(f"backend {backend!r} runs padded batches; packed input needs 'varlen' or 'flash'")
+                raise ValueError(f"backend {backend!r} runs padded batches; packed input needs 'varlen', "
+                                 f"'torch-varlen' or 'flash'")
             return cls(AttentionPlan.for_packed(cu, max_seqlen, backend, window, dev), position_ids, None, None)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
