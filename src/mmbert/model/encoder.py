@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmbert.model.attention import AttentionPlan, attention, resolve_backend
+from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.config import EncoderConfig
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
@@ -313,10 +314,16 @@ class MaskedLM(PreTrainedMixin, nn.Module):
             return EncoderOutput(last_hidden_state=hidden, logits=self.decoder(self.head(hidden)))
         # sparse prediction: decode only the labelled positions
         keep = labels != -100
-        logits = self.decoder(self.head(hidden[keep]))
+        h = self.head(hidden[keep])
         targets = labels[keep]
-        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         n = int(targets.numel())
+        if torch.is_grad_enabled():
+            # training: chunked fused decoder + CE (model/loss.py), no [masked, vocab] logits kept;
+            # logits are not returned
+            loss_sum = linear_cross_entropy(h, self.decoder.weight, self.decoder.bias, targets)
+            return EncoderOutput(loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_labelled=n)
+        logits = self.decoder(h)
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         return EncoderOutput(logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_labelled=n)
 
 
