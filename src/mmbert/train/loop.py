@@ -129,6 +129,28 @@ def flops_per_token(cfg: EncoderConfig, seq_len: int, mask_rate: float) -> float
     return 6.0 * (dense + decoder) + 12.0 * h * ctx
 
 
+def step_flops(cfg: EncoderConfig, micro_batches: Sequence[dict[str, Any]], masked_tokens: int) -> float:
+    """Training FLOPs this rank actually ran useful work for in one step, from the packed documents'
+    real lengths (padding segments excluded): 6·(non-embedding params) per real token, 6·h·V per
+    masked token (sparse decoder), and attention 12·h per attended (query, key) pair per layer —
+    n² pairs for a document of n tokens on a global layer, ≈ n·(2w+1) on a local one (half window
+    w). Counting global attention over the full seq_len instead overstates it whenever documents are
+    shorter than the row (at seq 8192, about a third of those FLOPs never run)."""
+    h, L = cfg.hidden_size, cfg.num_hidden_layers
+    dense = cfg.num_parameters(include_embeddings=False, head="mlm") - (cfg.vocab_size if cfg.decoder_bias else 0)
+    w = cfg.local_attention // 2
+    n_global = sum(cfg.is_global_layer(i) for i in range(L))
+    tokens = pairs = 0
+    for b in micro_batches:
+        n = np.diff(b["cu_seqlens"].numpy()).astype(np.float64)
+        if "doc_lang" in b:
+            n = n[b["doc_lang"].numpy() >= 0]  # drop the padding segments
+        tokens += n.sum()
+        local = np.where(n <= w, n * n, n * (2 * w + 1) - w * (w + 1))
+        pairs += n_global * (n * n).sum() + (L - n_global) * local.sum()
+    return 6.0 * dense * tokens + 6.0 * h * cfg.vocab_size * masked_tokens + 12.0 * h * pairs
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of known GPUs; $MMBERT_PEAK_FLOPS overrides (e.g. for a CPU)."""
     if os.environ.get("MMBERT_PEAK_FLOPS"):
@@ -382,7 +404,9 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                     f"{state['step']}; stopped without saving. Last good checkpoint: {good or 'none'}. Lower the "
                     f"LR (lr_peak {p.lr_peak:g}) or the batch warm-up and resume from it")
             tps = step_tokens / dt
-            mfu = (flops_per_token(inner.config, p.seq_len, p.mask_rate) * tps / peak) if peak else None
+            # this rank's useful FLOPs (its own documents and masked tokens) over its own peak
+            masked_here = sum(int(b["num_masked"]) for b in micro)
+            mfu = (step_flops(inner.config, micro, masked_here) / dt / peak) if peak else None
             last_loss = stats.loss
             metrics.log({"type": "train", "track": track, "phase": p.name, "step": state["step"],
                          "tokens": state["tokens"], "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
