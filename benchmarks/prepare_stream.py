@@ -3,7 +3,7 @@ language grows, a single huge one-line document costs little, and throughput wit
 
     .venv/bin/python benchmarks/prepare_stream.py --mb 300 --workers 1 2 --out benchmarks/results/x.md
 
-Makes a corpus in a temporary folder: one language of `--mb` MB of text in 32 MB .jsonl files
+Makes a corpus in a temporary folder: one language of `--mb` MB of text in 8 MB .jsonl files
 (random words from a Zipf-like list, documents of 50–5,000 words), a second language holding one
 `--doc-mb` MB single-line document, and a 4k-vocabulary tokenizer trained on a sample. Each
 configuration runs `prepare_shards` in a fresh subprocess, whose process tree (the pool workers
@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 
-def make_corpus(root: Path, mb: int, doc_mb: int, seed: int = 0) -> None:
+def make_corpus(root: Path, mb: int, doc_mb: int, args_file_mb: int = 8, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     syll = ["ka", "lo", "mi", "ten", "sa", "ru", "bel", "do", "ni", "vo", "que", "zu", "ar", "est", "in"]
     words = ["".join(rng.choice(syll, size=int(rng.integers(1, 4)))) for _ in range(20000)]
@@ -42,7 +42,7 @@ def make_corpus(root: Path, mb: int, doc_mb: int, seed: int = 0) -> None:
     while written < target:
         with open(lang / f"part-{k:04d}.jsonl", "w", encoding="utf-8") as f:
             fw = 0
-            while fw < 32 << 20 and written + fw < target:
+            while fw < args_file_mb << 20 and written + fw < target:
                 doc = " ".join(rng.choice(words, size=int(rng.integers(50, 5000)), p=p))
                 line = json.dumps({"text": doc}) + "\n"
                 f.write(line)
@@ -83,10 +83,7 @@ def tree_rss_kb(pid: int) -> tuple[int, int]:
     return (max(rss), sum(rss)) if rss else (0, 0)
 
 
-def run(corpus: Path, tok: Path, out: Path, workers: int, langs: list[str], piece_chars: int | None) -> dict:
-    code = ("import sys; from mmbert.data.prepare import prepare_shards; "
-            f"prepare_shards({str(corpus)!r}, {str(tok)!r}, {str(out)!r}, languages={langs!r}, "
-            f"workers={workers}, progress=False" + (f", piece_chars={piece_chars}" if piece_chars else "") + ")")
+def run_code(code: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -95,10 +92,16 @@ def run(corpus: Path, tok: Path, out: Path, workers: int, langs: list[str], piec
         one, tot = tree_rss_kb(p.pid)
         peak_one, peak_sum = max(peak_one, one), max(peak_sum, tot)
         time.sleep(0.1)
-    dt = time.perf_counter() - t0
     if p.returncode:
-        raise SystemExit(f"prepare failed ({p.returncode})")
-    return {"s": dt, "one_mb": peak_one / 1024, "sum_mb": peak_sum / 1024}
+        raise SystemExit(f"benchmark subprocess failed ({p.returncode})")
+    return {"s": time.perf_counter() - t0, "one_mb": peak_one / 1024, "sum_mb": peak_sum / 1024}
+
+
+def run(corpus: Path, tok: Path, out: Path, workers: int, langs: list[str], piece_chars: int | None) -> dict:
+    code = ("import sys; from mmbert.data.prepare import prepare_shards; "
+            f"prepare_shards({str(corpus)!r}, {str(tok)!r}, {str(out)!r}, languages={langs!r}, "
+            f"workers={workers}, progress=False" + (f", piece_chars={piece_chars}" if piece_chars else "") + ")")
+    return run_code(code)
 
 
 def main(argv=None) -> int:
@@ -121,6 +124,8 @@ def main(argv=None) -> int:
         train_tokenizer_from_texts(sample, 4096).save(td / "tok")
         print(f"corpus made in {time.perf_counter() - t0:.0f} s", flush=True)
         mb_small = args.mb
+        base = run_code("import mmbert.data.prepare, mmbert.tokenizer, mmbert.corpus.byo, time; time.sleep(2)")
+        rows.append(("baseline: python + the imports, no work", 1, base, float("nan")))
         for w in args.workers:
             r = run(td / "corpus", td / "tok", td / f"s{w}", w, ["deu_Latn"], None)
             rows.append((f"{mb_small} MB language, {len(list((td / 'corpus' / 'deu_Latn').iterdir()))} files",

@@ -25,7 +25,8 @@ Streaming, parallel, resumable (memory per worker does not grow with a language'
    A document longer than `piece_chars` is tokenized in pieces cut just before a space, where this
    tokenizer's pre-tokenizer (Metaspace, split, no normalizer, no added token that strips spaces
    to its right) starts a new pre-token anyway — so the ids are those of the whole document, and a
-   50 MB single-line document costs ~1 MB of text per batch instead of gigabytes of encodings.
+   50 MB single-line document costs ~1 MB of text per batch instead of gigabytes of encodings
+   (benchmarks/prepare_stream.py).
    (Another tokenizer pipeline gets no cuts: its long documents are tokenized whole.)
 2. Split: when all parts of a language are done, D is known, the held-out positions follow, and
    the parts are copied in file order into `train` / `heldout` shards (`ShardWriter.add_many`, in
@@ -55,8 +56,9 @@ from tqdm import tqdm
 from mmbert.data.shards import ShardWriter, write_index
 from mmbert.utils import atomic_write
 
-PIECE_CHARS = 1 << 20  # documents longer than this are tokenized in pieces (at safe cut points)
-BATCH_CHARS = 1 << 22  # characters per encode_batch call (besides `batch_size` texts)
+PIECE_CHARS = 1 << 18  # documents longer than this are tokenized in pieces (at safe cut points)
+BATCH_CHARS = 1 << 20  # characters per encode_batch call (besides `batch_size` texts): the
+#                        encodings cost ~100-200 bytes per character while they exist
 COPY_TOKENS = 1 << 23  # tokens per slice when copying parts into the shards
 
 
