@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from mmbert.bench import cpu_model
     from mmbert.tokenizer import train_tokenizer_from_texts
 
-    rows = []
+    rows, load0 = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
     lines = [f"# `mmbert data prepare` streaming ({cpu_model()}, {os.cpu_count()} cores)", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at start "
-             f"{os.getloadavg()[0]:.1f}; synthetic text, 4k-vocab tokenizer; `benchmarks/prepare_stream.py`.", "",
+             f"{load0:.1f}; synthetic text, 4k-vocab tokenizer; `benchmarks/prepare_stream.py`.", "",
              "| input | workers | wall (s) | MB text/s | peak RSS, largest process (MB) | peak RSS, all processes (MB) |",
              "|---|---:|---:|---:|---:|---:|"]
     for what, w, r, tput in rows:

@@ -172,21 +172,23 @@ def _tokenize_file(job: tuple[str, int, str, PrepareArgs]) -> tuple[str, int, di
     docs = tokens = 0
     with open(str(tok_path) + ".tmp", "wb") as ft, open(str(len_path) + ".tmp", "wb") as fl:
         pending: list[tuple[str, bool]] = []  # (piece, last piece of its document)
-        chars, current = 0, []  # ids of the document being assembled from its pieces
+        chars = current = 0  # characters pending; tokens of the document being written so far
 
         def flush() -> None:
+            # each piece's ids go straight to the part file: a document cut in pieces is never
+            # held whole, as text encodings or as ids
             nonlocal chars, current, docs, tokens
             if not pending:
                 return
             for (_, last), ids in zip(pending, tok.encode_batch([p for p, _ in pending], add_special_tokens=False)):
-                current.append(np.asarray(ids, dtype=np.int64))
+                a = np.asarray(ids, dtype=np.int64)
+                if a.size and (int(a.min()) < 0 or int(a.max()) > np.iinfo(dtype).max):
+                    raise ValueError(f"token id {int(a.max())} does not fit {dtype.name}")
+                ft.write(a.astype(dtype).tobytes())
+                current += int(a.size)
                 if last:
-                    a = np.concatenate(current) if len(current) > 1 else current[0]
-                    if a.size and (int(a.min()) < 0 or int(a.max()) > np.iinfo(dtype).max):
-                        raise ValueError(f"token id {int(a.max())} does not fit {dtype.name}")
-                    ft.write(a.astype(dtype).tobytes())
-                    fl.write(np.uint64(a.size).tobytes())
-                    docs, tokens, current = docs + 1, tokens + int(a.size), []
+                    fl.write(np.uint64(current).tobytes())
+                    docs, tokens, current = docs + 1, tokens + current, 0
             pending.clear()
             chars = 0
 
