@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Reproduce mmBERT's findings at tiny scale (issue 10); results page: docs/reproduction.md.
+# Reproduce mmBERT's findings at tiny scale (issues 10, 19); results page: docs/reproduction.md.
 #
 #   runs/reproduce.sh                      # from a clean clone: set-up → corpus → tokenizer → shards →
-#                                          # 3 arms × 3 seeds of training → TIES → scores → page
+#                                          # 8 arms × 3 seeds of training → TIES → scores → page
 #   SEEDS="0 1" JOBS=1 runs/reproduce.sh   # fewer seeds / one training at a time
+#   ARMS="time-shuffled rep-progressive rep-fixed-tau" runs/reproduce.sh   # some arms only
 #
 # Every stage is reused when its output exists (rerun after an interruption: finished trainings,
 # merges and scores are kept, an unfinished training resumes from its last checkpoint).
-# Cost on the 2-core development machine (Xeon with AMX, torch 2.13 CPU), measured on 2026-11-22:
-# the nine trainings are 29.2M tokens and 111 CPU-minutes at one thread per run, so ≈ 56 min two at
-# a time on an idle machine (they took 91 min there while sharing the cores with other work);
-# scoring is ≈ 70 s per mbert-baseline/constant-mask run and ≈ 3 min per recipe run (5 models +
-# SIB-200), ≈ 15 min; corpus + tokenizer + shards ≈ 3 min, set-up ≈ 2 min — about 1¼ h in all.
+# Cost on the 2-core development machine (Xeon with AMX, torch 2.13 CPU), measured on 2026-11-22 for
+# the three base arms: nine trainings, 29.2M tokens, 111 CPU-minutes at one thread per run (≈ 56 min
+# two at a time on an idle machine); scoring ≈ 15 min; corpus + tokenizer + shards ≈ 3 min, set-up
+# ≈ 2 min. The five derived arms (time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau)
+# train the decay-all track only (3.09M tokens, ≈ 11 CPU-minutes a run): 15 more runs ≈ 165
+# CPU-minutes, ≈ 85 min two at a time, plus ≈ 6 min of scoring — an estimate from the base arms'
+# per-token cost, not yet measured: the whole study is ≈ 2¾ h from scratch, ≈ 1½ h when the base
+# arms' runs exist.
 # Outputs: out/ (ignored: corpus, shards, runs, checkpoints), runs/study/*.json (the run logs the
 # page is built from; commit them), docs/reproduction.md and docs/reproduction_files/*.png.
 set -euo pipefail
@@ -31,5 +35,5 @@ DATA_DIR=${MMBERT_EVAL_DATA:-../shared/data/eval}   # SIB-200 for the zero-shot 
 
 # shellcheck disable=SC2086  # SEEDS is a list
 $MM study run --shards "$OUT/demo/shards" --out "$OUT/study" --logs runs/study --seeds $SEEDS --jobs "$JOBS" \
-              --threads 1 --data-dir "$DATA_DIR"
+              --threads 1 --data-dir "$DATA_DIR" ${ARMS:+--arms $ARMS}
 $MM study report --logs runs/study --out docs/reproduction.md

@@ -8,7 +8,7 @@ import pytest
 from mmbert.cli import build_parser, main
 
 EXPECTED = {"corpus build", "tokenizer train", "data prepare", "pretrain", "merge", "eval", "bench", "export",
-            "fill-mask", "embed", "demo"}
+            "fill-mask", "embed", "demo", "serve"}
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, prefix=()):
@@ -55,3 +55,25 @@ def test_python_dash_m_entry_point():
 
     r = subprocess.run([sys.executable, "-m", "mmbert", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "pretrain" in r.stdout
+
+
+def test_version(capsys):
+    import mmbert
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"mmbert {mmbert.__version__}"
+
+
+def test_one_dtype_vocabulary_across_subcommands(capsys):
+    """Every --dtype flag takes both spellings (fp32/float32, bf16/bfloat16) and names them when wrong."""
+    leaves = dict(leaf_parsers(build_parser()))
+    flags = [(name, a) for name, p in leaves.items() for a in p._actions
+             if a.dest in ("dtype", "peer_dtypes")]
+    assert {name for name, _ in flags} >= {"export", "embed", "fill-mask", "serve", "bench"}
+    for name, a in flags:
+        assert a.choices is None and a.type is not None, f"`mmbert {name}` {a.option_strings} has its own vocabulary"
+        assert a.type("fp32") == a.type("float32") == a.type("FP32") == "fp32"
+        assert a.type("bf16") == a.type("bfloat16") == "bf16"
+        with pytest.raises(argparse.ArgumentTypeError, match="fp32/float32"):
+            a.type("float64")

@@ -208,10 +208,15 @@ def test_cli_embed_and_fill_mask(tmp_path, capsys):
     m.save_pretrained(tmp_path / "m")
     texts = ["the cat sat", "", "der Hund lief weit weg, le chat noir"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    # row i is line i+1: a blank line is refused, naming the line, and nothing is written
     assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.txt"),
-                 "--out", str(tmp_path / "v.npy"), "--dtype", "fp32"]) == 0
+                 "--out", str(tmp_path / "v.npy"), "--dtype", "fp32"]) == 1
+    assert "in.txt:2: blank line" in capsys.readouterr().err and not (tmp_path / "v.npy").exists()
+    (tmp_path / "in.txt").write_text(f"{texts[0]}\n{texts[2]}\n", encoding="utf-8")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.txt"),
+                 "--out", str(tmp_path / "v.npy"), "--dtype", "float32"]) == 0  # either dtype spelling
     vecs = np.load(tmp_path / "v.npy")
-    assert vecs.shape == (2, CFG.hidden_size)  # blank line skipped
+    assert vecs.shape == (2, CFG.hidden_size)
     ref = encode(m, [texts[0], texts[2]], tok, dtype="fp32")
     np.testing.assert_allclose(vecs, ref.numpy(), atol=1e-5)
 

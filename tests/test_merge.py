@@ -292,3 +292,21 @@ def test_ties_matches_mergekit(three):
     assert got.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_truncated_safetensors_is_one_line_for_merge_and_init_from(tmp_path, capsys):
+    from mmbert.cli import main
+
+    from mmbert.model import build_model
+
+    build_model(EncoderConfig.from_preset("tiny", vocab_size=128, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
+                                          local_attention=16)).save_pretrained(tmp_path / "a")
+    w = tmp_path / "a" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])  # what an interrupted copy leaves
+    for argv in (["merge", "--models", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "o")],
+                 ["init-from", "--model", str(tmp_path / "a"), "--preset", "tiny", "--out", str(tmp_path / "o")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and f"{w} is not a readable safetensors file" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

@@ -116,13 +116,17 @@ def test_vocab_size_must_be_multiple_of_64():
         train_tokenizer_from_texts(["abc"], 1000)
 
 
-def test_train_from_corpus_dir_writes_reports(tmp_path):
+def test_train_from_corpus_dir_writes_reports(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     for tag, text in [("deu_Latn", SAMPLES["Latin"]), ("tha_Thai", SAMPLES["Thai"]), ("amh_Ethi", SAMPLES["Ethiopic"])]:
         (corpus / tag).mkdir(parents=True)
         (corpus / tag / "a.jsonl").write_text(
             "".join(json.dumps({"text": f"{text} {i}"}, ensure_ascii=False) + "\n" for i in range(20)), encoding="utf-8")
+    (corpus / "deu_Latn" / "b.jsonl").write_bytes(b'{"text": "ok"}\n' * 10 + b"\x00" * 4)  # binary
     tok = train_tokenizer(corpus, 512, tmp_path / "tok", max_chars=50_000, progress=False)
+    # skipped files are reported as `data prepare` reports them, and recorded
+    assert "tokenizer: skipped binary-file ×1 (e.g. " in capsys.readouterr().err
+    assert json.loads((tmp_path / "tok" / "training_mix.json").read_text())["skipped"] == {"binary-file": 1}
     rep = json.loads((tmp_path / "tok" / "fertility.json").read_text())
     assert set(rep) == {"deu_Latn", "tha_Thai", "amh_Ethi"}
     assert all(v["unk"] == 0 and 0 < v["tokens_per_char"] <= 4 for v in rep.values())
@@ -139,3 +143,30 @@ def test_fertility_counts(tok):
     # Ethiopic was not in the training text: it is all byte fallback (3 UTF-8 bytes per syllable).
     unseen = fertility(tok, ["ሰላም"])
     assert unseen["tokens"] == 9 and unseen["byte_fallback_share"] == 1.0
+
+
+def test_mask_absorbs_the_space_before_it(tok):
+    # as in the released mmBERT/ModernBERT tokenizers: no lone "▁" piece before <mask>
+    ids = tok.encode("Menschen sind <mask>.", add_special_tokens=False)
+    pieces = [tok.hf.id_to_token(i) for i in ids]
+    i = ids.index(tok.mask_id)
+    assert pieces[i - 1] != "▁" and pieces[i - 1].endswith("sind"), pieces
+    assert ids == tok.encode("Menschen sind<mask>.", add_special_tokens=False)
+    assert tok.decode(tok.encode("Menschen sind <mask>."), skip_special_tokens=False).count("<mask>") == 1
+
+
+def test_model_directory_tokenizer_max_length_is_the_models(tok, tmp_path):
+    import warnings
+
+    import mmbert
+    from transformers import AutoTokenizer
+
+    cfg = mmbert.EncoderConfig.from_preset("tiny", vocab_size=640, num_hidden_layers=1, max_position_embeddings=96)
+    model = mmbert.model.build_model(cfg)
+    model.tokenizer = tok
+    model.save_pretrained(tmp_path)
+    at = AutoTokenizer.from_pretrained(tmp_path)
+    assert at.model_max_length == 96
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(at(SAMPLES["Latin"] * 20, truncation=True)["input_ids"]) == 96

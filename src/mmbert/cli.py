@@ -11,6 +11,8 @@ below; the handler imports its library lazily so `mmbert --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 from typing import Callable
@@ -35,6 +37,24 @@ def command(fn: Callable[[argparse._SubParsersAction], None]):
     return fn
 
 
+# One dtype vocabulary for every subcommand: both spellings accepted, the short one is canonical.
+DTYPE_SPELLINGS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+                   "fp16": "fp16", "float16": "fp16"}
+
+
+def dtype_arg(*allowed: str) -> Callable[[str], str]:
+    """argparse `type=` for a dtype flag: any spelling of DTYPE_SPELLINGS among `allowed` (canonical
+    names), returned canonical."""
+    def parse(value: str) -> str:
+        canon = DTYPE_SPELLINGS.get(value.lower())
+        if canon not in allowed:
+            names = ", ".join(f"{a} ({'/'.join(k for k, v in DTYPE_SPELLINGS.items() if v == a)})" for a in allowed)
+            raise argparse.ArgumentTypeError(f"unknown dtype {value!r}; choose one of: {names}")
+        return canon
+    parse.__name__ = "dtype"
+    return parse
+
+
 def _common(p: argparse.ArgumentParser, *names: str) -> None:
     """Flags shared across subcommands, spelled the same everywhere."""
     spec = {
@@ -48,10 +68,20 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
         "data-dir": (["--data-dir"], dict(default=None, help="evaluation data directory "
                                                             "(default: $MMBERT_EVAL_DATA or ../shared/data/eval)")),
         "seed": (["--seed"], dict(type=int, default=0, help="random seed")),
+        "push-to-hub": (["--push-to-hub"], dict(default=None, metavar="REPO_ID",
+                                                help="also upload the written directory to this Hugging Face "
+                                                     "Hub repo (created if missing; needs network and a token)")),
     }
     for n in names:
         flags, kw = spec[n]
         p.add_argument(*flags, **kw)
+
+
+def _push(args, out) -> None:
+    if getattr(args, "push_to_hub", None):
+        from mmbert.export.card import push_to_hub
+
+        print(f"pushed {out} to {args.push_to_hub}: {push_to_hub(out, args.push_to_hub)}")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -109,6 +139,9 @@ def _add_pretrain(sub):
     p.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept (phase ends always kept)")
     p.add_argument("--no-eval", action="store_true", help="skip the periodic per-language held-out MLM eval")
     p.add_argument("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
+    p.add_argument("--lr-scale", type=float, default=None,
+                   help="multiply the recipe's learning rate by this from now on (e.g. 0.5 with --resume after a "
+                        "divergence); recorded in run.json and kept by later resumes")
 
     def run(args):
         from mmbert.train.loop import pretrain
@@ -116,7 +149,7 @@ def _add_pretrain(sub):
         res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
                        threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
                        micro_batch_tokens=args.micro_batch_tokens, parallel=args.parallel, compile=args.compile,
-                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval)
+                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval, lr_scale=args.lr_scale)
         if isinstance(res, str):
             print(res)
         else:
@@ -134,20 +167,22 @@ def _add_export(sub):
                        description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
                                    "write config.json + model.safetensors (+ tokenizer files) that "
                                    "transformers.AutoModelForMaskedLM loads with identical outputs.")
-    _common(p, "model", "out")
+    _common(p, "model", "out", "push-to-hub")
     p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
                                                      "token-classification"], help="which model class to write")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the saved weights")
+    p.add_argument("--dtype", default="fp32", type=dtype_arg("fp32", "bf16", "fp16"),
+                   help="dtype of the saved weights (fp32/float32, bf16/bfloat16, fp16/float16)")
 
     def run(args):
         import torch
 
         import mmbert
 
-        model = mmbert.from_pretrained(args.model, head=args.head, dtype=getattr(torch, args.dtype))
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        model = mmbert.from_pretrained(args.model, head=args.head, dtype=dtype)
         model.save_pretrained(args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
+        _push(args, args.out)
 
     p.set_defaults(func=run)
 
@@ -160,6 +195,7 @@ def _add_merge(sub):
     p.add_argument("--method", choices=("ties", "linear", "ema"), default="linear",
                    help="ties: task vectors relative to --base; linear: weighted mean; "
                         "ema: weights alpha^k from the newest model")
+    _common(p, "push-to-hub")
     p.add_argument("--models", nargs="+", required=True,
                    help="model directories to merge (for ema: oldest first, newest last)")
     p.add_argument("--base", default=None, help="ties only: the checkpoint the models branched from")
@@ -179,6 +215,7 @@ def _add_merge(sub):
                     weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
                     overwrite=args.overwrite)
         print(f"merged {len(args.models)} models ({args.method}) into {out}")
+        _push(args, out)
 
     p.set_defaults(func=run)
 
@@ -192,6 +229,7 @@ def _add_init_from(sub):
     p.add_argument("--preset", required=True,
                    help="target shape (hidden, intermediate, layers, heads) from this preset; "
                         "vocabulary, RoPE and the rest stay the source's")
+    _common(p, "push-to-hub")
     p.add_argument("--rule", choices=("magnitude", "strided"), default="magnitude",
                    help="how shrinking axes pick the units they keep")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
@@ -202,6 +240,7 @@ def _add_init_from(sub):
         out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
                         overwrite=args.overwrite)
         print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
+        _push(args, out)
 
     p.set_defaults(func=run)
 
@@ -369,14 +408,15 @@ def _add_embed(sub):
     p = sub.add_parser("embed", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="embed a text file (one text per line) into a .npy or .jsonl file")
     _common(p, "model")
-    p.add_argument("--input", required=True, help="text file, one text per line (blank lines skipped)")
+    p.add_argument("--input", required=True,
+                   help="text file, one text per line; row i of the output is line i+1 (a blank line is an error)")
     p.add_argument("--out", required=True, help="output file: .npy (float32 [n, hidden]) or .jsonl")
     p.add_argument("--pooling", choices=("mean", "first"), default="mean", help="mean over tokens, or the first (<bos>) token")
     p.add_argument("--batch-tokens", type=int, default=16384, help="token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
     p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise")
+    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise (fp32/float32, bf16/bfloat16)")
 
     def run(args):
         from mmbert.inference import embed_file
@@ -395,7 +435,7 @@ def _add_fill_mask(sub):
     _common(p, "model")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
     p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 where the CPU has fast bf16 (AMX) or on CUDA, else fp32")
 
     def run(args):
@@ -410,6 +450,42 @@ def _add_fill_mask(sub):
 
 
 @command
+def _add_serve(sub):
+    p = sub.add_parser("serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="serve embeddings over HTTP: OpenAI /v1/embeddings and TEI /embed, dynamic batching",
+                       description="FastAPI + uvicorn server. Concurrent requests are batched by token budget "
+                                   "through the same packed path as `mmbert embed`. Works with the official "
+                                   "openai client (base_url=http://HOST:PORT/v1). Needs the `serve` extra "
+                                   "(pip install 'mmbert[serve]').")
+    _common(p, "model")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (0: a free one, printed at start)")
+    p.add_argument("--pooling", choices=("mean", "first"), default="mean", help="mean over tokens, or the first token")
+    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise (fp32/float32, bf16/bfloat16)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward pass")
+    p.add_argument("--max-inputs", type=int, default=512, help="inputs per request (more: HTTP 413)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per input (longer: HTTP 413 unless truncating); default: the model's max positions")
+    p.add_argument("--auto-truncate", action="store_true", help="cut over-long inputs instead of refusing them")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $MMBERT_API_KEY; unset: no key)")
+    p.add_argument("--served-model-name", default=None, help="the `model` name clients send (default: directory name)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: usable cores)")
+
+    def run(args):
+        from mmbert.serve import ServeConfig, serve
+
+        serve(ServeConfig(model=args.model, host=args.host, port=args.port, pooling=args.pooling, dtype=args.dtype,
+                          max_batch_tokens=args.max_batch_tokens, max_inputs=args.max_inputs,
+                          max_length=args.max_length, auto_truncate=args.auto_truncate,
+                          api_key=args.api_key or os.environ.get("MMBERT_API_KEY") or None,
+                          served_name=args.served_model_name, threads=args.threads))
+
+    p.set_defaults(func=run)
+
+
+@command
 def _add_bench(sub):
     p = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="efficiency benchmark: ours vs transformers ModernBERT vs XLM-R-style (tokens/s, MFU)")
@@ -418,9 +494,9 @@ def _add_bench(sub):
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
     p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"], help="model presets to benchmark")
     p.add_argument("--sets", nargs="+", default=list(sets), choices=sets, help="synthetic token sets to run")
-    p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+    p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], type=dtype_arg("fp32", "bf16"),
                    help="dtypes the transformers peers run in")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="our dtype")
+    p.add_argument("--dtype", default="auto", type=dtype_arg("auto", "fp32", "bf16"), help="our dtype")
     p.add_argument("--batch-tokens", type=int, default=8192, help="token budget per batch (same for all systems)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per cell (median reported)")
     p.add_argument("--cell-budget", type=float, default=20.0,
@@ -442,20 +518,24 @@ def _add_bench(sub):
 @command
 def _add_study(sub):
     p = sub.add_parser("study", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the reproduction study: recipe vs constant mask vs mBERT-style baseline, decay "
-                            "variants and TIES, over several seeds (runs/reproduce.sh)")
+                       help="the reproduction study: recipe vs time-shuffled control, constant mask, fixed-τ "
+                            "sweep and repetition regime; decay variants and TIES; several seeds (runs/reproduce.sh)")
     ss = p.add_subparsers(dest="study_command", metavar="<study command>", required=True)
     r = ss.add_parser("run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       help="train every arm and seed, merge, score; finished stages are reused",
-                      description="Trains cpu-demo, cpu-demo-constant-mask and cpu-demo-mbert-baseline for "
-                                  "each seed, TIES-merges the recipe's decay variants, scores every model "
-                                  "(held-out MLM per language, SIB-200 zero-shot) and writes JSON logs.")
+                      description="Trains every arm (see `mmbert.study`: recipe, constant-mask, mbert-baseline, "
+                                  "time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau) for each seed, "
+                                  "TIES-merges the recipe's decay variants, scores every model (held-out MLM loss "
+                                  "and accuracy per language, SIB-200 zero-shot) and writes JSON logs.")
     r.add_argument("--shards", required=True, help="token shards with a held-out split (mmbert data prepare)")
     r.add_argument("--out", default="out/study", help="training runs and scratch files")
     r.add_argument("--logs", default="runs/study", help="folder of the JSON run logs the report reads")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each arm trains once per seed)")
     r.add_argument("--arms", nargs="+", default=None,
-                   help="subset of the arms: recipe, constant-mask, mbert-baseline (default: all)")
+                   help="subset of the arms (default: all): recipe, constant-mask, mbert-baseline, time-shuffled, "
+                        "tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau")
+    r.add_argument("--rep-cap-tokens", type=int, default=600,
+                   help="training tokens each decay-only language keeps in the repetition-regime shards")
     r.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per process")
     r.add_argument("--no-sib", action="store_true", help="skip the SIB-200 zero-shot fine-tuning")
@@ -472,6 +552,7 @@ def _add_study(sub):
             raise ValueError(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
         run_study(StudyConfig(shards=Path(args.shards), out=Path(args.out), logs=Path(args.logs),
                               seeds=tuple(args.seeds), arms=arms, jobs=args.jobs, threads=args.threads,
+                              rep_cap_tokens=args.rep_cap_tokens,
                               data_dir=Path(args.data_dir) if args.data_dir else None, sib=not args.no_sib))
 
     r.set_defaults(func=run)
@@ -490,11 +571,42 @@ def _add_study(sub):
     rep.set_defaults(func=report)
 
 
+def _version() -> str:
+    from mmbert import __version__
+
+    return __version__
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library modules log through `logging.getLogger(__name__)`; the CLI shows their INFO messages
+    on stderr as plain lines (DEBUG with --debug). Set MMBERT_LOG_LEVEL=WARNING to quiet them."""
+    level = "DEBUG" if debug else os.environ.get("MMBERT_LOG_LEVEL", "INFO").upper()
+    logger = logging.getLogger("mmbert")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="mmBERT: train, merge, evaluate and run ModernBERT-architecture multilingual encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"mmbert {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in _COMMANDS:
         add(sub)
@@ -507,16 +619,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _setup_logging(args.debug)
+    out = getattr(args, "out", None)
+    out_existed = out is None or os.path.lexists(out)
     try:
-        rc = args.func(args)
+        from mmbert.utils import RunLock
+
+        # one writer per output: a second command on the same --out is refused, naming the holder
+        # (pretrain locks its run directory itself, on rank 0 only, so torchrun's ranks can share it)
+        with RunLock(out) if out and args.command != "pretrain" else contextlib.nullcontext():
+            rc = args.func(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
-        if args.debug:
+    except Exception as e:
+        from mmbert.utils import storage_problem
+
+        problem = None if args.debug else storage_problem(e, out)  # disk full, quota, permission, read-only
+        if problem is not None:
+            if not out_existed and os.path.isdir(out):  # the empty directories a failure left
+                for d, _, _ in os.walk(out, topdown=False):
+                    try:
+                        os.rmdir(d)  # only empty ones go
+                    except OSError:
+                        pass
+            msg = problem
+        elif isinstance(e, USER_ERRORS) and not args.debug:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        else:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1

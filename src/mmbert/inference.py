@@ -301,12 +301,15 @@ def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = Non
     if not ids:
         return []
     config = model.config
-    mask_id = config.mask_token_id
+    from mmbert.tokenizer import resolve_special_ids
+
+    special = resolve_special_ids(config, tokenizer, require=("mask",))
+    mask_id = special.mask
     for i, x in enumerate(ids):
         if mask_id not in x:
             raise ValueError(f"text {i} has no mask token (id {mask_id}, {_token_str(tokenizer, mask_id)!r}); "
                              f"put one where the prediction should go")
-    ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, config.sep_token_id)
+    ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, special.sep)
     device = next(model.parameters()).device
     model = prepare(model, resolve_dtype(dtype, device))
     encoder = _bare_encoder(model)
@@ -340,8 +343,9 @@ def _token_str(tokenizer: Any, token_id: int) -> str | None:
 
 def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: str | os.PathLike, *,
                pooling: str = "mean", **encode_kwargs) -> int:
-    """Embed a text file (one text per line; blank lines are skipped) into `out_path`: `.npy`
-    (float32 [n, hidden]) or `.jsonl` (one vector per line). Written atomically; returns n."""
+    """Embed a text file (one text per line) into `out_path`: `.npy` (float32 [n, hidden]) or `.jsonl`
+    (one vector per line). Row i is line i+1, so a blank line is an error naming it (nothing is
+    written). Written atomically; returns n."""
     from pathlib import Path
 
     import numpy as np
@@ -351,9 +355,18 @@ def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: 
         raise FileNotFoundError(f"{src}: no such input file (expected one text per line)")
     if out.suffix not in (".npy", ".jsonl"):
         raise ValueError(f"{out}: unsupported output type {out.suffix!r}; use a .npy or .jsonl file name")
+    if out.is_dir():  # checked before computing anything
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / ('embeddings' + out.suffix)}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {out.parent} is a file, not a directory; choose another path")
     if pooling == "none":
         raise ValueError("embed writes one vector per text; use pooling 'mean' or 'first'")
-    texts = [line.rstrip("\n") for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = src.read_text(encoding="utf-8").splitlines()
+    blank = [i + 1 for i, line in enumerate(texts) if not line.strip()]
+    if blank:
+        more = f" (and {len(blank) - 1} more: {', '.join(map(str, blank[1:6]))}{' …' if len(blank) > 6 else ''})"
+        raise ValueError(f"{src}:{blank[0]}: blank line{more if len(blank) > 1 else ''}; every line becomes one "
+                         f"output row, so remove blank lines first (e.g. grep -v '^[[:space:]]*$')")
     vecs = encode(model, texts, pooling=pooling, progress=True, **encode_kwargs).numpy()
     if out.suffix == ".npy":
         buf = io.BytesIO()

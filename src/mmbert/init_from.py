@@ -326,6 +326,10 @@ def init_from(model: str | Path, out: str | Path, preset: str | None = None,
               "target_shape": {f: getattr(dst, f) for f in SHAPE_FIELDS},
               "plan": plan.to_json(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    from mmbert.export.card import merged_card
+
+    card = merged_card([str(model)], None, f"Initialised from `{model}` by size transfer to the "
+                       f"{preset or 'given'} shape (rule {rule}; init_from.json has the plan); not trained since.")
     write_model_dir(out, new_state, hf, tokenizer_from=ck.path, record=record,
-                    record_name="init_from.json")
+                    record_name="init_from.json", card=card)
     return out

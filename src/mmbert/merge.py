@@ -1,9 +1,10 @@
 """Merging checkpoints: TIES, linear and exponentially weighted averaging.
 
-mmBERT's released models are merges: mmBERT-base is a TIES merge of three decay-phase variants
-relative to the mid-training checkpoint they branched from; mmBERT-small is an exponentially
-weighted average of a run's decay checkpoints. This module does both, on our checkpoints and on
-Hugging Face ModernBERT directories (the same layout: config.json + model.safetensors).
+mmBERT's paper (arXiv:2509.06888) merges its three decay-phase variants with TIES, relative to
+the mid-training checkpoint they branched from. Exponentially weighted averaging of one run's
+checkpoints is the other common recipe (the paper does not say it was used for mmBERT-small).
+This module does all three, on our checkpoints and on Hugging Face ModernBERT directories (the
+same layout: config.json + model.safetensors).
 
     mmbert merge --method ties --base out/mid --models out/decay-a out/decay-b out/decay-c \
         --density 0.5 --out out/merged
@@ -32,7 +33,7 @@ Notable:
   tensor is read, so a bad input fails fast with one `MergeError` naming the problem and the fix.
 - Output: a model directory (config.json of the first model, model.safetensors, tokenizer files
   of the first model) plus merge.json recording the inputs and parameters; files are written
-  atomically (temp file + os.replace).
+  as one directory (utils.publish_dir: built beside --out, swapped into place whole).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mmbert.model.config import EncoderConfig
-from mmbert.utils import atomic_write
+from mmbert.utils import RunLock, atomic_write, publish_dir
 
 MERGE_METHODS = ("ties", "linear", "ema")
 WEIGHTS_NAME = "model.safetensors"
@@ -66,7 +67,7 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
                 "tie_word_embeddings")
 # Fields that change what the weights compute: the merged models must agree on them too (the
 # base only supplies task-vector origins, so e.g. a RoPE θ change after mid-training is allowed).
-ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "global_attn_every_n_layers", "local_attention",
+ARCH_FIELDS = SHAPE_FIELDS + ("hidden_activation", "classifier_activation", "layer_types", "local_attention",
                               "global_rope_theta", "local_rope_theta")
 
 
@@ -274,7 +275,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     for f in files:
-        with safe_open(f, framework="pt") as h:
+        try:
+            h = safe_open(f, framework="pt")
+        except Exception as e:  # SafetensorError: truncated or not safetensors at all
+            raise MergeError(f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt — "
+                             f"re-export or re-download it") from None
+        with h:
             for name in h.keys():
                 sl = h.get_slice(name)
                 where[name] = (f, name)
@@ -325,21 +331,25 @@ def _check_compatible(models: list[Checkpoint], base: Checkpoint | None) -> None
 # ----------------------------------------------------------------------------- writing
 def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dict,
                     tokenizer_from: Path | None = None, record: dict | None = None,
-                    record_name: str = "merge.json") -> None:
-    """Write config.json, model.safetensors, tokenizer files and (optionally) a JSON record."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_NAME,
-                        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(out / "config.json",
-                        lambda tmp: Path(tmp).write_text(json.dumps(raw_config, indent=2) + "\n"))
-    if tokenizer_from is not None:
-        for name in TOKENIZER_FILES:
-            src = tokenizer_from / name
-            if src.is_file():
-                atomic_write(out / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
-    if record is not None:
-        atomic_write(out / record_name,
-                            lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+                    record_name: str = "merge.json", card=None) -> None:
+    """Write config.json, model.safetensors, tokenizer files, (optionally) a JSON record, and the
+    model card + sentence-transformers files (export/card.py; `card` a CardInfo) as one step: built
+    beside `out` and swapped into place whole (utils.publish_dir), so `--overwrite` never leaves new
+    weights beside an old config; other files already in `out` are kept."""
+    from mmbert.export.card import write_card_files
+    from mmbert.export.hf import _not_model_file
+
+    with RunLock(out), publish_dir(out, carry=lambda n: _not_model_file(n) and n != record_name) as tmp:
+        atomic_write(tmp / WEIGHTS_NAME, lambda t: save_file(tensors, t, metadata={"format": "pt"}))
+        atomic_write(tmp / "config.json", json.dumps(raw_config, indent=2) + "\n")
+        if tokenizer_from is not None:
+            for name in TOKENIZER_FILES:
+                src = tokenizer_from / name
+                if src.is_file():
+                    shutil.copyfile(src, tmp / name)
+        if record is not None:
+            atomic_write(tmp / record_name, json.dumps(record, indent=2) + "\n")
+        write_card_files(tmp, raw_config, card)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -442,7 +452,13 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mmbert_version": _version(),
     }
-    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record)
+    from mmbert.export.card import merged_card
+
+    how = (f"{method.upper() if method == 'ties' else method} merge of {len(ckpts)} models"
+           + (f" relative to base `{base}` (density {density:g}, λ {lam:g})" if method == "ties" else "")
+           + f", weights {[round(w, 4) for w in weights]} (merge.json has the details).")
+    card = merged_card([str(m) for m in models] + ([str(base)] if base is not None else []), "merge", how)
+    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record, card=card)
     return out
 
 

@@ -4,22 +4,30 @@
     mmbert study run --shards out/demo/shards --out out/study --logs runs/study --seeds 0 1 2
     mmbert study report --logs runs/study --out docs/reproduction.md
 
-Three arms, each trained with every seed on the embedded corpus's shards (tiny preset):
+Arms, each trained with every seed on the embedded corpus's shards (tiny preset):
 
-  recipe          `cpu-demo`: top 12 → top 24 → all languages, τ 0.7 → 0.5 → 0.3, mask 30 → 15 → 5%,
-                  three decay variants (decay-eng, decay-cont, decay-all) and their TIES merge
-  constant-mask   `cpu-demo-constant-mask`: the same with a 15% mask in every phase (decay-all only)
-  mbert-baseline  `cpu-demo-mbert-baseline`: every language from the start, fixed τ 0.7, fixed 15%
-                  mask, on the same phase structure (decay-all track only)
+  recipe           `cpu-demo`: top 12 → top 24 → all languages, τ 0.7 → 0.5 → 0.3, mask 30 → 15 → 5%,
+                   three decay variants (decay-eng, decay-cont, decay-all) and their TIES merge
+  constant-mask    the recipe with a 15% mask in every phase (decay-all track only)
+  mbert-baseline   every language from the start, fixed τ 0.7, fixed 15% mask, same phase structure
+  time-shuffled    the recipe's decay-all track with every phase sampling the track's *average*
+                   distribution: each language gets the recipe's tokens (and passes over its data),
+                   spread uniformly over training — only *when* a language is seen differs
+  tau-0.3, tau-1.0 mbert-baseline at another fixed τ: with it, a τ sweep that places the
+                   progressive schedule on the exposure/quality trade-off curve
+  rep-progressive, constant-mask and mbert-baseline on shards whose decay-only languages keep at most
+  rep-fixed-tau    `rep_cap_tokens` training tokens each: the repetition regime the paper argues from
+                   (fixed τ repeats that data many times, the progressive schedule a few)
 
-The decay-all track of every arm trains on the same number of tokens, so the comparisons are at
-equal tokens. Arms share seeds, and a seed fixes the initial weights, so differences are paired by
-seed. Every model is scored with the per-language held-out MLM at a fixed 15% masking and seed
-(`mmbert.eval.mlm`), grouped by the phase that introduced the language in the recipe arm; the
-decay-all endpoints are also fine-tuned on SIB-200 English train and tested zero-shot on every
-language (`mmbert.eval.runner`). Logs — training time and losses, every score — are written as
-small JSON files under --logs (committed); `report` builds the page and its plots from them alone.
-Stages are reused: a finished training run, merge or score is not recomputed.
+Every non-recipe arm trains the decay-all track only, on the same number of tokens, so comparisons
+are at equal tokens; arms share seeds (a seed fixes the initial weights). Every model is scored with
+the per-language held-out MLM at a fixed 15% masking and seed (`mmbert.eval.mlm`): held-out loss
+(nats per masked token) is the primary measure, accuracy secondary, grouped by the phase that
+introduced the language in the recipe arm. The decay-all endpoints are also fine-tuned on SIB-200
+English and tested zero-shot (`mmbert.eval.runner`). Logs — training time and losses, exposure,
+every score — are small JSON files under --logs (committed); `report` builds the page and its plots
+from them alone, with intervals from `mmbert.eval.stats`. Stages are reused: a finished training
+run, merge or score is not recomputed.
 """
 
 from __future__ import annotations
@@ -39,8 +47,14 @@ from typing import Any, Callable, Sequence
 from mmbert.eval.metrics import mean_std
 from mmbert.utils import atomic_write
 
-ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
-        "mbert-baseline": "cpu-demo-mbert-baseline"}
+BASE_ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
+             "mbert-baseline": "cpu-demo-mbert-baseline"}
+# arm → (base arm whose recipe it derives from, how): see the module docstring
+DERIVED_ARMS = {"time-shuffled": ("recipe", "time-shuffled"), "tau-0.3": ("mbert-baseline", "tau"),
+                "tau-1.0": ("mbert-baseline", "tau"), "rep-progressive": ("constant-mask", "capped"),
+                "rep-fixed-tau": ("mbert-baseline", "capped")}
+ARMS = (*BASE_ARMS, *DERIVED_ARMS)
+CAPPED_ARMS = tuple(a for a, (_, how) in DERIVED_ARMS.items() if how == "capped")
 RECIPE_MODELS = ("mid", "decay-eng", "decay-cont", "decay-all", "ties-merge")
 TIERS = ("pretrain", "mid", "decay-only")  # the phase of the recipe arm that introduced a language
 ENGLISH = "eng_Latn"
@@ -52,20 +66,29 @@ class StudyConfig:
     out: Path = Path("out/study")  # training runs and scratch (ignored by git)
     logs: Path = Path("runs/study")  # small JSON logs (committed)
     seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = ARMS
     jobs: int = 2  # training runs at a time
     threads: int = 1  # torch threads per training run / per evaluation
     data_dir: Path | None = None  # evaluation data (SIB-200); None = $MMBERT_EVAL_DATA or ../shared/data/eval
     density: float = 0.7  # TIES density (as `mmbert demo`)
     mlm_tokens_per_lang: int = 8192  # held-out tokens scored per language (decay-only ones have ~50–500)
     sib: bool = True
-    recipes: dict[str, str] | None = None  # arm → recipe name or recipe .json (default: ARMS; tests shrink it)
+    # training tokens each decay-only language keeps in the repetition-regime shards (whole documents,
+    # at least one): small enough that fixed τ repeats it ≥ 10× and the progressive schedule ≤ 3×
+    rep_cap_tokens: int = 600
+    recipes: dict[str, str] | None = None  # base arm → recipe name or .json (default: BASE_ARMS; tests shrink it)
 
     def recipe(self, arm: str) -> str:
-        return (self.recipes or ARMS)[arm]
+        if arm in DERIVED_ARMS:
+            base, how = DERIVED_ARMS[arm]
+            return self.recipe(base) if how == "capped" else str(self.out / "recipes" / f"{arm}.json")
+        return (self.recipes or BASE_ARMS)[arm]
+
+    def shards_for(self, arm: str) -> Path:
+        return self.out / "shards-capped" if arm in CAPPED_ARMS else self.shards
 
     def run_dir(self, arm: str, seed: int) -> Path:
-        return self.out / "runs" / Path(self.recipe(arm)).stem / f"seed{seed}"
+        return self.out / "runs" / arm / f"seed{seed}"
 
 
 def models_of(arm: str) -> tuple[str, ...]:
@@ -88,7 +111,8 @@ def _train_one(cfg: StudyConfig, arm: str, seed: int, log: Callable[[str], None]
         return
     run.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mmbert", "pretrain", "--recipe", cfg.recipe(arm), "--preset", "tiny", "--seed",
-           str(seed), "--data", str(cfg.shards), "--out", str(run), "--threads", str(cfg.threads), "--no-eval"]
+           str(seed), "--data", str(cfg.shards_for(arm)), "--out", str(run), "--threads", str(cfg.threads),
+           "--no-eval"]
     if (run / "run.json").is_file():
         cmd.append("--resume")
     log(f"[study] training {arm} seed {seed}: {' '.join(cmd[2:])}")
@@ -103,6 +127,101 @@ def _train_one(cfg: StudyConfig, arm: str, seed: int, log: Callable[[str], None]
     atomic_write(run / "study_timing.json", json.dumps(
         {"wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(usage.ru_utime, 1),
          "sys_s": round(usage.ru_stime, 1)}))
+
+
+def time_shuffled_recipe(rec, counts: dict[str, int]):
+    """The recipe's decay-all track with every phase sampling the track's average distribution:
+    language ℓ's share is Σ_phases p_ℓ·tokens / Σ tokens, so its expected tokens (and passes over
+    its data) over the track equal the recipe's; masks, θ, sequence lengths and LR are unchanged."""
+    import dataclasses
+
+    from mmbert.data.sampling import plan_phase
+    from mmbert.train.recipe import resolve_languages
+
+    track = rec.tracks()["decay-all"]
+    exposure: dict[str, float] = {}
+    for p in track:
+        langs = resolve_languages(p.languages, counts, p.shares)
+        plan = plan_phase(counts, langs, p.temperature, weights=p.language_weights or None, shares=p.shares or None)
+        for lang, prob in plan.as_dict().items():
+            exposure[lang] = exposure.get(lang, 0.0) + prob * p.tokens
+    total = sum(exposure.values())
+    shares = {k: v / total for k, v in sorted(exposure.items())}
+    phases = tuple(dataclasses.replace(p, languages=tuple(shares), shares=shares, language_weights={}, epoch_cap=None)
+                   for p in track)
+    # the same track shape (main phases, then the decay-all variant), so runs, exports and logs line up
+    return rec.replace(name=f"{rec.name}-time-shuffled", phases=phases[:-1], variants={"decay-all": phases[-1:]})
+
+
+def fixed_tau_recipe(rec, tau: float):
+    """A fixed-τ arm's recipe at another τ (every phase)."""
+    import dataclasses
+
+    return rec.replace(name=f"{rec.name}-tau{tau:g}", phases=tuple(dataclasses.replace(p, temperature=tau)
+                                                                   for p in rec.phases),
+                       variants={k: tuple(dataclasses.replace(p, temperature=tau) for p in v)
+                                 for k, v in rec.variants.items()})
+
+
+def cap_shards(src: Path, dst: Path, languages: Sequence[str], cap_tokens: int) -> None:
+    """Copy shards, keeping at most `cap_tokens` training tokens (whole documents, at least one) of
+    each language in `languages`; held-out splits and every other language are copied unchanged."""
+    import shutil
+
+    from mmbert.data.shards import ShardIndex, ShardWriter, open_shard, write_index
+
+    if (dst / "index.json").is_file():
+        return
+    index = ShardIndex.load(src)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for lang in index.languages:
+        counts[lang] = {}
+        for split in ("train", "heldout"):
+            if not index.has(lang, split):
+                continue
+            shard = open_shard(src, lang, split, index=index)
+            with ShardWriter(tmp, lang, split, index.dtype) as w:
+                kept = 0
+                for i in range(len(shard)):
+                    if split == "train" and lang in languages and kept and kept + len(shard[i]) > cap_tokens:
+                        break
+                    w.add(shard[i])
+                    kept += len(shard[i])
+            counts[lang][split] = w.counts
+    for extra in src.iterdir():  # the tokenizer the shards were made with travels with them
+        if extra.is_file() and extra.name != "index.json":
+            shutil.copy2(extra, tmp / extra.name)
+    write_index(tmp, counts, index.dtype, index.vocab_size, index.tokenizer)
+    os.replace(tmp, dst)
+
+
+def prepare_arms(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
+    """The derived arms' inputs: recipe JSONs (time-shuffled, fixed τ) and the capped shards."""
+    from mmbert.data.shards import ShardIndex
+    from mmbert.train.recipe import get_recipe
+
+    derived = [a for a in cfg.arms if a in DERIVED_ARMS]
+    if not derived:
+        return
+    index = ShardIndex.load(cfg.shards)
+    counts = {lang: index.tokens(lang) for lang in index.languages}
+    (cfg.out / "recipes").mkdir(parents=True, exist_ok=True)
+    for arm in derived:
+        base, how = DERIVED_ARMS[arm]
+        if how == "capped":
+            continue
+        rec = get_recipe(cfg.recipe(base))
+        rec = time_shuffled_recipe(rec, counts) if how == "time-shuffled" else fixed_tau_recipe(rec, float(arm[4:]))
+        path = Path(cfg.recipe(arm))
+        if not path.is_file() or path.read_text() != rec.to_json():
+            atomic_write(path, rec.to_json())
+    if any(a in CAPPED_ARMS for a in derived):
+        tier_of = tier_of_languages(cfg, counts)
+        low = [lang for lang, t in tier_of.items() if t == "decay-only"]
+        log(f"[study] repetition-regime shards: {len(low)} decay-only languages capped at {cfg.rep_cap_tokens} tokens")
+        cap_shards(cfg.shards, cfg.out / "shards-capped", low, cfg.rep_cap_tokens)
 
 
 def train_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
@@ -157,14 +276,19 @@ def tier_tokens(rec, counts: dict[str, int], tier_of: dict[str, str]) -> dict[st
         acc = dict.fromkeys(TIERS, 0.0)
         epochs: dict[str, float] = {}
         for p in phases:
-            plan = plan_phase(counts, p.languages, p.temperature, weights=p.language_weights or None)
+            plan = plan_phase(counts, p.languages, p.temperature, weights=p.language_weights or None,
+                              shares=p.shares or None, budget=p.tokens if p.epoch_cap else None,
+                              epoch_cap=p.epoch_cap)
             for lang, prob in zip(plan.languages, plan.probs):
                 acc[tier_of[lang]] += prob * p.tokens
                 epochs[lang] = epochs.get(lang, 0.0) + prob * p.tokens / counts[lang]
         out[track] = {t: round(v) for t, v in acc.items()}
-        # the most any language of the tier is repeated over the track (passes over its training data)
-        out[track]["max_epochs"] = {t: round(max((e for lang, e in epochs.items() if tier_of[lang] == t),
-                                                 default=0.0), 3) for t in TIERS}
+        # how often the tier's languages are repeated over the track (passes over their training data):
+        # the most-repeated language, and the median over the tier (0 for languages never drawn)
+        by_tier = {t: [epochs.get(lang, 0.0) for lang, tt in tier_of.items() if tt == t and lang in counts]
+                   for t in TIERS}
+        out[track]["max_epochs"] = {t: round(max(v, default=0.0), 3) for t, v in by_tier.items()}
+        out[track]["median_epochs"] = {t: round(statistics.median(v), 3) if v else 0.0 for t, v in by_tier.items()}
     return out
 
 
@@ -246,6 +370,7 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     if cfg.sib and not sib:
         log(f"[study] SIB-200 skipped: {root / 'sib200'} not found (pass --data-dir)")
     cfg.logs.mkdir(parents=True, exist_ok=True)
+    arm_counts = {cfg.shards: counts}
     for seed in cfg.seeds:
         for arm in cfg.arms:
             path = cfg.logs / f"{arm}-seed{seed}.json"
@@ -253,7 +378,11 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                 log(f"[study] {arm} seed {seed} has not finished training; not scored")
                 continue
             entry = json.loads(path.read_text()) if path.is_file() else {}
-            train_log = json.loads(json.dumps(_train_log(cfg, arm, seed, counts, tier_of)))  # as stored
+            src = cfg.shards_for(arm)  # exposure is counted on the shards the arm trained on
+            if src not in arm_counts:
+                ix = ShardIndex.load(src)
+                arm_counts[src] = {lang: ix.tokens(lang) for lang in ix.languages}
+            train_log = json.loads(json.dumps(_train_log(cfg, arm, seed, arm_counts[src], tier_of)))  # as stored
             stale = entry.get("train") != train_log
             entry["train"] = train_log
             entry.setdefault("mlm", {})
@@ -295,6 +424,7 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     t = time.perf_counter()
+    prepare_arms(cfg, log)
     train_all(cfg, log)
     merge_all(cfg, log)
     evaluate_all(cfg, log)
@@ -312,18 +442,35 @@ def load_logs(logs: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
-def tier_scores(mlm: dict) -> dict[str, float]:
-    """Macro accuracy per tier (mean over languages), token-weighted ('micro') per tier, and English."""
-    langs = mlm["languages"]
+TIER_COLS = ("decay-only", "mid", "pretrain", "all", "English")
+METRICS = {"loss": "held-out loss (nats per masked token; lower is better)",
+           "accuracy": "held-out accuracy ×100 (higher is better)"}
+BOOT_SEED = 0  # the page's intervals are deterministic: regenerating it from the logs gives the same bytes
+
+
+def tier_cells(mlm: dict, metric: str, tier: str) -> dict[str, float]:
+    """language → score for a tier ("all": every language, "English": eng_Latn), over languages with
+    masked tokens."""
+    langs = {k: v for k, v in mlm["languages"].items() if v["masked"] > 0}
+    if tier == "English":
+        langs = {k: v for k, v in langs.items() if k == ENGLISH}
+    elif tier != "all":
+        langs = {k: v for k, v in langs.items() if v["tier"] == tier}
+    return {k: float(v[metric]) for k, v in langs.items()}
+
+
+def tier_scores(mlm: dict, metric: str = "accuracy") -> dict[str, float]:
+    """Macro score per tier (mean over languages), token-weighted ('micro') per tier, all, English."""
     res: dict[str, float] = {}
+    langs = mlm["languages"]
     for tier in TIERS:
         vals = [v for v in langs.values() if v["tier"] == tier and v["masked"] > 0]
         if vals:
-            res[tier] = statistics.fmean(v["accuracy"] for v in vals)
-            res[f"{tier} (micro)"] = sum(v["accuracy"] * v["masked"] for v in vals) / sum(v["masked"] for v in vals)
-    res["all (macro)"] = statistics.fmean(v["accuracy"] for v in langs.values() if v["masked"] > 0)
+            res[tier] = statistics.fmean(v[metric] for v in vals)
+            res[f"{tier} (micro)"] = sum(v[metric] * v["masked"] for v in vals) / sum(v["masked"] for v in vals)
+    res["all (macro)"] = res["all"] = statistics.fmean(v[metric] for v in langs.values() if v["masked"] > 0)
     if ENGLISH in langs:
-        res["English"] = langs[ENGLISH]["accuracy"]
+        res["English"] = langs[ENGLISH][metric]
     return res
 
 
@@ -337,24 +484,56 @@ def sib_by_tier(sib: dict, tier_of: dict[str, str]) -> dict[str, float]:
     return res
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """a − b per seed: mean, std, and whether the seeds agree in sign with |mean| > std (the bar for a
-    stated conclusion on this page)."""
-    d = [x - y for x, y in zip(a, b)]
-    m, s = mean_std(d)
-    same_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
-    return {"diffs": d, "mean": m, "std": s, "n": len(d), "clear": bool(len(d) >= 2 and same_sign and abs(m) > s)}
-
-
 def fmt_ms(xs: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     m, s = mean_std([x * scale for x in xs])
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}"
 
 
-def fmt_diff(p: dict, scale: float = 100.0, digits: int = 2) -> str:
-    m, s = p["mean"] * scale, p["std"] * scale
-    txt = f"{m:+.{digits}f} ± {s:.{digits}f}" if p["n"] > 1 else f"{m:+.{digits}f}"
-    return f"**{txt}**" if p["clear"] else txt
+def _has(data: dict, arm: str, model: str = "decay-all") -> bool:
+    return arm in data and all(model in d["mlm"] for d in data[arm].values())
+
+
+def _table(data: dict, arm: str, model: str, metric: str, tier: str) -> dict[int, dict[str, float]]:
+    return {seed: tier_cells(d["mlm"][model], metric, tier) for seed, d in data[arm].items()}
+
+
+def contrast(data: dict, a: tuple[str, str], b: tuple[str, str], tier: str, metric: str = "loss") -> dict:
+    """How much better (arm, model) `a` is than `b` on a tier, paired by seed and language: b − a for
+    loss, a − b for accuracy (positive = a better), with a hierarchical-bootstrap interval."""
+    from mmbert.eval.stats import hierarchical_bootstrap
+
+    ta, tb = _table(data, *a, metric, tier), _table(data, *b, metric, tier)
+    sign = -1.0 if metric == "loss" else 1.0
+    diffs = {s: {k: sign * (ta[s][k] - tb[s][k]) for k in ta[s] if k in tb[s]} for s in ta if s in tb}
+    return hierarchical_bootstrap({"d": diffs}, seed=BOOT_SEED)
+
+
+def retention(data: dict, tier: str = "decay-only", metric: str = "loss") -> dict:
+    """(mid − merge) / (mid − decay-all) on the tier's mean loss: the share of decay-all's gain over its
+    branch point that the TIES merge keeps (1 = all of it)."""
+    from mmbert.eval.stats import hierarchical_bootstrap
+
+    t = {m: _table(data, "recipe", m, metric, tier) for m in ("mid", "ties-merge", "decay-all")}
+    return hierarchical_bootstrap({"b": t["mid"], "m": t["ties-merge"], "a": t["decay-all"]},
+                                  lambda a, m, b: _ratio(b - m, b - a) if metric == "loss" else _ratio(m - b, a - b),
+                                  seed=BOOT_SEED)
+
+
+def _ratio(x: float, y: float) -> float:
+    return x / y if y else float("nan")  # no gain to keep: undefined, not infinite
+
+
+def _fmt_ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
+    lo, hi = r["ci"]
+    return f"{r['estimate'] * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
+
+
+def _reading(r: dict, better: str, worse: str) -> str:
+    from mmbert.eval.stats import separable
+
+    if not separable(r["ci"]):
+        return "not separable (the interval covers 0)"
+    return f"{better} better" if r["estimate"] > 0 else f"{worse} better"
 
 
 def write_report(logs: Path, out_md: Path, log: Callable[[str], None] = print) -> Path:
@@ -367,29 +546,29 @@ def write_report(logs: Path, out_md: Path, log: Callable[[str], None] = print) -
 
 
 # ----------------------------------------------------------------------------- the page
-def _seeds(data: dict, arms: Sequence[str]) -> list[int]:
-    """Seeds present for every arm named (pairing needs the same seeds on both sides)."""
-    common = set.intersection(*(set(data.get(a, {})) for a in arms)) if arms else set()
-    return sorted(common)
-
-
-def _scores(data: dict, arm: str, model: str, seeds: Sequence[int]) -> dict[str, list[float]]:
-    rows = [tier_scores(data[arm][s]["mlm"][model]) for s in seeds]
-    return {k: [r[k] for r in rows] for k in rows[0]}
-
-
 MAJORITY_SIB = 0.25  # SIB-200 test: the largest of the 7 topics is 25% of the sentences
 
-
-def _verdict(p: dict, paper_sign: int, what: str, floor: tuple[float, float] | None = None) -> str:
-    """floor: the two arms' mean scores, when both sit at a trivial level (the majority class) no
-    ranking is stated however consistent the seeds are."""
-    if floor is not None and all(abs(x - MAJORITY_SIB) < 0.01 for x in floor):
-        return f"{what}: both arms score the majority class (25%) to within 1 point — no ranking at this scale"
-    if not p["clear"]:
-        return f"{what}: not separable from the seed spread at this scale"
-    agrees = (p["mean"] > 0) == (paper_sign > 0)
-    return f"{what}: {'as in the paper' if agrees else 'the opposite of the paper'} (all seeds agree)"
+# the questions the study answers, fixed before any number (the page states them first)
+PRIMARY = (
+    ("P1", "Timing at equal exposure: is a language better learned when it enters late (recipe) than when "
+           "the same tokens are spread over all of training (time-shuffled)?",
+     ("recipe", "decay-all"), ("time-shuffled", "decay-all"), "decay-only"),
+    ("P2", "The repetition regime: with little low-resource data, does the progressive schedule beat fixed "
+           "τ 0.7 on all languages, which repeats that data many times?",
+     ("rep-progressive", "decay-all"), ("rep-fixed-tau", "decay-all"), "decay-only"),
+)
+SECONDARY = (  # (label, a, b): Holm-corrected together, on every tier
+    ("decay-all vs its branch point (mid)", ("recipe", "decay-all"), ("recipe", "mid")),
+    ("decay-all vs decay-eng", ("recipe", "decay-all"), ("recipe", "decay-eng")),
+    ("decay-all vs decay-cont", ("recipe", "decay-all"), ("recipe", "decay-cont")),
+    ("TIES merge vs decay-all", ("recipe", "ties-merge"), ("recipe", "decay-all")),
+    ("recipe vs time-shuffled", ("recipe", "decay-all"), ("time-shuffled", "decay-all")),
+    ("inverse mask vs constant 15% (recipe vs constant-mask)", ("recipe", "decay-all"), ("constant-mask", "decay-all")),
+    ("progressive vs fixed τ 0.7 at this budget (constant-mask vs mbert-baseline)", ("constant-mask", "decay-all"),
+     ("mbert-baseline", "decay-all")),
+    ("progressive vs fixed τ 0.7, repetition regime", ("rep-progressive", "decay-all"), ("rep-fixed-tau", "decay-all")),
+)
+TAU_ARMS = (("tau-0.3", 0.3), ("mbert-baseline", 0.7), ("tau-1.0", 1.0))
 
 
 def _save(fig, path: Path) -> Path:
@@ -402,25 +581,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _plot_tiers(series: dict[str, dict[str, list[float]]], cols: Sequence[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(cols), 3.8))
-    width = 0.8 / len(series)
-    for i, (name, sc) in enumerate(series.items()):
-        means = [100 * statistics.fmean(sc[c]) for c in cols]
-        errs = [100 * mean_std(sc[c])[1] for c in cols]
-        ax.bar([j + i * width for j in range(len(cols))], means, width, yerr=errs, capsize=3, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols)
-    ax.set_ylabel("held-out MLM accuracy ×100 (15% mask)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
 def _plot_losses(data: dict, path: Path) -> Path:
     import matplotlib
 
@@ -428,7 +588,7 @@ def _plot_losses(data: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    colors = {"recipe": "C0", "constant-mask": "C1", "mbert-baseline": "C2"}
+    colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
     for arm, by_seed in data.items():
         for i, (seed, d) in enumerate(sorted(by_seed.items())):
             curves = d["train"]["loss_curve"]
@@ -443,193 +603,221 @@ def _plot_losses(data: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_tau_sweep(data: dict, path: Path) -> Path | None:
+    """Per tier: expected training tokens on the decay-all track (x, log) against held-out loss (y),
+    for the fixed-τ arms (a line) and the progressive constant-mask arm (a star)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [(a, t) for a, t in TAU_ARMS if _has(data, a)]
+    if len(arms) < 2:
+        return None
+    fig, axes = plt.subplots(1, len(TIERS), figsize=(4 * len(TIERS), 3.6))
+    for ax, tier in zip(axes, TIERS):
+        def point(arm: str) -> tuple[float, float]:
+            first = data[arm][min(data[arm])]["train"]["tier_tokens"]["decay-all"]
+            loss = statistics.fmean(tier_scores(d["mlm"]["decay-all"], "loss")[tier] for d in data[arm].values())
+            return first[tier], loss
+        pts = [point(a) for a, _ in arms]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color="C2", label="fixed τ (all languages)")
+        for (x, y), (_, t) in zip(pts, arms):
+            ax.annotate(f"τ {t:g}", (x, y), fontsize=8, textcoords="offset points", xytext=(4, 4))
+        if _has(data, "constant-mask"):
+            x, y = point("constant-mask")
+            ax.plot([x], [y], "*", ms=12, color="C0", label="progressive (constant-mask arm)")
+        ax.set_xscale("log")
+        ax.set_title(f"{tier} tier", fontsize=10)
+        ax.set_xlabel("training tokens to the tier (decay-all track)")
+    axes[0].set_ylabel("held-out loss (nats/token)")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
 def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, list[Path]]:
+    from mmbert.eval.stats import holm, separable
+
     plots: list[Path] = []
     rel = lambda p: os.path.relpath(p, page_dir)  # noqa: E731
     L: list[str] = []
     w = L.append
     all_seeds = sorted({s for by in data.values() for s in by})
+    missing = [a for a in ARMS if a not in data]
     w("# Reproducing mmBERT's findings at tiny scale\n")
     w(f"Every number on this page is computed by `mmbert study report` from the JSON run logs in "
       f"`{logs}/` (one per arm and seed), written by `mmbert study run` (`runs/reproduce.sh` reruns it all). "
-      f"Seeds: {', '.join(map(str, all_seeds))}; values are mean ± std over seeds (×100 for accuracies). "
-      f"A difference is **bold** only when every seed agrees in sign and |mean| > std of the per-seed "
-      f"differences; the arms share seeds (same initial weights), so differences are paired by seed.\n")
+      f"Seeds: {', '.join(map(str, all_seeds))}. The primary measure is **held-out loss** (nats per masked "
+      f"token at a fixed 15% masking; lower is better), accuracy is secondary. Differences are paired by seed "
+      f"and language; intervals are 95% from a hierarchical (seed, then language) bootstrap with "
+      f"Satterthwaite degrees of freedom (`mmbert.eval.stats`: about 5% false calls on null data, where the "
+      f"earlier 'all seeds agree and |mean| > sd' rule made about 21%). A difference is stated only where its "
+      f"interval excludes 0; otherwise the page says *not separable*.\n")
+    if missing:
+        w(f"Arms without logs yet (not run): {', '.join(missing)}; the sections that need them say so.\n")
 
-    # ---- setup and compute
+    # ---- the questions, before any number
+    w("## Questions, stated before the numbers\n")
+    for key, q, a, b, tier in PRIMARY:
+        w(f"- **{key}.** {q} Contrast: held-out loss of `{b[0]}` − `{a[0]}` on the {tier} tier "
+          f"(positive = {a[0]} better).")
+    w("- **P3.** How much of the decay-all variant's gain on decay-only languages does the TIES merge keep? "
+      "Retention (mid − merge) / (mid − decay-all) of the tier's mean held-out loss (1 = all of it).")
+    w(f"\nEverything else ({len(SECONDARY)} contrasts × {len(TIER_COLS)} tiers) is secondary and "
+      f"Holm-corrected as one family.\n")
+
+    # ---- arms and compute
     w("## Arms and compute\n")
     w("| arm | recipe | tracks | tokens per run | wall s per run (mean) | CPU s per run (mean) | seeds |")
     w("|---|---|---|---:|---:|---:|---|")
-    total_tokens, total_wall, total_cpu, n_runs, n_no_cpu = 0, 0.0, 0.0, 0, 0
-    for arm, by_seed in data.items():
-        run_tokens = by_seed[min(by_seed)]["train"]["tokens_trained"]  # main once + each variant
+    total_tokens, total_cpu, n_runs, n_no_cpu = 0, 0.0, 0, 0
+    for arm in [a for a in ARMS if a in data]:
+        by_seed = data[arm]
+        first = by_seed[min(by_seed)]["train"]
         walls = [d["train"]["wall_s"] for d in by_seed.values() if d["train"].get("wall_s")]
         cpus = [d["train"]["cpu_s"] for d in by_seed.values() if d["train"].get("cpu_s")]
-        total_tokens += run_tokens * len(by_seed)
-        total_wall += sum(walls)
-        total_cpu += statistics.fmean(cpus) * len(by_seed) if cpus else 0.0  # runs without a CPU figure: the mean
+        total_tokens += first["tokens_trained"] * len(by_seed)
+        total_cpu += statistics.fmean(cpus) * len(by_seed) if cpus else 0.0
         n_runs += len(by_seed)
         n_no_cpu += len(by_seed) - len(cpus)
-        first = by_seed[min(by_seed)]["train"]
-        w(f"| {arm} | `{first['recipe']}` | {', '.join(sorted(first['tracks']))} | "
-          f"{run_tokens:,} | {statistics.fmean(walls) if walls else float('nan'):.0f} | "
+        w(f"| {arm} | `{first['recipe']}` | {', '.join(sorted(first['tracks']))} | {first['tokens_trained']:,} | "
+          f"{statistics.fmean(walls) if walls else float('nan'):.0f} | "
           f"{statistics.fmean(cpus) if cpus else float('nan'):.0f} | {', '.join(map(str, sorted(by_seed)))} |")
     est = (f" ({n_no_cpu} of the {n_runs} runs were timed by wall clock only; their CPU time is taken as their "
            f"arm's mean)") if n_no_cpu else ""
-    w(f"\nTotal: {total_tokens / 1e6:.1f}M training tokens, {total_cpu / 60:.0f} CPU-minutes of training{est}. "
-      f"Each run used one thread; the wall column is inflated wherever runs shared the two cores with other "
-      f"work (two trainings at a time, scoring, other jobs), so CPU seconds are the cost: on an idle 2-core "
-      f"machine two runs at a time take about half the CPU sum. Scoring is not included.\n")
+    w(f"\nTotal: {total_tokens / 1e6:.1f}M training tokens, {total_cpu / 60:.0f} CPU-minutes of training{est}, "
+      f"one thread per run; scoring is not included.\n")
 
-    w("Expected training tokens per tier on the decay-all track (from each phase's sampling "
-      "probabilities; the same for every seed), and in brackets the most any one language of the tier "
-      "is repeated (passes over its training data):\n")
+    w("Exposure on the decay-all track (the same for every seed): expected training tokens per tier, and "
+      "passes over the tier's training data — median language / most-repeated language:\n")
     w("| arm | " + " | ".join(TIERS) + " |")
     w("|---|" + "---:|" * len(TIERS))
-    for arm, by_seed in data.items():
-        tt = by_seed[min(by_seed)]["train"].get("tier_tokens", {}).get("decay-all")
+    for arm in [a for a in ARMS if a in data]:
+        tt = data[arm][min(data[arm])]["train"].get("tier_tokens", {}).get("decay-all")
         if tt:
-            w(f"| {arm} | " + " | ".join(f"{tt[t]:,} ({tt['max_epochs'][t]:.2f}×)" for t in TIERS) + " |")
+            med = tt.get("median_epochs", {})
+            w(f"| {arm} | " + " | ".join(
+                f"{tt[t]:,} ({med[t]:.2f}× / {tt['max_epochs'][t]:.2f}×)" if t in med
+                else f"{tt[t]:,} (– / {tt['max_epochs'][t]:.2f}×)" for t in TIERS) + " |")
     w("")
-    tier_cols = ["decay-only", "mid", "pretrain", "English"]
 
-    # ---- 1. decay-only languages
-    findings: list[str] = []
-    if "recipe" in data:
-        seeds = _seeds(data, ["recipe"])
-        sc = {m: _scores(data, "recipe", m, seeds) for m in RECIPE_MODELS}
-        n_tier = {t: sum(1 for v in data["recipe"][seeds[0]]["mlm"]["mid"]["languages"].values() if v["tier"] == t)
-                  for t in TIERS}
-        w("## 1. Languages seen only in the decay phase\n")
-        w(f"The recipe arm's tiers: **pretrain** = the {n_tier['pretrain']} languages of the pretraining phase, "
-          f"**mid** = the {n_tier['mid']} added at mid-training, **decay-only** = the {n_tier['decay-only']} "
-          f"languages that only decay-all trains on (their held-out shards are never seen before the decay). "
-          f"`mid` is the checkpoint all three decays branch from; `ties-merge` is TIES of the three decays "
-          f"relative to it. Held-out MLM accuracy ×100 at 15% masking with a fixed masking seed, on up to "
-          f"{data['recipe'][seeds[0]]['mlm']['mid']['settings']['max_tokens_per_lang']:,} held-out tokens per "
-          f"language (a decay-only language has ~70), macro over languages:\n")
-        w("| model | " + " | ".join(tier_cols) + " | decay-only (token-weighted) |")
-        w("|---|" + "---:|" * (len(tier_cols) + 1))
-        for m in RECIPE_MODELS:
-            w(f"| {m} | " + " | ".join(fmt_ms(sc[m][c]) for c in tier_cols)
-              + f" | {fmt_ms(sc[m]['decay-only (micro)'])} |")
-        w("\nPaired differences (points):\n")
-        w("| comparison | " + " | ".join(tier_cols) + " |")
-        w("|---|" + "---:|" * len(tier_cols))
-        comps = [("decay-all − mid", "decay-all", "mid"), ("decay-all − decay-eng", "decay-all", "decay-eng"),
-                 ("decay-all − decay-cont", "decay-all", "decay-cont"), ("ties-merge − mid", "ties-merge", "mid"),
-                 ("ties-merge − decay-all", "ties-merge", "decay-all")]
-        pd = {}
-        for label, a, b in comps:
-            pd[label] = {c: paired(sc[a][c], sc[b][c]) for c in tier_cols}
-            w(f"| {label} | " + " | ".join(fmt_diff(pd[label][c]) for c in tier_cols) + " |")
-        gain = [x - y for x, y in zip(sc["decay-all"]["decay-only"], sc["mid"]["decay-only"])]
-        kept = [x - y for x, y in zip(sc["ties-merge"]["decay-only"], sc["mid"]["decay-only"])]
-        ret = [k / g for k, g in zip(kept, gain) if g > 0]
-        if ret:
-            w(f"\nTIES retention on decay-only languages, (merge − mid) / (decay-all − mid) per seed: "
-              f"{', '.join(f'{r:.2f}' for r in ret)} (mean {statistics.fmean(ret):.2f}).\n")
-        plots.append(_plot_tiers({m: sc[m] for m in RECIPE_MODELS}, tier_cols, files / "decay_variants.png",
-                                 "decay variants and their TIES merge (mean ± std over seeds)"))
-        w(f"![decay variants]({rel(plots[-1])})\n")
-        findings.append(_verdict(pd["decay-all − mid"]["decay-only"], +1,
-                                 "decay-only languages improve when added in the decay "
-                                 "(decay-all vs its branch point)"))
-        findings.append(_verdict(pd["decay-all − decay-eng"]["decay-only"], +1,
-                                 "decay-all beats the English-heavy decay on decay-only languages"))
-        findings.append(_verdict(pd["ties-merge − mid"]["decay-only"], +1,
-                                 "the TIES merge keeps a gain on decay-only languages over the branch point"))
-        findings.append(_verdict(pd["ties-merge − decay-all"]["pretrain"], +1,
-                                 "the TIES merge is better than decay-all on the pretraining languages"))
-
-    def endpoint_section(title: str, arms: Sequence[str], comps: Sequence[tuple[str, str, str, int, str]]):
-        present = [a for a in arms if a in data]
-        if len(present) < 2:
-            return
-        seeds = _seeds(data, present)
-        sc = {a: _scores(data, a, "decay-all", seeds) for a in present}
-        w(title)
-        w("Decay-all endpoints (equal tokens), held-out MLM accuracy ×100 at 15% masking:\n")
-        w("| arm | " + " | ".join(tier_cols) + " | all languages |")
-        w("|---|" + "---:|" * (len(tier_cols) + 1))
-        for a in present:
-            w(f"| {a} | " + " | ".join(fmt_ms(sc[a][c]) for c in tier_cols) + f" | {fmt_ms(sc[a]['all (macro)'])} |")
-        sib_ok = all("decay-all" in data[a][s].get("sib200", {}) for a in present for s in seeds)
-        tier_of = {k: v["tier"] for k, v in data[present[0]][seeds[0]]["mlm"]["decay-all"]["languages"].items()}
-        sib = {}
-        if sib_ok:
-            rows = {a: [sib_by_tier(data[a][s]["sib200"]["decay-all"], tier_of) for s in seeds] for a in present}
-            sib_cols = [c for c in ("all", *TIERS, "not in corpus") if c in rows[present[0]][0]]
-            sib = {a: {c: [r[c] for r in rows[a]] for c in sib_cols} for a in present}
-            n = len(data[present[0]][seeds[0]]["sib200"]["decay-all"]["languages"])
-            w(f"\nSIB-200 zero-shot accuracy ×100 (fine-tuned on English train, tested on {n} languages: English "
-              f"and up to 24 per tier, spread over the tags; columns by the recipe's tiers, matched by exact "
-              f"tag, 'not in corpus' = SIB languages whose tag has no shard; "
-              f"chance is 1/7 = 14.3, the majority class 25.0 of test):\n")
-            w("| arm | " + " | ".join(sib_cols) + " |")
-            w("|---|" + "---:|" * len(sib_cols))
-            for a in present:
-                w(f"| {a} | " + " | ".join(fmt_ms(sib[a][c]) for c in sib_cols) + " |")
-        w("\nPaired differences (points):\n")
-        w("| comparison | " + " | ".join(tier_cols) + " | all languages | SIB-200 |")
-        w("|---|" + "---:|" * (len(tier_cols) + 2))
-        for label, a, b, sign, what in comps:
-            if a not in sc or b not in sc:
+    # ---- primary results
+    w("## Primary results\n")
+    w("| question | contrast (positive = first better) | estimate [95% CI], nats/token | p | reading |")
+    w("|---|---|---|---:|---|")
+    for key, _, a, b, tier in PRIMARY:
+        if not (_has(data, a[0], a[1]) and _has(data, b[0], b[1])):
+            w(f"| {key} | {a[0]} vs {b[0]}, {tier} | – | – | not run: no logs for "
+              f"{', '.join(x for x in (a[0], b[0]) if x not in data)} |")
+            continue
+        for t in (tier, "all"):
+            r = contrast(data, a, b, t)
+            w(f"| {key} | {a[0]} vs {b[0]}, {t} tier | {_fmt_ci(r)} | {r['p']:.3g} | {_reading(r, a[0], b[0])} |")
+    if _has(data, "recipe", "ties-merge"):
+        for metric in ("loss", "accuracy"):
+            r = retention(data, "decay-only", metric)
+            lo, hi = r["ci"]
+            if not math.isfinite(r["estimate"]):
+                w(f"| P3 | TIES retention on decay-only, by {metric} | – | – | undefined: decay-all gained nothing "
+                  f"over mid to keep |")
                 continue
-            pdiff = {c: paired(sc[a][c], sc[b][c]) for c in [*tier_cols, "all (macro)"]}
-            ps = paired(sib[a]["all"], sib[b]["all"]) if sib else None
-            w(f"| {label} | " + " | ".join(fmt_diff(pdiff[c]) for c in [*tier_cols, "all (macro)"]) +
-              f" | {fmt_diff(ps) if ps else '–'} |")
-            findings.append(_verdict(pdiff["all (macro)"], sign, f"{what} (MLM, all languages)"))
-            for t in TIERS:
-                findings.append(_verdict(pdiff[t], sign, f"{what} (MLM, {t} tier)"))
-            if ps:
-                findings.append(_verdict(ps, sign, f"{what} (SIB-200 zero-shot)",
-                                         floor=(statistics.fmean(sib[a]["all"]), statistics.fmean(sib[b]["all"]))))
-        return sc
+            w(f"| P3 | TIES retention on decay-only, by {metric} | {r['estimate']:.2f} [{lo:.2f}, {hi:.2f}] | – | "
+              f"{'keeps some of the gain' if lo > 0 else 'not separable from 0'}"
+              f"{'; less than all of it' if hi < 1 else ''} |")
+    else:
+        w("| P3 | TIES retention | – | – | not run: no recipe-arm logs with a merge |")
+    w("")
 
-    endpoint_section("\n## 2. Inverse mask schedule (30% → 15% → 5%) vs a constant 15%\n",
-                     ["recipe", "constant-mask"],
-                     [("recipe − constant-mask", "recipe", "constant-mask", +1,
-                       "the inverse mask schedule beats a constant 15% mask")])
-    endpoint_section("\n## 3. Annealed sampling with progressive languages vs fixed τ 0.7 on all languages\n",
-                     ["recipe", "constant-mask", "mbert-baseline"],
-                     [("constant-mask − mbert-baseline (sampling alone)", "constant-mask", "mbert-baseline", +1,
-                       "annealed τ with progressive languages beats fixed τ 0.7 on all languages, masks equal"),
-                      ("recipe − mbert-baseline (recipe as a whole)", "recipe", "mbert-baseline", +1,
-                       "the whole recipe beats the mBERT-style baseline")])
+    # ---- the models' scores
+    seeds_all = all_seeds
+    for metric, title in METRICS.items():
+        scale, digits = (1.0, 3) if metric == "loss" else (100.0, 2)
+        w(f"## Scores: {title}\n")
+        w("Mean ± std over seeds of the macro average over each tier's languages:\n")
+        w("| arm | model | " + " | ".join(TIER_COLS) + " |")
+        w("|---|---|" + "---:|" * len(TIER_COLS))
+        for arm in [a for a in ARMS if a in data]:
+            for model in models_of(arm):
+                if not _has(data, arm, model):
+                    continue
+                rows = [tier_scores(d["mlm"][model], metric) for d in data[arm].values()]
+                w(f"| {arm} | {model} | " + " | ".join(
+                    fmt_ms([r[c] for r in rows], scale, digits) if all(c in r for r in rows) else "–"
+                    for c in TIER_COLS) + " |")
+        w("")
+    if "recipe" in data:
+        n_tier = {t: sum(1 for v in next(iter(data["recipe"].values()))["mlm"]["mid"]["languages"].values()
+                         if v["tier"] == t) for t in TIERS}
+        w(f"Tiers (from the recipe arm): **pretrain** = the {n_tier['pretrain']} languages of the pretraining "
+          f"phase, **mid** = the {n_tier['mid']} added at mid-training, **decay-only** = the "
+          f"{n_tier['decay-only']} that only decay-all trains on. A decay-only language holds one held-out "
+          f"document (≈10 masked tokens), so its tier score is a mean over many small samples.\n")
 
-    w("\n## Training loss\n")
+    # ---- secondary family
+    results: dict[tuple[str, str], dict] = {}
+    for label, a, b in SECONDARY:
+        if _has(data, *a) and _has(data, *b):
+            for t in TIER_COLS:
+                results[(label, t)] = contrast(data, a, b, t)
+    if results:
+        adj = holm({f"{k[0]}|{k[1]}": r["p"] for k, r in results.items()})
+        w("## Secondary contrasts (held-out loss, Holm-corrected)\n")
+        w(f"{len(results)} contrasts in one family; positive = the first model better (lower loss), nats/token.\n")
+        w("| contrast | " + " | ".join(TIER_COLS) + " |")
+        w("|---|" + "---|" * len(TIER_COLS))
+        for label, _, _ in SECONDARY:
+            if (label, TIER_COLS[0]) not in results:
+                continue
+            cells = []
+            for t in TIER_COLS:
+                r = results[(label, t)]
+                mark = "**" if separable(r["ci"]) and adj[f"{label}|{t}"] < 0.05 else ""
+                cells.append(f"{mark}{_fmt_ci(r)}{mark} (p_Holm {adj[f'{label}|{t}']:.2g})")
+            w(f"| {label} | " + " | ".join(cells) + " |")
+        w("\nBold: the interval excludes 0 and the Holm-adjusted p < 0.05.\n")
+
+    # ---- τ sweep
+    w("## Where the progressive schedule sits on the exposure/quality curve\n")
+    tau_plot = _plot_tau_sweep(data, files / "tau_sweep.png")
+    if tau_plot is None:
+        w(f"Needs at least two of the fixed-τ arms ({', '.join(a for a, _ in TAU_ARMS)}); "
+          f"present: {', '.join(a for a, _ in TAU_ARMS if a in data) or 'none'}.\n")
+    else:
+        plots.append(tau_plot)
+        w("Fixed τ on all languages trades exposure between tiers; the progressive schedule (constant-mask "
+          "arm: same masks, same tokens) is one point. A point below the fixed-τ line at its exposure is a gain "
+          "from *when* languages are seen, not from how much.\n")
+        w(f"![τ sweep]({rel(tau_plot)})\n")
+
+    # ---- SIB-200 (secondary; floor check)
+    sib_arms = [a for a in ARMS if a in data and all("decay-all" in d.get("sib200", {}) for d in data[a].values())]
+    if sib_arms:
+        first = data[sib_arms[0]][min(data[sib_arms[0]])]
+        tier_of = {k: v["tier"] for k, v in first["mlm"]["decay-all"]["languages"].items()}
+        w("## SIB-200 zero-shot (decay-all endpoints)\n")
+        w("| arm | all | " + " | ".join(TIERS) + " |")
+        w("|---|---:|" + "---:|" * len(TIERS))
+        means = []
+        for a in sib_arms:
+            rows = [sib_by_tier(d["sib200"]["decay-all"], tier_of) for d in data[a].values()]
+            means.append(statistics.fmean(r["all"] for r in rows))
+            w(f"| {a} | {fmt_ms([r['all'] for r in rows])} | " +
+              " | ".join(fmt_ms([r[t] for r in rows]) if t in rows[0] else "–" for t in TIERS) + " |")
+        if all(abs(m - MAJORITY_SIB) < 0.01 for m in means):
+            w("\nEvery arm scores the majority class (25%) to within a point: SIB-200 cannot rank these "
+              "models, and the page draws no conclusion from it.\n")
+        else:
+            w("")
+
+    w("## Training loss\n")
     plots.append(_plot_losses(data, files / "training_loss.png"))
     w(f"![training loss]({rel(plots[-1])})\n")
 
-    tier_means = [statistics.fmean(tier_scores(d["mlm"][m])[t] for d in by_seed.values())
-                  for by_seed in data.values() for m in next(iter(by_seed.values()))["mlm"] for t in TIERS]
-    accuracy_range = (f"Held-out MLM accuracies span {100 * min(tier_means):.0f}–{100 * max(tier_means):.0f}% "
-                      f"across the tiers and models above")
-    w("\n## Scale, and what a larger run would change\n")
-    w("- **Model and tokens.** The `tiny` preset (6 layers, hidden 128, 4 heads, 32,768-token BPE; "
-      "5.2M parameters, 1.0M outside the embeddings) sees 3.1–3.6M training tokens per run — "
-      "about a million times fewer than "
-      "mmBERT's 3T, and the decay phase here is 240k tokens spread over all languages (a few hundred tokens "
-      "per decay-only language). " + accuracy_range +
-      " — the regime where the model is learning frequent tokens and short-range statistics; the paper's "
-      "effects are measured on models that have long left it.")
-    w("- **Evaluation.** Decay-only languages hold one held-out document each in the embedded corpus "
-      "(≈50–100 tokens, ≈10 masked per language), so their tier score is a mean over ~430 small samples: "
-      "stable as an average, not per language. SIB-200 fine-tuning of a model this small barely leaves "
-      "the majority class, so it cannot rank the arms here; the paper's XNLI/SIB/F1 gains need a model "
-      "whose representations carry meaning.")
-    w("- **Expected with more compute.** The mask-schedule and sampling comparisons are about how the "
-      "budget is spent late in training; with ~1000× more tokens (a `mmbert-small` run on one GPU for "
-      "a day) the decay phase would see thousands of tokens per low-resource language and the tier "
-      "differences would be measured on downstream tasks as the paper does. Everything above is rerun "
-      "by `runs/reproduce.sh` with a different recipe name in `mmbert.study.ARMS`.")
-    w("\n## What the seeds allow us to say\n")
-    w("Stated against the paper's direction, only where every seed agrees and |mean| > std:\n")
-    for f in findings:
-        w(f"- {f}")
-    w("")
+    w("## Scale\n")
+    w("The `tiny` preset (6 layers, hidden 128; 5.2M parameters, 1.0M outside the embeddings) sees "
+      "3.1–3.6M training tokens per run, about a million times fewer than mmBERT's 3T. The questions above "
+      "are about how a budget is spent; a `mmbert-small` run of the same study on a GPU would measure them "
+      "where the paper did (downstream tasks, thousands of tokens per low-resource language).\n")
     notes = Path(logs) / "NOTES.md"
     if notes.is_file():  # the authors' reading of these logs, kept beside them
         w(f"\n## Reading the results\n\n(from `{notes}`)\n")

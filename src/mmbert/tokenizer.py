@@ -23,15 +23,19 @@ Design (mmBERT uses Gemma 2's tokenizer; we train the same kind):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from mmbert.utils import atomic_write
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
@@ -58,6 +62,70 @@ class SpecialIds:
     bos: int
     unk: int | None
     mask: int
+
+
+# ----------------------------------------------------------------------------- special ids: one home
+@dataclass(frozen=True)
+class ResolvedIds:
+    """Special token ids a caller uses (None: neither config nor tokenizer names one)."""
+
+    pad: int | None
+    cls: int | None
+    sep: int | None
+    unk: int | None
+    mask: int | None
+
+    def all(self) -> set[int]:
+        return {i for i in (self.pad, self.cls, self.sep, self.unk, self.mask) if i is not None}
+
+
+# role → (model config fields, tokenizer attributes / shard-index tokenizer-info keys), in order
+_ROLE_SOURCES = {
+    "pad": (("pad_token_id",), ("pad_id", "pad_token_id")),
+    "cls": (("cls_token_id", "bos_token_id"), ("bos_id", "cls_token_id", "bos_token_id")),
+    "sep": (("sep_token_id", "eos_token_id"), ("eos_id", "sep_token_id", "eos_token_id")),
+    "unk": (("unk_token_id",), ("unk_id", "unk_token_id")),
+    "mask": (("mask_token_id",), ("mask_id", "mask_token_id")),
+}
+_ROLE_FIX = {"mask": "mask_token_id", "pad": "pad_token_id", "cls": "cls_token_id", "sep": "sep_token_id",
+             "unk": "unk_token_id"}
+
+
+def _lookup(source: Any, keys: Sequence[str]) -> int | None:
+    for k in keys:
+        v = source.get(k) if isinstance(source, dict) else getattr(source, k, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def resolve_special_ids(config: Any = None, *tokenizers: Any, require: Sequence[str] = (),
+                        **given: int | None) -> ResolvedIds:
+    """The special token ids (pad, cls, sep, unk, mask), resolved in one place for every caller
+    (fill-mask, MLM eval, data preparation, the loader): an explicit `given` value wins, then the
+    model config's `*_token_id` (when the file states it — official ModernBERT and mmBERT configs
+    have no mask_token_id), then each tokenizer in turn: our Tokenizer, a transformers tokenizer,
+    or a shard index's tokenizer info dict. cls falls back to bos and sep to eos. A role in
+    `require` that nothing names stops with one TokenizerError saying how to fix it."""
+    out = {}
+    for role, (cfg_keys, tok_keys) in _ROLE_SOURCES.items():
+        v = given.get(role)
+        if v is None and config is not None:
+            v = _lookup(config, cfg_keys)
+        for tok in tokenizers:
+            if v is not None:
+                break
+            if tok is not None:
+                v = _lookup(tok, tok_keys)
+        out[role] = v
+    for role in require:
+        if out[role] is None:
+            token = {"mask": "<mask>/[MASK]", "pad": "<pad>/[PAD]", "cls": "<bos>/[CLS]", "sep": "<eos>/[SEP]",
+                     "unk": "<unk>/[UNK]"}[role]
+            raise TokenizerError(f"no {role} token: the model config has no {_ROLE_FIX[role]} and no tokenizer "
+                                 f"defines one; add \"{_ROLE_FIX[role]}\" to config.json or a {token} special "
+                                 f"token to the tokenizer")
+    return ResolvedIds(**out)
 
 
 class Tokenizer:
@@ -101,9 +169,11 @@ class Tokenizer:
                 "bos_id": self.bos_id, "unk_id": self.unk_id, "mask_id": self.mask_id,
                 "model": type(self.hf.model).__name__}
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
+    def save(self, out_dir: str | os.PathLike, model_max_length: int = 8192) -> Path:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically) so that
-        `transformers.AutoTokenizer.from_pretrained(out_dir)` gives a PreTrainedTokenizerFast."""
+        `transformers.AutoTokenizer.from_pretrained(out_dir)` gives a PreTrainedTokenizerFast.
+        `model_max_length` is what `truncation=True` cuts to: a model directory passes its
+        max_position_embeddings (export/hf.py); a bare tokenizer says mmBERT's 8192."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         t = self.tokens
@@ -111,7 +181,7 @@ class Tokenizer:
                 "cls_token": t["bos"], "sep_token": t["eos"]}
         if "unk" in t:
             smap["unk_token"] = t["unk"]
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
                   "clean_up_tokenization_spaces": False, "add_bos_token": True, "add_eos_token": True,
                   "model_input_names": ["input_ids", "attention_mask"], **smap}
         atomic_write(out / "tokenizer.json", self.hf.to_str(pretty=False))
@@ -200,11 +270,13 @@ def sampling_budgets(sizes: dict[str, int], total: int, temperature: float) -> d
 
 
 def training_texts(corpus_dir: str | os.PathLike, max_chars: int, temperature: float = 0.3, seed: int = 0,
-                   languages: Sequence[str] | None = None) -> tuple[list[str], dict[str, int]]:
+                   languages: Sequence[str] | None = None, skipped: dict | None = None
+                   ) -> tuple[list[str], dict[str, int]]:
     """The temperature-sampled training mix: documents kept with probability budget_l / n_l
     (seeded, in corpus order). Sizes and budgets are UTF-8 bytes — the unit corpus sizes are known
     in without reading them; counting characters against byte sizes would under-sample the
-    multi-byte scripts (CJK, Indic) by 2–3x. Returns (texts, bytes taken per language)."""
+    multi-byte scripts (CJK, Indic) by 2–3x. Returns (texts, bytes taken per language); `skipped`,
+    when given, receives what the corpus reader skipped ({reason: count}, and "examples")."""
     from mmbert.corpus.byo import open_corpus
 
     corpus = open_corpus(corpus_dir)
@@ -224,6 +296,8 @@ def training_texts(corpus_dir: str | os.PathLike, max_chars: int, temperature: f
                 texts.append(doc)
                 n += len(doc.encode("utf-8"))
         taken[l] = n
+    if skipped is not None:
+        skipped.update(dict(corpus.skipped.counts), examples={k: list(v) for k, v in corpus.skipped.examples.items()})
     return texts, taken
 
 
@@ -271,7 +345,10 @@ def train_tokenizer_from_texts(texts: Iterable[str], vocab_size: int, *, min_fre
                                 fuse_unk=True))
     hf.pre_tokenizer = _pre_tokenizer()
     hf.decoder = _decoder()
-    hf.add_special_tokens(list(SPECIAL_TOKENS) + unused)
+    # <mask> absorbs the space before it (lstrip), as in the released mmBERT / ModernBERT tokenizers:
+    # "is <mask>." → ▁is <mask> . rather than ▁is ▁ <mask> ., a lone ▁ pretraining never produces
+    hf.add_special_tokens([AddedToken(t, special=True, lstrip=(t == "<mask>"), normalized=False)
+                           for t in list(SPECIAL_TOKENS) + unused])
     return Tokenizer(hf, SpecialIds(pad=0, eos=1, bos=2, unk=3, mask=4))
 
 
@@ -285,12 +362,17 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
     train a 32k vocabulary in about a minute of CPU); each language's share is
     ∝ (its size)^temperature, capped at its size.
     """
-    texts, taken = training_texts(corpus_dir, max_chars, temperature, seed, languages)
+    skipped: dict = {}
+    texts, taken = training_texts(corpus_dir, max_chars, temperature, seed, languages, skipped=skipped)
+    examples = skipped.pop("examples", {})
+    if skipped:  # reported as `data prepare` does: counts by reason, with example paths
+        print("tokenizer: skipped " + "; ".join(f"{r} ×{n} (e.g. {', '.join(examples.get(r, []))})"
+                                               for r, n in sorted(skipped.items())), file=sys.stderr)
     if not texts:
-        raise ValueError(f"corpus {corpus_dir} gave no training text")
+        raise ValueError(f"corpus {corpus_dir} gave no training text (skipped: {skipped or 'nothing'})")
     if progress:
-        print(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} MB of text "
-              f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
+        log.info(f"tokenizer: training a {vocab_size} vocabulary on {sum(taken.values()) / 1e6:.1f} MB of text "
+                 f"from {sum(1 for v in taken.values() if v)} languages (τ = {temperature})")
     tok = train_tokenizer_from_texts(texts, vocab_size, progress=progress)
     if out_dir is not None:
         out = tok.save(out_dir)
@@ -298,9 +380,10 @@ def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str
         atomic_write(out / "fertility.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         atomic_write(out / "fertility.md", fertility_table(report))
         atomic_write(out / "training_mix.json", json.dumps({"temperature": temperature, "max_chars": max_chars,
-                                                               "seed": seed, "bytes": taken}, indent=1) + "\n")
+                                                               "seed": seed, "bytes": taken, "skipped": skipped},
+                                                              indent=1) + "\n")
         if progress:
-            print(fertility_table(report, top=25))
+            log.info(fertility_table(report, top=25))
     return tok
 
 

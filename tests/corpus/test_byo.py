@@ -53,6 +53,22 @@ def test_bad_input_is_skipped_and_counted(tmp_path):
     assert "latin1.txt" in c.skipped.summary()
 
 
+def test_invalid_utf8_costs_only_its_line_or_document_and_nul_anywhere_is_binary(tmp_path):
+    lang = tmp_path / "fra_Latn"
+    lang.mkdir()
+    lines = [json.dumps({"text": f"Document {i}."}).encode() for i in range(200)]
+    lines[57] = b'{"text": "caf\xe9"}'  # Latin-1 byte inside one line
+    (lang / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (lang / "b.txt").write_bytes("Premier.\n\nSecond \xe9t\xe9.\n\nTroisième.\n".encode("utf-8").replace(
+        "Second \xe9t\xe9".encode("utf-8"), b"Second \xe9t\xe9"))
+    (lang / "c.txt").write_bytes(b"Du texte. " * 8000 + b"\x00\x01\x02")  # NUL bytes only after 64 KB
+    c = open_corpus(tmp_path)
+    docs = list(c.documents("fra_Latn"))
+    assert docs == [f"Document {i}." for i in range(200) if i != 57] + ["Premier.", "Troisième."]
+    assert dict(c.skipped.counts) == {"invalid-utf8": 2, "binary-file": 1}
+    assert c.skipped.examples["invalid-utf8"] == [f"{lang / 'a.jsonl'}:58", f"{lang / 'b.txt'} (document 2)"]
+
+
 def test_nothing_usable_is_one_clear_error(tmp_path):
     (tmp_path / "deu_Latn").mkdir()
     (tmp_path / "deu_Latn" / "x.bin").write_bytes(b"\x00\x01")

@@ -141,7 +141,7 @@ def big_corpus(setup):
     root, corpus = setup
     big = root / "big"
     rng = np.random.default_rng(0)
-    words = ["Würde", "frei", "12345", "  ", "😀", "gleich", "Rechten", "<mask>", "x" * 30, "\t", "a"]
+    words = ["Würde", "frei", "12345", "  ", "😀", "gleich", "Rechten", "<mask>", " <mask>", "x" * 30, "\t", "a", "\n"]
     for lang, n_files in (("deu_Latn", 3), ("rus_Cyrl", 2)):
         (big / lang).mkdir(parents=True)
         for f in range(n_files):
@@ -205,3 +205,32 @@ def test_resume_after_a_kill_redoes_only_what_was_not_finished(big_corpus, tmp_p
     prepare_shards(big, root / "tok", tmp_path / "run", workers=1, heldout_fraction=0.1, progress=False)
     assert encoded == []  # deu_Latn was done; rus_Cyrl's parts were done: nothing tokenized again
     assert _files(tmp_path / "run") == _files(tmp_path / "clean")
+
+
+def test_shards_remember_their_tokenizer(setup, tmp_path):
+    """A byte copy in the shard directory, its sha256 in index.json; a tokenizer swapped since (same
+    vocabulary size) is an error naming both files at pretrain and eval time."""
+    from mmbert.data.shards import ShardError, check_tokenizer, sha256_file, shards_tokenizer
+
+    root, corpus = setup
+    tok_dir = tmp_path / "tok"
+    load_tokenizer(root / "tok").save(tok_dir)
+    out = tmp_path / "shards"
+    prepare_shards(corpus, tok_dir, out, workers=1, heldout_fraction=0.1, progress=False)
+    index = ShardIndex.load(out)
+    copy = out / "tokenizer" / "tokenizer.json"
+    assert index.tokenizer["copy"] == "tokenizer/tokenizer.json"
+    assert sha256_file(copy) == index.tokenizer["sha256"] == sha256_file(tok_dir / "tokenizer.json")
+    assert shards_tokenizer(index).vocab_size == 512
+    other = train_tokenizer_from_texts(["ganz andere Texte, andere Merges. " * 3] * 20, 512)
+    other.save(tok_dir)  # swapped in place after `data prepare`
+    with pytest.raises(ShardError, match=rf"{tok_dir / 'tokenizer.json'} .*is not the tokenizer the shards in "
+                                         rf".* were made with: {copy} \(their copy\)"):
+        shards_tokenizer(index)
+    with pytest.raises(ShardError, match="the model's tokenizer"):
+        check_tokenizer(index, tok_dir / "tokenizer.json", role="the model's tokenizer")
+    check_tokenizer(index, copy)  # the copy itself matches
+    import shutil
+
+    shutil.rmtree(tok_dir)  # the original gone: the copy still serves
+    assert shards_tokenizer(index).encode("Dokument 1") == load_tokenizer(root / "tok").encode("Dokument 1")

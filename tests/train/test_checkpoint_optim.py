@@ -1,6 +1,8 @@
 """Checkpoints: exact round trip, atomic under a crash, keep-last-K, clear shape errors; optimizer groups."""
 
+import os
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from mmbert import EncoderConfig
 from mmbert.model import build_model
 from mmbert.train import checkpoint as C
 from mmbert.train.optim import build_optimizer, param_groups
+from mmbert.utils import HOST
 
 
 def tiny(hidden=32, layers=2):
@@ -91,12 +94,23 @@ def test_crash_during_save_leaves_no_half_written_checkpoint(tmp_path, monkeypat
     assert C.latest_checkpoint(root) == good
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]
     # a kill that even skipped the cleanup leaves only a hidden temp dir, ignored and later removed
-    (root / ".tmp-step_00000003-1").mkdir()
-    (root / ".tmp-step_00000003-1" / "model.safetensors").write_bytes(b"partial")
+    # (its writer is dead); a live writer's temp dir is never touched
+    dead = _dead_pid()
+    stale = root / f".step_00000003.tmp-{dead}@{HOST}"
+    live = root / f".step_00000005.tmp-{os.getpid()}@{HOST}"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
     assert C.latest_checkpoint(root) == good
     monkeypatch.setattr(C, "_torch_save", real)
     C.save_checkpoint(root, 4, model=m, optimizer=opt, train_state={}, loader_state={}, run_config={})
-    assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000004"]
+    assert sorted(p.name for p in root.iterdir()) == [live.name, "step_00000001", "step_00000004"]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
 
 
 def test_keep_last_k_spares_kept(tmp_path):

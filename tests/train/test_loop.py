@@ -47,6 +47,13 @@ def test_full_run_loss_falls_and_writes_the_run_dir(full_run):
     assert mid_cfg["global_rope_theta"] == 160_000.0  # the θ switch reached the exported model
     pre_cfg = json.loads((out / "export" / "pretrain" / "config.json").read_text())
     assert pre_cfg["global_rope_theta"] == 10_000.0
+    # each export's model card names the languages trained on so far (top:2 → top:3 → all)
+    from mmbert.export.card import read_card
+
+    cards = {name: read_card(out / "export" / name) for name in ("pretrain", "mid", "decay-all")}
+    assert cards["pretrain"].languages == ["en", "fr"] and cards["mid"].languages == ["de", "en", "fr"]
+    assert sorted(cards["decay-all"].languages) == ["de", "en", "fr", "yo"]
+    assert (out / "export" / "decay-all" / "modules.json").is_file()
     for png in ("loss", "heldout", "schedules", "throughput"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 5000
     assert "| main |" in (out / "summary.md").read_text()

@@ -48,7 +48,9 @@ def test_mmbert_paper_numbers():
 def test_cpu_demo_keeps_the_shape_of_mmbert():
     demo, paper = get_recipe("cpu-demo"), get_recipe("mmbert")
     for a, b in zip(demo.all_phases(), paper.all_phases()):
-        assert (a.name, a.temperature, a.mask_rate, a.lr_decay) == (b.name, b.temperature, b.mask_rate, b.lr_decay)
+        # documented deviation (cpu_demo's docstring): Decay-Cont keeps the mid-training τ 0.5
+        tau = demo.phases[1].temperature if a.name == "decay-cont" else b.temperature
+        assert (a.name, a.temperature, a.mask_rate, a.lr_decay) == (b.name, tau, b.mask_rate, b.lr_decay)
         assert (a.global_rope_theta, a.local_rope_theta) == (b.global_rope_theta, b.local_rope_theta)
     assert demo.phases[1].seq_len > demo.phases[0].seq_len
     assert demo.phases[0].tokens > demo.phases[1].tokens > demo.variants["decay-all"][0].tokens

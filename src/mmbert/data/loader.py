@@ -75,9 +75,11 @@ from mmbert.data.packing import (BestFitPacker, PackingError, chunk_spans, mater
                                  row_layout)
 from mmbert.data.sampling import SamplingError, SamplingPlan, plan_phase
 from mmbert.data.shards import Shard, ShardIndex, open_shard
+from mmbert.tokenizer import resolve_special_ids
 
 STATE_VERSION = 1
 DEFAULT_SPECIAL_IDS = (0, 1, 2, 3, 4)   # pad, eos/sep, bos/cls, unk, mask (mmBERT / Gemma 2 ids)
+_MMBERT_IDS = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "mask_id": 4}
 
 
 class LoaderError(ValueError):
@@ -139,7 +141,8 @@ class MLMLoader:
                  tau: float = 0.7, mask_rate: float = 0.3, seq_len: int = 1024, rows_per_batch: int = 8,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  language_weights: Mapping[str, float] | None = None, token_budget: float | None = None,
-                 epoch_cap: float | None = None, bos_id: int | None = None, eos_id: int | None = None,
+                 epoch_cap: float | None = None, shares: Mapping[str, float] | None = None,
+                 bos_id: int | None = None, eos_id: int | None = None,
                  pad_id: int | None = None, mask_id: int | None = None,
                  special_ids: Sequence[int] | None = None, vocab_size: int | None = None,
                  buffer_size: int = 256, min_tail: int | None = None):
@@ -154,10 +157,9 @@ class MLMLoader:
             raise LoaderError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.seed = int(seed)
         tok = self.index.tokenizer if isinstance(self.index.tokenizer, dict) else {}
-        pick = lambda given, key, default: int(given if given is not None else (  # noqa: E731
-            tok[key] if isinstance(tok.get(key), int) else default))
-        self.bos_id, self.eos_id = pick(bos_id, "bos_id", 2), pick(eos_id, "eos_id", 1)
-        self.pad_id, self.mask_id = pick(pad_id, "pad_id", 0), pick(mask_id, "mask_id", 4)
+        # given ids, else the tokenizer info `mmbert data prepare` wrote, else mmBERT's (synthetic shards)
+        ids = resolve_special_ids(None, tok, _MMBERT_IDS, pad=pad_id, cls=bos_id, sep=eos_id, mask=mask_id)
+        self.bos_id, self.eos_id, self.pad_id, self.mask_id = ids.cls, ids.sep, ids.pad, ids.mask
         self.vocab_size = int(vocab_size or self.index.vocab_size)
         specials = set(DEFAULT_SPECIAL_IDS if special_ids is None else special_ids)
         specials |= {int(x) for x in tok.get("special_ids", [])}
@@ -178,7 +180,8 @@ class MLMLoader:
         self.phase_index = -1
         self.packer: BestFitPacker | None = None
         self.set_phase(languages=languages, tau=tau, mask_rate=mask_rate, seq_len=seq_len,
-                       language_weights=language_weights, token_budget=token_budget, epoch_cap=epoch_cap)
+                       language_weights=language_weights, token_budget=token_budget, epoch_cap=epoch_cap,
+                       shares=shares)
 
     # ------------------------------------------------------------------ phase parameters
     def _check_rows(self, rows: int) -> int:
@@ -191,16 +194,17 @@ class MLMLoader:
     def set_phase(self, *, languages: str | Sequence[str] | None = None, tau: float | None = None,
                   mask_rate: float | None = None, seq_len: int | None = None,
                   language_weights: Mapping[str, float] | None = None, token_budget: float | None = None,
-                  epoch_cap: float | None = None) -> SamplingPlan:
+                  epoch_cap: float | None = None, shares: Mapping[str, float] | None = None) -> SamplingPlan:
         """Switch phase parameters (call at a phase boundary, on every rank, at the same stream
-        position). Arguments left as None keep their value, except budget/cap/weights, which belong
-        to one phase and reset unless given. Validates everything before changing anything."""
+        position). Arguments left as None keep their value, except budget/cap/weights/shares, which
+        belong to one phase and reset unless given (shares: fixed token fractions, see `plan_phase`). Validates everything before changing anything."""
         cur = getattr(self, "phase", None) or {}
         new = {"languages": cur.get("languages_spec") if languages is None else languages,
                "tau": cur.get("tau") if tau is None else float(tau),
                "mask_rate": cur.get("mask_rate") if mask_rate is None else mask_rate,
                "seq_len": cur.get("seq_len") if seq_len is None else int(seq_len),
-               "weights": dict(language_weights or {}), "budget": token_budget, "epoch_cap": epoch_cap}
+               "weights": dict(language_weights or {}), "budget": token_budget, "epoch_cap": epoch_cap,
+               "shares": dict(shares or {})}
         check_mask_rate(new["mask_rate"])
         if new["seq_len"] < 3:
             raise PackingError(f"seq_len must be ≥ 3 to hold <bos> token <eos>, got {new['seq_len']}")
@@ -209,7 +213,7 @@ class MLMLoader:
         counts = {l: self.index.tokens(l) if self.index.has(l) else 0 for l in self.all_languages}
         spec = new["languages"] if isinstance(new["languages"], str) else list(new["languages"])
         plan = plan_phase(counts, spec, new["tau"], budget=new["budget"], epoch_cap=new["epoch_cap"],
-                          name=f"phase {self.phase_index + 1}", weights=new["weights"])
+                          name=f"phase {self.phase_index + 1}", weights=new["weights"], shares=new["shares"])
         _ensure_open_files(sum(2 for l in plan.languages if l not in self._shards) + len(self._shards) * 2)
         for l in plan.languages:                      # open (and validate) every shard up front
             if l not in self._shards:
@@ -221,7 +225,8 @@ class MLMLoader:
         self.plan = plan
         self.phase = {"languages_spec": spec, "languages": plan.languages, "tau": new["tau"],
                       "mask_rate": float(new["mask_rate"]), "seq_len": new["seq_len"], "probs": plan.probs,
-                      "weights": new["weights"], "budget": new["budget"], "epoch_cap": new["epoch_cap"]}
+                      "weights": new["weights"], "budget": new["budget"], "epoch_cap": new["epoch_cap"],
+                      "shares": new["shares"]}
         if stream_changed:
             self.phase_index += 1
             self.plan.name = f"phase {self.phase_index}"
@@ -366,7 +371,7 @@ class MLMLoader:
         ph = state["phase"]
         self.set_phase(languages=ph["languages_spec"], tau=ph["tau"], mask_rate=ph["mask_rate"],
                        seq_len=ph["seq_len"], language_weights=ph["weights"], token_budget=ph["budget"],
-                       epoch_cap=ph["epoch_cap"])
+                       epoch_cap=ph["epoch_cap"], shares=ph.get("shares"))
         if self.phase["probs"] != ph["probs"] or self.phase["languages"] != ph["languages"]:
             raise LoaderError("the shards' token counts changed since the state was saved; resume on the same shards")
         self.phase_index = int(state["phase_index"])

@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
 import shutil
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,8 +53,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mmbert.data.shards import ShardWriter, write_index
+from mmbert.data.shards import ShardWriter, copy_tokenizer, write_index
 from mmbert.utils import atomic_write
+
+log = logging.getLogger(__name__)
 
 PIECE_CHARS = 1 << 18  # documents longer than this are tokenized in pieces (at safe cut points)
 BATCH_CHARS = 1 << 20  # characters per encode_batch call (besides `batch_size` texts): the
@@ -91,8 +93,9 @@ def safe_cut_before(tok) -> str | None:
 
     True for mmbert's tokenizer pipeline: no normalizer, BPE, pre-tokenizer Metaspace(split=True,
     prepend_scheme="never") [+ Digits] — every space starts a new pre-token, and BPE never merges
-    across pre-tokens. An added token with rstrip=True would swallow the space after it, so then
-    (and for any other pipeline) there is no safe cut."""
+    across pre-tokens; cuts go before the first space of a whitespace run, so an added token with
+    lstrip=True (<mask>) still sees the whole run. An added token with rstrip=True would swallow
+    the run after it, so then (and for any other pipeline) there is no safe cut."""
     spec = json.loads(tok.hf.to_str())
     if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
         return None
@@ -108,16 +111,28 @@ def safe_cut_before(tok) -> str | None:
     return " "
 
 
+def _cut_at(text: str, p: int, cut: str) -> bool:
+    """A cut just before text[p] is safe: text[p] is the cut character and starts a whitespace run
+    (an added token with lstrip=True, like <mask>, swallows the whole run to its left — so the run
+    must stay in one piece, after the cut)."""
+    return text[p] == cut and not text[p - 1].isspace()
+
+
 def split_document(text: str, limit: int, cut: str | None) -> list[str]:
-    """`text` in pieces of about `limit` characters, each cut just before `cut` (see safe_cut_before);
-    one piece when there is no safe cut or no cut character to be found."""
+    """`text` in pieces of about `limit` characters, each cut just before a `cut` character that
+    starts a whitespace run (see safe_cut_before); one piece when there is no safe cut."""
     if cut is None or len(text) <= limit:
         return [text]
     pieces, start = [], 0
     while len(text) - start > limit:
-        p = text.rfind(cut, start + 1, start + limit + 1)
+        hi = start + limit + 1
+        p = text.rfind(cut, start + 1, hi)
+        while p > start and not _cut_at(text, p, cut):
+            p = text.rfind(cut, start + 1, p)
         if p <= start:  # no cut in this window: the next one after it (a longer piece)
             p = text.find(cut, start + limit)
+            while p != -1 and not _cut_at(text, p, cut):
+                p = text.find(cut, p + 1)
             if p == -1:
                 break
         pieces.append(text[start:p])
@@ -346,10 +361,11 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     if not results:
         raise ValueError(f"no language of {corpus_dir} produced any tokens; check the corpus "
                          f"(skipped: {dict(skipped) or 'nothing'})")
+    info["copy"] = copy_tokenizer(tok_path, out_dir)  # shards remember their tokenizer
     write_index(out_dir, results, dtype, tok.vocab_size, info)
     if progress:
         train = sum(c["train"]["tokens"] for c in results.values())
         held = sum(c.get("heldout", {}).get("tokens", 0) for c in results.values())
-        print(f"shards: {len(results)} languages, {train / 1e6:.2f}M train + {held / 1e6:.3f}M held-out tokens "
-              f"({dtype}) in {out_dir}" + (f"; skipped: {dict(skipped)}" if skipped else ""), file=sys.stderr)
+        log.info(f"shards: {len(results)} languages, {train / 1e6:.2f}M train + {held / 1e6:.3f}M held-out tokens "
+                 f"({dtype}) in {out_dir}" + (f"; skipped: {dict(skipped)}" if skipped else ""))
     return {"languages": results, "dtype": dtype, "vocab_size": tok.vocab_size, "skipped": dict(skipped)}

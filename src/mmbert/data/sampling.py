@@ -41,6 +41,9 @@ import numpy as np
 from mmbert.utils import atomic_write
 
 
+SHARES_COMPLETE = 1e-9  # fixed shares summing to 1 within this cover the whole phase
+
+
 class SamplingError(ValueError):
     """Bad sampling input: unknown or empty language, τ ≤ 0, impossible epoch cap."""
 
@@ -200,26 +203,60 @@ class SamplingPlan:
 
 def plan_phase(available: Mapping[str, int], languages: str | Sequence[str], tau: float,
                budget: float | None = None, epoch_cap: float | None = None,
-               name: str = "phase", weights: Mapping[str, float] | None = None) -> SamplingPlan:
+               name: str = "phase", weights: Mapping[str, float] | None = None,
+               shares: Mapping[str, float] | None = None) -> SamplingPlan:
     """Select the phase's languages, compute p ∝ w·n^τ (`weights` w_ℓ default 1, e.g. {"eng_Latn": 4}
-    for an English-heavy mix), then apply the optional epoch cap."""
-    langs = select_languages(available, languages)
+    for an English-heavy mix), then apply the optional epoch cap.
+
+    shares: sources drawn at a fixed fraction of the phase's tokens whatever their size (mmBERT fixes
+    English and code per phase, e.g. {"eng_Latn": 0.345, "code": 0.051}); the other languages share
+    the remaining 1 − Σ shares by temperature. A share source is added to the language set if the
+    tier spec did not select it. The epoch cap applies to the τ-sampled languages only."""
+    shares = {k: float(v) for k, v in (shares or {}).items()}
+    if shares:
+        missing = sorted(k for k in shares if available.get(k, 0) <= 0)
+        if missing:
+            raise SamplingError(f"fixed-share source(s) {', '.join(missing)} have no training tokens in these "
+                                f"shards; add their shard folders or drop the share from the recipe")
+        total = sum(shares.values())
+        bad = {k: v for k, v in shares.items() if not 0.0 < v <= 1.0}
+        if bad or total > 1.0 + SHARES_COMPLETE:
+            raise SamplingError(f"fixed shares must each be in (0, 1] and sum to ≤ 1 (the rest is τ-sampled); "
+                                f"got {len(shares)} shares summing to {total:.6g}" + (f", bad: {bad}" if bad else ""))
+        if total >= 1.0 - SHARES_COMPLETE:
+            # a complete distribution (e.g. the study's time-shuffled control): no τ-sampling at all
+            sampled, langs = [], sorted(shares)
+            shares = {k: v / total for k, v in shares.items()}
+        else:
+            # the tier spec ranks the τ-sampled languages only; the share sources are added to the set
+            pool = {k: v for k, v in available.items() if k not in shares}
+            spec = languages if isinstance(languages, str) else [k for k in languages if k not in shares]
+            sampled = select_languages(pool, spec)
+            langs = sorted(set(sampled) | set(shares))
+    else:
+        langs = select_languages(available, languages)
+        sampled = langs
     toks = {k: int(available[k]) for k in langs}
-    probs = temperature_probs(toks, tau)
+    probs = temperature_probs({k: toks[k] for k in sampled}, tau) if sampled else {}
     if weights:
-        bad = {k: v for k, v in weights.items() if k not in toks or not float(v) > 0}
+        bad = {k: v for k, v in weights.items() if k not in sampled or not float(v) > 0}
         if bad:
             raise SamplingError(f"language_weights {bad} name inactive languages or are ≤ 0; "
                                 f"active: {', '.join(langs[:20])}{' …' if len(langs) > 20 else ''}")
-        w = {k: probs[k] * float(weights.get(k, 1.0)) for k in langs}
+        w = {k: probs[k] * float(weights.get(k, 1.0)) for k in sampled}
         z = sum(w.values())
         probs = {k: v / z for k, v in w.items()}
     capped: list[str] = []
+    rest = 1.0 - sum(shares.values())
+    if epoch_cap is not None and not sampled:
+        raise SamplingError("an epoch cap needs τ-sampled languages; the fixed shares already cover the phase")
     if epoch_cap is not None:
         if budget is None:
             raise SamplingError("epoch_cap needs the phase's token budget; pass budget=<tokens>")
-        probs = cap_epochs(toks, probs, budget, epoch_cap)
-        capped = [k for k in langs if probs[k] * budget >= epoch_cap * toks[k] * (1 - 1e-9)]
+        probs = cap_epochs({k: toks[k] for k in sampled}, probs, budget * rest, epoch_cap)
+        capped = [k for k in sampled if probs[k] * budget * rest >= epoch_cap * toks[k] * (1 - 1e-9)]
+    if shares:
+        probs = {**{k: v * max(rest, 0.0) for k, v in probs.items()}, **shares}
     if budget is not None and not budget > 0:
         raise SamplingError(f"token budget must be > 0, got {budget}")
     return SamplingPlan(name=name, tau=float(tau), languages=langs, tokens=[toks[k] for k in langs],

@@ -8,6 +8,8 @@ One folder per corpus (`<shards>`), one sub-folder per language, one pair of fla
                                                                         "heldout": {...}}, ...}}
     <shards>/<lang_Script>/<split>.tokens   token ids, documents back to back (np.memmap, index dtype)
     <shards>/<lang_Script>/<split>.offsets  uint64, docs+1 entries, offsets[0] = 0, offsets[-1] = T
+    <shards>/tokenizer/                     a byte copy of the tokenizer the shards were made with
+                                            (index.json "tokenizer": {"sha256", "path", "copy", ...})
 
 Documents are stored WITHOUT <bos>/<eos>: `mmbert.data.packing` adds the framing per chunk, so a
 shard can be re-chunked for any sequence length. Files are written to temporary names and moved into
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, publish_dir
 
 FORMAT = "mmbert-shards/1"
 DTYPES = ("uint16", "uint32")
@@ -345,3 +347,72 @@ def write_synthetic_shards(root: str | os.PathLike, languages: dict[str, tuple[i
             counts[lang][split] = w.counts
     write_index(root, counts, dtype, vocab_size, {"name": "synthetic", "seed": seed})
     return ShardIndex.load(root)
+
+
+# ----------------------------------------------------------------------------- the shards' tokenizer
+TOKENIZER_COPY = "tokenizer"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_tokenizer(tokenizer: str | os.PathLike, root: str | os.PathLike) -> str:
+    """Byte copy of the tokenizer (tokenizer.json and its two metadata files) into
+    `<root>/tokenizer/`, written whole; returns the path of the copied tokenizer.json relative to root."""
+    import shutil
+
+    src = Path(tokenizer)
+    src_dir = src if src.is_dir() else src.parent
+    tok_json = src / "tokenizer.json" if src.is_dir() else src
+    with publish_dir(Path(root) / TOKENIZER_COPY) as tmp:
+        shutil.copyfile(tok_json, tmp / "tokenizer.json")
+        for name in _TOKENIZER_FILES[1:]:
+            if (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, tmp / name)
+    return f"{TOKENIZER_COPY}/tokenizer.json"
+
+
+def check_tokenizer(index: "ShardIndex", tokenizer_json: str | os.PathLike, role: str = "the tokenizer") -> None:
+    """ShardError naming both files when `tokenizer_json` is not the tokenizer the shards were made
+    with (index.json's sha256); nothing to check when the index records none."""
+    want = index.tokenizer.get("sha256") if isinstance(index.tokenizer, dict) else None
+    if not want or not Path(tokenizer_json).is_file():
+        return
+    got = sha256_file(tokenizer_json)
+    if got != want:
+        copy = index.root / TOKENIZER_COPY / "tokenizer.json"
+        made = f"{copy} (their copy)" if copy.is_file() else f"{index.tokenizer.get('path')} (sha256 {want[:12]}…)"
+        raise ShardError(f"{role} {tokenizer_json} (sha256 {got[:12]}…) is not the tokenizer the shards in "
+                         f"{index.root} were made with: {made}; use that tokenizer, or re-run `mmbert data "
+                         f"prepare` with this one")
+
+
+def shards_tokenizer(index: "ShardIndex", root: str | os.PathLike | None = None):
+    """The tokenizer the shards were made with: their copy (`<shards>/tokenizer/`), else index.json's
+    "path". ShardError when the file at "path" has changed since (naming both files); None when
+    neither exists (shards made before copies were kept, tokenizer since deleted)."""
+    from mmbert.tokenizer import load_tokenizer
+
+    info = index.tokenizer if isinstance(index.tokenizer, dict) else {}
+    root = Path(root) if root is not None else index.root
+    copy = root / TOKENIZER_COPY / "tokenizer.json"
+    path = info.get("path")
+    orig = (Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)) if path else None
+    if orig is not None and orig.is_file():
+        check_tokenizer(index, orig, role="the tokenizer at")
+    if copy.is_file():
+        if info.get("sha256") and sha256_file(copy) != info["sha256"]:
+            raise ShardError(f"{copy} does not match the sha256 in {root / 'index.json'}; the shards' "
+                             f"tokenizer copy is damaged — re-run `mmbert data prepare`")
+        return load_tokenizer(copy.parent)
+    if orig is not None and orig.is_file():
+        return load_tokenizer(path)
+    return None

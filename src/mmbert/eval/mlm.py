@@ -78,7 +78,7 @@ def _config(model: nn.Module):
 def _special_ids(model: nn.Module) -> set[int]:
     cfg = _config(model)
     if cfg is None:
-        return {0, 1, 2, 3, 4}  # mmBERT / Gemma 2: pad, eos/sep, bos/cls, unk, mask
+        return set()  # no config: the resolved ids (evaluate_mlm) are the specials
     ids = set()
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
                 "unk_token_id", "mask_token_id"):
@@ -116,7 +116,8 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
 
     model: an MLM model called as model(input_ids, attention_mask=..., labels=...) — ours (sparse
     logits [N_labelled, V] + loss_sum) or a transformers *ForMaskedLM (dense logits [B, T, V]).
-    Special ids default to model.config's (mmBERT: pad 0, sep 1, cls 2, unk 3, mask 4).
+    Special ids not given come from model.config, else the shards' tokenizer, else model.tokenizer
+    (`mmbert.tokenizer.resolve_special_ids`); no mask token anywhere is an error.
     Returns {"languages": {lang: {"loss", "accuracy", "masked_tokens", "tokens", "tier"}},
              "tiers": {tier: {"loss", "accuracy", "languages"}}, "macro": {"loss", "accuracy"},
              "seed", "mask_rate", "max_tokens_per_lang", "seq_len", "split"}.
@@ -135,11 +136,15 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
     if index.vocab_size > vocab:
         raise ValueError(f"evaluate_mlm: shards use a {index.vocab_size}-token vocabulary but the model has "
                          f"{vocab}; evaluate with shards made by the model's tokenizer")
-    pick = lambda v, key, default: v if v is not None else (  # noqa: E731
-        getattr(cfg, key) if isinstance(getattr(cfg, key, None), int) else default)
-    mask_id, pad_id = pick(mask_id, "mask_token_id", 4), pick(pad_id, "pad_token_id", 0)
-    cls_id, sep_id = pick(cls_id, "cls_token_id", 2), pick(sep_id, "sep_token_id", 1)
-    specials = _special_ids(model) | {mask_id, pad_id, cls_id, sep_id}
+    # explicit ids, else the model config's, else the shards' tokenizer, else the model's own tokenizer;
+    # no guessing (a ModernBERT config has no mask_token_id, and id 4 is an ordinary token there)
+    from mmbert.tokenizer import resolve_special_ids
+
+    special = resolve_special_ids(cfg, index.tokenizer if isinstance(index.tokenizer, dict) else None,
+                                  getattr(model, "tokenizer", None), require=("mask", "pad", "cls", "sep"),
+                                  mask=mask_id, pad=pad_id, cls=cls_id, sep=sep_id)
+    mask_id, pad_id, cls_id, sep_id = special.mask, special.pad, special.cls, special.sep
+    specials = _special_ids(model) | special.all()
     counts = {l: index.tokens(l, "train") if index.has(l, "train") else 0 for l in index.languages}
     tier_of = assign_tiers(counts, tiers if tiers is not None else DEFAULT_TIERS)
 

@@ -371,6 +371,12 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if shards_root is not None:  # the MLM task reads token ids: they must be the model tokenizer's
+        from mmbert.data.shards import ShardIndex, check_tokenizer
+
+        tp = Path(tokenizer or model_path)
+        check_tokenizer(ShardIndex.load(shards_root), tp / "tokenizer.json" if tp.is_dir() else tp,
+                        role="the model's tokenizer")
     bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
     root = D.resolve_data_dir(data_dir)
     have = D.available(root)

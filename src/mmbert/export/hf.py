@@ -7,9 +7,11 @@ fails loudly instead of silently dropping weights.
     python -c "import mmbert; m = mmbert.from_pretrained('answerdotai/ModernBERT-base'); m.save_pretrained('out/mb')"
 
 A model directory (ours and our export: the same layout) holds `config.json` (transformers'
-ModernBERT dialect), `model.safetensors` (the tied `decoder.weight` is not stored) and, when a
+ModernBERT dialect), `model.safetensors` (a tied `decoder.weight` is not stored; an untied one is) and, when a
 tokenizer is attached, its files. transformers checkpoints may instead hold
 `model.safetensors.index.json` shards or `pytorch_model.bin` (read with weights_only=True).
+Every directory we write also gets README.md (model card) and the sentence-transformers files
+(export/card.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from mmbert.model.config import ConfigError, EncoderConfig
 from mmbert.model.encoder import HEADS, build_model
-from mmbert.utils import atomic_write
+from mmbert.utils import RunLock, atomic_write, publish_dir
 
 # ----------------------------------------------------------------------------- the name table
 # (ours, transformers') for the bare encoder; {i} is the layer index. Headed models prefix "model.".
@@ -56,7 +58,12 @@ HEAD_NAMES: list[tuple[str, str]] = [
     ("classifier.weight", "classifier.weight"),
     ("classifier.bias", "classifier.bias"),
 ]
-TIED = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}
+TIED = {"decoder.weight": "model.embeddings.tok_embeddings.weight"}  # when config.tie_word_embeddings
+
+
+def _tied(model: torch.nn.Module) -> dict[str, str]:
+    """The tied names of this model: TIED for a tied MLM model, nothing when the decoder is untied."""
+    return TIED if getattr(model.config, "tie_word_embeddings", True) else {}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "none": "ModernBertModel",
                  "sequence-classification": "ModernBertForSequenceClassification",
                  "token-classification": "ModernBertForTokenClassification"}
@@ -88,11 +95,13 @@ def _tables(head: str) -> tuple[list, list]:
 
 
 def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our state dict under transformers' names, tied decoder weight left out (transformers re-ties)."""
+    """Our state dict under transformers' names, a tied decoder weight left out (transformers re-ties);
+    an untied decoder is written as `decoder.weight`."""
     fwd, _ = _tables(model.head_type)
+    tied = _tied(model)
     out = {}
     for name, t in model.state_dict().items():
-        if name in TIED:
+        if name in tied:
             continue
         hf = _rename(name, fwd)
         if hf is None:
@@ -121,10 +130,13 @@ def load_hf_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], sour
     sd = _normalise_prefix(sd, head)
     _, inv = _tables(head)
     ours = model.state_dict()
+    tied = _tied(model)
     other_heads = ("head.", "decoder.", "classifier.")
     mapped, unexpected = {}, []
     for k, v in sd.items():
         name = _rename(k, inv)
+        if name in tied:
+            continue  # tied: the embeddings are the decoder (as transformers re-ties them)
         if name is None or name not in ours:
             if k.startswith(other_heads) or k.startswith("model.rotary_emb") or "rotary_emb" in k:
                 continue  # another head's weights (e.g. an MLM checkpoint loaded for classification)
@@ -138,7 +150,7 @@ def load_hf_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], sour
         raise ValueError(f"{source}: unexpected weights {unexpected[:5]}{' …' if len(unexpected) > 5 else ''} "
                          f"({len(unexpected)} in all) — not a ModernBERT checkpoint of this shape; check the "
                          f"path or the config")
-    missing = [n for n in ours if n not in mapped and n not in TIED]
+    missing = [n for n in ours if n not in mapped and n not in tied]
     body_missing = [n for n in missing if not n.startswith(other_heads)]
     if body_missing:
         raise ValueError(f"{source}: missing encoder weights {body_missing[:5]}"
@@ -189,9 +201,12 @@ def read_config(path: str | Path) -> EncoderConfig:
         raise FileNotFoundError(f"{path}: no config.json; expected a mmbert or transformers ModernBERT directory")
     try:
         d = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{cfg}: not valid JSON ({e})") from e
-    return EncoderConfig.from_hf_dict(d)
+    try:
+        return EncoderConfig.from_hf_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg}: {e}") from None
 
 
 def _resolve(path: str | Path) -> Path:
@@ -205,7 +220,7 @@ def _resolve(path: str | Path) -> Path:
         except ImportError as e:  # pragma: no cover
             raise FileNotFoundError(f"{s}: not a local directory, and huggingface_hub is not installed") from e
         try:
-            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "README.md",
                                                              "special_tokens_map.json"]))
         except Exception as e:  # offline, unknown repo, …
             raise FileNotFoundError(f"{s}: not a local directory and could not be fetched from the hub ({e})") from e
@@ -232,18 +247,42 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
             model.tokenizer = load_tokenizer(p)
         except ImportError:  # pragma: no cover - tokenizer module not available
             pass
+    from mmbert.export.card import read_card
+
+    model.card = read_card(p)  # carried into the next export (languages, licence, lineage)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- writing directories
-def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer files); each file replaced atomically."""
+# files that must come from one save: a new save never keeps an old one beside its own
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def save_pretrained(model: torch.nn.Module, path: str | Path, card=None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) + the model card and
+    sentence-transformers files (export/card.py; `card` defaults to the one the model was loaded
+    with) as one step: the directory is built beside `path` and swapped into place whole
+    (utils.publish_dir), so a reader — or a crash — never sees new weights with an old config. Other
+    files already in `path` are kept; the write holds `path`'s lock (utils.RunLock)."""
+    path = Path(path)
+    with RunLock(path), publish_dir(path, carry=_not_model_file) as tmp:
+        write_model_files(model, tmp, card=card)
+    return path
+
+
+def _not_model_file(name: str) -> bool:
+    return name not in MODEL_FILES and not name.endswith((".safetensors", ".bin"))
+
+
+def write_model_files(model: torch.nn.Module, path: Path, card=None) -> Path:
+    """config.json + model.safetensors (+ tokenizer files) + card files into an existing (temp) directory."""
     from safetensors.torch import save_file
 
+    from mmbert.export.card import write_card_files
+
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_hf_dict()
     cfg["architectures"] = [ARCHITECTURES[model.head_type]]
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
@@ -252,5 +291,6 @@ def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     atomic_write(path / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
-        tok.save(path)
+        tok.save(path, model_max_length=model.config.max_position_embeddings)
+    write_card_files(path, cfg, card if card is not None else getattr(model, "card", None))
     return path

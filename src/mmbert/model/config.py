@@ -70,6 +70,7 @@ class EncoderConfig:
             if not cond:
                 raise ConfigError(msg)
 
+        check_types(self)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "max_position_embeddings", "global_attn_every_n_layers",
                      "local_attention"):
@@ -90,8 +91,10 @@ class EncoderConfig:
         for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "classifier_dropout"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"EncoderConfig.{name} must be in [0, 1), got {v}")
-        need(self.hidden_activation in ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh"),
-             f"EncoderConfig.hidden_activation {self.hidden_activation!r} is not supported; use 'gelu'")
+        for name in ("hidden_activation", "classifier_activation"):
+            v = getattr(self, name)
+            need(v in ACTIVATIONS, f"EncoderConfig.{name} {v!r} is not an activation this encoder computes; "
+                                   f"use one of: {', '.join(ACTIVATIONS)}")
         need(self.classifier_pooling in ("mean", "cls"),
              f"EncoderConfig.classifier_pooling must be 'mean' or 'cls', got {self.classifier_pooling!r}")
         for name in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id",
@@ -114,7 +117,7 @@ class EncoderConfig:
                 for i in range(self.num_hidden_layers)]
 
     def num_parameters(self, include_embeddings: bool = True, head: str = "mlm") -> int:
-        """Exact parameter count of the model `build_model(self, head)` creates (tied decoder once)."""
+        """Exact parameter count of the model `build_model(self, head)` creates (a tied decoder once)."""
         h, i, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
         norm = h * (2 if self.norm_bias else 1)
         attn = h * 3 * h + h * h + (4 * h if self.attention_bias else 0)
@@ -123,7 +126,7 @@ class EncoderConfig:
         n = L * layer - norm  # layer 0 has an identity attn_norm
         n += norm + norm  # embedding norm, final norm
         if head == "mlm":
-            n += h * h + norm + (V if self.decoder_bias else 0)
+            n += h * h + norm + (V if self.decoder_bias else 0) + (0 if self.tie_word_embeddings else V * h)
         if include_embeddings:
             n += V * h
         return n
@@ -142,15 +145,19 @@ class EncoderConfig:
         return dataclasses.asdict(self)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """config.json for transformers' ModernBERT, written in the legacy dialect that every
-        transformers version since 4.48 reads (newer versions convert it to `rope_parameters`)."""
+        """config.json for transformers' ModernBERT in both dialects, from the same resolved values:
+        the legacy keys every transformers version since 4.48 reads, and the `rope_parameters` /
+        `layer_types` that transformers ≥ 5 writes and reads first."""
         d = self.to_dict()
+        d["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": self.global_rope_theta},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": self.local_rope_theta}}
+        d["layer_types"] = self.layer_types
         id2label = d.pop("id2label")
         d.pop("num_labels")
         d.update(model_type="modernbert", architectures=["ModernBertForMaskedLM"],
                  sparse_prediction=False, sparse_pred_ignore_index=-100,
                  classifier_pooling=self.classifier_pooling, repad_logits_with_grad=False,
-                 deterministic_flash_attn=False, reference_compile=False)
+                 deterministic_flash_attn=False)
         if id2label is not None:
             d["id2label"] = {str(k): v for k, v in id2label.items()}
             d["label2id"] = {v: int(k) for k, v in id2label.items()}
@@ -160,52 +167,9 @@ class EncoderConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
-        """Read a transformers ModernBERT config.json in either dialect: legacy
-        (global_rope_theta / local_rope_theta / global_attn_every_n_layers) or newer
-        (rope_parameters per layer type / layer_types)."""
-        mt = d.get("model_type", "modernbert")
-        if mt != "modernbert":
-            raise ConfigError(f"config.json has model_type {mt!r}; mmbert loads ModernBERT models only "
-                              f"(use transformers' AutoModel for other architectures)")
-        # fields a config.json leaves out take transformers' defaults, not our mmBERT ones
-        d = {**HF_DEFAULTS, **d}
-        rp = d.get("rope_parameters")
-        if isinstance(rp, dict):
-            if "full_attention" in rp or "sliding_attention" in rp:
-                if "full_attention" in rp:
-                    d.setdefault("global_rope_theta", rp["full_attention"].get("rope_theta"))
-                if "sliding_attention" in rp:
-                    d.setdefault("local_rope_theta", rp["sliding_attention"].get("rope_theta"))
-            elif "rope_theta" in rp:
-                d.setdefault("global_rope_theta", rp["rope_theta"])
-        lt = d.get("layer_types")
-        if lt:
-            glob = [i for i, t in enumerate(lt) if t == "full_attention"]
-            if not glob or glob[0] != 0:
-                raise ConfigError("config.json layer_types must start with a 'full_attention' layer")
-            n = glob[1] if len(glob) > 1 else len(lt)
-            expect = ["full_attention" if i % n == 0 else "sliding_attention" for i in range(len(lt))]
-            if list(lt) != expect:
-                raise ConfigError(f"config.json layer_types {lt} is not a regular 'global every n "
-                                  f"layers' pattern, which is the only one this encoder implements")
-            d["global_attn_every_n_layers"] = n
-        if "sliding_window" in d and "local_attention" not in d and d["sliding_window"]:
-            d["local_attention"] = 2 * int(d["sliding_window"])
-        if "id2label" in d and d["id2label"] is not None:
-            d["id2label"] = {int(k): v for k, v in d["id2label"].items()}
-            d["num_labels"] = len(d["id2label"])
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known and (v is not None or k.endswith("_token_id"))}
-        if isinstance(kwargs.get("eos_token_id"), list):
-            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
-        for k in ("global_rope_theta", "local_rope_theta", "norm_eps"):
-            if k in kwargs:
-                kwargs[k] = float(kwargs[k])
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # pragma: no cover - defensive
-            raise ConfigError(f"config.json could not be read: {e}") from e
+    def from_hf_dict(cls, d: Any) -> "EncoderConfig":
+        """Read a transformers ModernBERT config.json in either dialect (see `read_hf_dict`)."""
+        return cls(**read_hf_dict(d))
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
@@ -214,24 +178,234 @@ class EncoderConfig:
     def load_json(cls, path: str | Path) -> "EncoderConfig":
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config {path}: {e}") from e
-        if "model_type" in d:
-            return cls.from_hf_dict(d)
-        if "id2label" in d and d["id2label"] is not None:
-            d["id2label"] = {int(k): v for k, v in d["id2label"].items()}
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"{path}: unknown EncoderConfig fields {sorted(unknown)}")
-        return cls(**d)
+        try:
+            if not isinstance(d, dict):
+                raise ConfigError(f"the file must hold a JSON object, got {_json_type(d)}")
+            if "model_type" in d:
+                return cls.from_hf_dict(d)
+            unknown = set(d) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ConfigError(f"unknown EncoderConfig fields {sorted(unknown)}")
+            if d.get("id2label") is not None:
+                d["id2label"] = _read_id2label(d["id2label"])
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
-# transformers' ModernBertConfig defaults (what a missing config.json field means)
+# ----------------------------------------------------------------------------- field types
+# Activations transformers' ModernBERT accepts (ACT2FN names) that model/encoder.py computes with the
+# same formula; the rest (prelu and xielu have learned parameters, laplace and gelu_accurate are
+# rare) are refused by name.
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast",
+               "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "sigmoid",
+               "tanh", "mish", "linear")
+SPECIAL_ID_FIELDS = ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id",
+                     "unk_token_id", "mask_token_id")
+
+
+def _json_type(v: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def check_types(cfg: "EncoderConfig") -> None:
+    """Every field holds a value of its declared JSON type (booleans are not numbers, numbers are
+    not booleans); the message names the field, what it must be and what it got."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        t = str(f.type)
+        if f.name in SPECIAL_ID_FIELDS:
+            ok, want = v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"
+        elif f.name == "id2label":
+            ok, want = v is None or (isinstance(v, dict) and all(
+                isinstance(k, int) and isinstance(x, str) for k, x in v.items())), "an object of id → label name"
+        elif t == "bool":
+            ok, want = isinstance(v, bool), "true or false"
+        elif t == "int":
+            ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif t == "float":
+            ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif t == "str":
+            ok, want = isinstance(v, str), "a string"
+        else:  # pragma: no cover - a new field type must be added here
+            raise TypeError(f"check_types: no rule for field {f.name} of type {t}")
+        if not ok:
+            raise ConfigError(f"{f.name} must be {want}, got {_json_type(v)} {v!r}"[:300])
+
+
+def _read_id2label(v: Any) -> dict[int, str]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"id2label must be an object mapping ids to label names, got {_json_type(v)}")
+    out = {}
+    for k, name in v.items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            raise ConfigError(f"id2label key {k!r} is not an integer id; write ids as \"0\", \"1\", …") from None
+        if not isinstance(name, str):
+            raise ConfigError(f"id2label[{k!r}] must be a label name (string), got {_json_type(name)}")
+        out[i] = name
+    if sorted(out) != list(range(len(out))):
+        raise ConfigError(f"id2label ids must be 0..{len(out) - 1}, got {sorted(out)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- config.json reader
+def _refuse(field: str, value: Any, fix: str) -> ConfigError:
+    return ConfigError(f"config.json {field} = {json.dumps(value)[:200]} is not supported: {fix}")
+
+
+def _rope_thetas(d: dict[str, Any]) -> tuple[float, float]:
+    """(global θ, local θ) as transformers ≥ 5 resolves them: `rope_parameters[type].rope_theta`,
+    else the legacy `global_rope_theta` / `local_rope_theta`, else 160000 / 10000. Only the
+    default RoPE is implemented; scaled variants are refused rather than silently dropped."""
+    if d.get("rope_scaling") is not None:
+        raise _refuse("rope_scaling", d["rope_scaling"], "RoPE scaling (linear/dynamic/yarn/…) is not implemented "
+                      "in mmbert; remove it to use plain RoPE (changes the model), or run the model with "
+                      "transformers")
+    rp = d.get("rope_parameters")
+    if rp is None:
+        rp = {}
+    if not isinstance(rp, dict):
+        raise ConfigError(f"config.json rope_parameters must be an object, got {_json_type(rp)}")
+    per_type = {k: v for k, v in rp.items() if k in ("full_attention", "sliding_attention")}
+    if rp and not per_type:
+        raise _refuse("rope_parameters", rp, "ModernBERT needs one entry per layer type, "
+                      "{\"full_attention\": {\"rope_theta\": …}, \"sliding_attention\": {\"rope_theta\": …}} "
+                      "(transformers ignores a flat rope_theta here and uses 160000/10000)")
+    # transformers ≥ 5 itself writes flat "rope_type": "default" / "rope_theta" beside the per-type
+    # entries when every layer has one type; its layers read only the per-type entries, and so do we
+    if rp.get("rope_type", "default") != "default":
+        raise _refuse("rope_parameters.rope_type", rp["rope_type"], "only the default RoPE is implemented in "
+                      "mmbert (no linear/dynamic/yarn/longrope scaling); run the model with transformers")
+    unknown = set(rp) - set(per_type) - {"rope_type", "rope_theta"}
+    if unknown:
+        raise _refuse("rope_parameters", rp, f"unknown key(s) {sorted(unknown)}; only 'full_attention' and "
+                      f"'sliding_attention' are read")
+    thetas = []
+    for kind, legacy, default in (("full_attention", "global_rope_theta", 160000.0),
+                                  ("sliding_attention", "local_rope_theta", 10000.0)):
+        entry = per_type.get(kind) or {}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config.json rope_parameters.{kind} must be an object, got {_json_type(entry)}")
+        rtype = entry.get("rope_type", entry.get("type", "default"))
+        if rtype != "default":
+            raise _refuse(f"rope_parameters.{kind}.rope_type", rtype, "only the default RoPE is implemented "
+                          "in mmbert (no linear/dynamic/yarn/longrope scaling); run the model with transformers")
+        extra = set(entry) - {"rope_type", "type", "rope_theta"}
+        if extra:
+            raise _refuse(f"rope_parameters.{kind}", entry, f"unknown RoPE setting(s) {sorted(extra)}; only "
+                          f"rope_theta is implemented")
+        theta = entry.get("rope_theta", d.get(legacy, default))
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+            name = f"rope_parameters.{kind}.rope_theta" if "rope_theta" in entry else legacy
+            raise ConfigError(f"config.json {name} must be a number, got {_json_type(theta)}")
+        thetas.append(float(theta))
+    return thetas[0], thetas[1]
+
+
+def _every_n(d: dict[str, Any], num_layers: int) -> int:
+    """global_attn_every_n_layers from `layer_types` (transformers ≥ 5: it wins) or the legacy key."""
+    lt = d.get("layer_types")
+    n_legacy = d.get("global_attn_every_n_layers", 3)
+    if lt is None:
+        return n_legacy
+    if not isinstance(lt, list) or not all(t in ("full_attention", "sliding_attention") for t in lt):
+        raise _refuse("layer_types", lt, "it must be a list of 'full_attention' / 'sliding_attention'")
+    if len(lt) != num_layers:
+        raise ConfigError(f"config.json layer_types has {len(lt)} entries but num_hidden_layers is {num_layers}; "
+                          f"give one entry per layer")
+    glob = [i for i, t in enumerate(lt) if t == "full_attention"]
+    n = glob[1] if len(glob) > 1 else num_layers
+    if isinstance(n_legacy, int) and not isinstance(n_legacy, bool) and n_legacy > 0:
+        if _pattern(n_legacy, num_layers) == lt:
+            n = n_legacy  # the same pattern: keep the file's own number (round trips exactly)
+    if not glob or _pattern(n, num_layers) != lt:
+        raise _refuse("layer_types", lt, "this encoder implements 'full attention on layers i % n == 0, "
+                      "sliding window elsewhere' only; run irregular patterns with transformers")
+    return n
+
+
+def _pattern(n: int, num_layers: int) -> list[str]:
+    return ["full_attention" if i % n == 0 else "sliding_attention" for i in range(num_layers)]
+
+
+def read_hf_dict(d: Any) -> dict[str, Any]:
+    """EncoderConfig keyword arguments from a transformers ModernBERT config.json, read from the raw
+    dict before any default is applied: legacy (global_rope_theta / local_rope_theta /
+    global_attn_every_n_layers) or transformers ≥ 5 (rope_parameters per layer type, layer_types,
+    and `sliding_window`, which transformers lets override local_attention). A field the file
+    leaves out takes transformers' default, except special token ids, which stay None so that the
+    tokenizer's are used (`mmbert.tokenizer.resolve_special_ids`). Settings this encoder does not
+    compute are refused by name (ConfigError), never dropped."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config.json must hold a JSON object, got {_json_type(d)}")
+    mt = d.get("model_type", "modernbert")
+    if mt != "modernbert":
+        raise ConfigError(f"config.json has model_type {mt!r}; mmbert loads ModernBERT models only "
+                          f"(use transformers' AutoModel for other architectures)")
+    known = {f.name for f in fields(EncoderConfig)}
+    kw = {k: HF_DEFAULTS[k] for k in known if k in HF_DEFAULTS}
+    kw.update({k: None for k in SPECIAL_ID_FIELDS})
+    kw.update({k: v for k, v in d.items() if k in known and k != "id2label"})
+    for k in ("global_rope_theta", "local_rope_theta"):  # resolved below from either dialect
+        kw.pop(k, None)
+    kw["global_rope_theta"], kw["local_rope_theta"] = _rope_thetas(d)
+    n_layers = kw["num_hidden_layers"]
+    if isinstance(n_layers, int) and not isinstance(n_layers, bool):
+        kw["global_attn_every_n_layers"] = _every_n(d, n_layers)
+    if d.get("sliding_window") is not None:  # transformers ≥ 5: half-window; it overrides local_attention
+        sw = d["sliding_window"]
+        if isinstance(sw, bool) or not isinstance(sw, int):
+            raise ConfigError(f"config.json sliding_window must be an integer, got {_json_type(sw)}")
+        kw["local_attention"] = 2 * sw
+    if d.get("head_dim") is not None and isinstance(kw.get("hidden_size"), int) and isinstance(
+            kw.get("num_attention_heads"), int) and kw["num_attention_heads"] > 0 and \
+            d["head_dim"] != kw["hidden_size"] // kw["num_attention_heads"]:
+        raise _refuse("head_dim", d["head_dim"], "ModernBERT's head dim is hidden_size / num_attention_heads "
+                      f"= {kw['hidden_size'] // kw['num_attention_heads']}; remove head_dim")
+    for k in ("hidden_activation", "classifier_activation"):
+        if isinstance(kw.get(k), str) and kw[k] not in ACTIVATIONS:
+            raise _refuse(k, kw[k], f"mmbert computes only {', '.join(ACTIVATIONS)}; run this model with "
+                          f"transformers")
+    if isinstance(kw.get("eos_token_id"), list):  # generation configs may list several; the first frames
+        eos = kw["eos_token_id"]
+        kw["eos_token_id"] = eos[0] if eos and all(isinstance(x, int) for x in eos) else eos
+    if d.get("id2label") is not None:
+        kw["id2label"] = _read_id2label(d["id2label"])
+        kw["num_labels"] = len(kw["id2label"])
+    elif isinstance(d.get("num_labels"), int):
+        kw["num_labels"] = d["num_labels"]
+    # a number written as an integer (norm_eps: 0 is caught by validate) is still a number
+    for k in ("norm_eps", "initializer_range", "initializer_cutoff_factor", "embedding_dropout",
+              "attention_dropout", "mlp_dropout", "classifier_dropout"):
+        if isinstance(kw.get(k), int) and not isinstance(kw[k], bool):
+            kw[k] = float(kw[k])
+    return kw
+
+
+# transformers' ModernBertConfig defaults (what a missing config.json field means). Its special token
+# ids (50281-50283) are left out: they are ModernBERT-vocabulary ids, ordinary tokens in any other
+# vocabulary, so a missing id stays None and the tokenizer supplies it.
 HF_DEFAULTS: dict[str, Any] = dict(
     vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
     hidden_activation="gelu", max_position_embeddings=8192, initializer_range=0.02, initializer_cutoff_factor=2.0,
-    norm_eps=1e-5, norm_bias=False, pad_token_id=50283, eos_token_id=50282, bos_token_id=50281,
-    cls_token_id=50281, sep_token_id=50282, unk_token_id=None, mask_token_id=None, attention_bias=False,
+    norm_eps=1e-5, norm_bias=False, attention_bias=False,
     attention_dropout=0.0, global_attn_every_n_layers=3, local_attention=128, global_rope_theta=160000.0,
     local_rope_theta=10000.0, embedding_dropout=0.0, mlp_bias=False, mlp_dropout=0.0, decoder_bias=True,
     classifier_pooling="cls", classifier_dropout=0.0, classifier_bias=False, classifier_activation="gelu",

@@ -9,7 +9,8 @@ What is notable, in order of the forward pass:
   |i−j| ≤ local_attention//2 elsewhere (model/attention.py has the backends).
 - GeGLU MLP: Wi → 2×intermediate, first half input, second half gate, exact GELU.
 - final LayerNorm; MLM head dense → GELU → LayerNorm → decoder tied to the token embeddings (with
-  a bias); with labels only the labelled positions are decoded ("sparse prediction").
+  a bias); with labels only the labelled positions are decoded ("sparse prediction"). Other
+  activations (transformers' names, `config.ACTIVATIONS`) and an untied decoder follow the config.
 - truncated-normal "megatron" init: σ 0.02 cut at ±2σ, output projections σ/√(2L).
 - Unpadding: a padded batch is flattened to its real tokens (cu_seqlens) and run packed, so
   nothing is computed on padding; `backend="eager"|"sdpa"` run the padded reference instead.
@@ -34,6 +35,18 @@ from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.config import EncoderConfig
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
+
+# transformers' ACT2FN names → the same formula (config.ACTIVATIONS lists the names we accept)
+ACTIVATION_FNS = {
+    "gelu": F.gelu, "gelu_python": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10), "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu, "relu2": lambda x: torch.square(F.relu(x)), "relu6": F.relu6, "leaky_relu": F.leaky_relu,
+    "silu": F.silu, "swish": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "mish": F.mish,
+    "linear": lambda x: x,
+}
 
 
 @dataclass
@@ -76,8 +89,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the pairs (i, i + d/2) of x [..., d] by the half tables cos/sin [..., d/2] (broadcast);
     the same maths as `x·cos + rotate_half(x)·sin` with full tables, in float32 like the reference,
     but written as two multiply-adds into the halves of the output: no rotate_half copy, no
-    concatenation (RoPE was the largest non-matmul cost of a bf16 forward on CPU)."""
-    xf = x.float()
+    concatenation (RoPE was the largest non-matmul cost of a bf16 forward on CPU). float64 stays
+    float64 (the structural parity tests run whole models in double)."""
+    xf = x if x.dtype == torch.float64 else x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h = x.shape[-1] // 2  # (slices taken right before each write, so autograd accepts the in-place copies)
@@ -102,10 +116,13 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
         self.local = not config.is_global_layer(layer_id)
-        self.dropout = config.attention_dropout
+        self.dropout = config.attention_dropout  # on the attention probabilities
+        # on the attention output (after Wo). HF ModernBERT uses attention_dropout for both; FlexBERT,
+        # which trained mmBERT, sets them apart (attn_out_dropout_prob 0.1, probabilities 0), so a
+        # recipe phase may change this one alone (`set_attention_output_dropout`)
+        self.out_dropout = config.attention_dropout
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
-        self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttentionPlan) -> torch.Tensor:
         # x: [B, T, H] (padded) or [N, H] (packed); qkv: [..., 3, heads, head_dim]
@@ -114,7 +131,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[..., :2, :, :], cos, sin).unbind(dim=-3)  # q and k in one pass
         v = qkv[..., 2, :, :]
         out = attention(q, k, v, plan, local=self.local, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_drop(self.Wo(out))
+        out = self.Wo(out)
+        return F.dropout(out, self.out_dropout, training=True) if self.training and self.out_dropout > 0 else out
 
 
 class MLP(nn.Module):
@@ -125,7 +143,7 @@ class MLP(nn.Module):
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.approximate = "tanh" if config.hidden_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
+        self.act = ACTIVATION_FNS[config.hidden_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two matmuls on the contiguous halves of Wi rather than chunking one [.., 2I] output: GELU
@@ -134,7 +152,7 @@ class MLP(nn.Module):
         w, b = self.Wi.weight, self.Wi.bias
         inp = F.linear(x, w[:half], None if b is None else b[:half])
         gate = F.linear(x, w[half:], None if b is None else b[half:])
-        return self.Wo(self.drop(F.gelu(inp, approximate=self.approximate) * gate))
+        return self.Wo(self.drop(self.act(inp) * gate))
 
 
 class EncoderLayer(nn.Module):
@@ -159,12 +177,14 @@ class PreTrainedMixin:
     config: EncoderConfig
     head_type: str
     tokenizer = None
+    card = None  # the model card (export/card.py CardInfo) of the directory it was loaded from
 
-    def save_pretrained(self, path) -> None:
-        """Write a directory that transformers (AutoModelForMaskedLM etc.) and mmbert both load."""
+    def save_pretrained(self, path, card=None) -> None:
+        """Write a directory that transformers (AutoModelForMaskedLM etc.), sentence-transformers and
+        mmbert all load, with a README.md model card (`card`: an export.card.CardInfo)."""
         from mmbert.export.hf import save_pretrained  # lazy: model/ stays free of export at import
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, card=card)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         seen, n = set(), 0
@@ -194,6 +214,11 @@ class Encoder(PreTrainedMixin, nn.Module):
         """Change RoPE θ (context extension between phases); the config follows."""
         self.config.global_rope_theta, self.config.local_rope_theta = float(global_theta), float(local_theta)
         self.rotary_emb.set_theta(global_theta, local_theta)
+
+    def set_attention_output_dropout(self, p: float) -> None:
+        """Dropout on every attention layer's output (a training setting; not part of the config)."""
+        for layer in self.layers:
+            layer.attn.out_dropout = float(p)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
@@ -278,20 +303,23 @@ class Layout:
 
 # ----------------------------------------------------------------------------- heads
 class PredictionHead(nn.Module):
-    """dense → GELU → LayerNorm (shared by MLM and classification heads, as in transformers)."""
+    """dense → classifier_activation (GELU by default) → LayerNorm (shared by MLM and classification
+    heads, as in transformers)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.classifier_bias)
-        self.approximate = "tanh" if config.classifier_activation in ("gelu_new", "gelu_pytorch_tanh") else "none"
+        self.act = ACTIVATION_FNS[config.classifier_activation]
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.gelu(self.dense(x), approximate=self.approximate))
+        return self.norm(self.act(self.dense(x)))
 
 
 class MaskedLM(PreTrainedMixin, nn.Module):
-    """Encoder + MLM head with the decoder tied to the token embeddings (ModernBertForMaskedLM)."""
+    """Encoder + MLM head; the decoder is tied to the token embeddings unless the config says
+    tie_word_embeddings=false (then it is a weight of its own, loaded, trained and exported as such)
+    (ModernBertForMaskedLM)."""
 
     head_type = "mlm"
 
@@ -301,10 +329,14 @@ class MaskedLM(PreTrainedMixin, nn.Module):
         self.model = Encoder(config)
         self.head = PredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
-        self.decoder.weight = self.model.embeddings.tok_embeddings.weight  # tied
+        if config.tie_word_embeddings:
+            self.decoder.weight = self.model.embeddings.tok_embeddings.weight
 
     def set_rope_theta(self, global_theta: float, local_theta: float) -> None:
         self.model.set_rope_theta(global_theta, local_theta)
+
+    def set_attention_output_dropout(self, p: float) -> None:
+        self.model.set_attention_output_dropout(p)
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
@@ -411,7 +443,9 @@ def init_weights(model: nn.Module, config: EncoderConfig) -> None:
             elif name.endswith(("attn.Wo", "mlp.Wo", "head.dense")):
                 s = out_std
             elif name == "decoder":
-                continue  # tied to the embeddings
+                if config.tie_word_embeddings:
+                    continue  # the embeddings, initialised above
+                s = out_std  # an untied decoder: transformers' ModernBERT init uses the output σ
             else:
                 s = std
             tn(module.weight, s)

@@ -13,8 +13,10 @@ One checkpoint is one directory `step_XXXXXXXX/`:
   rng.pt              torch / CUDA / numpy / python RNG states
   state.json          step, tokens, phase, track, … (the schedule position)
   run.json            the resolved run configuration (recipe, model config, options)
-Writing is atomic: everything goes to a hidden `.tmp-…` directory first, which is renamed into
-place only when complete, so a crash during a save never leaves a half-written `step_…`.
+Writing is atomic: everything goes to a hidden `.step_….tmp-<pid>@<host>` directory first, which is
+fsynced and renamed into place only when complete, so a crash during a save never leaves a
+half-written `step_…`; pruning renames a checkpoint out of the listing before deleting it. A
+checkpoint counts only when all seven files are there; weights with NaN/inf are never saved.
 Nothing is unpickled on load: safetensors for weights, `torch.load(weights_only=True)` otherwise.
 """
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from mmbert.utils import crash_point, publish_dir, sweep_stale, temp_name
 
 PREFIX = "step_"
 
@@ -43,7 +49,11 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------ weights_only-safe encoding
 
 def _encode(obj: Any) -> Any:
-    """numpy arrays/scalars and tuples → types `torch.load(weights_only=True)` accepts."""
+    """numpy arrays/scalars and tuples → types `torch.load(weights_only=True)` accepts. Strings are
+    interned: pickle writes a repeated string once and then by reference, so equal states must
+    share their equal strings for a resumed run's files to equal the uninterrupted run's byte for byte."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj)).clone(), "dtype": str(obj.dtype)}
     if isinstance(obj, np.generic):
@@ -53,7 +63,7 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_encode(x) for x in obj]
     if isinstance(obj, dict):
-        return {k: _encode(v) for k, v in obj.items()}
+        return {_encode(k): _encode(v) for k, v in obj.items()}
     return obj
 
 
@@ -147,9 +157,9 @@ def check_shapes(path: Path, model: nn.Module) -> None:
                                   f"with the preset it was trained with, or use a new --out directory")
 
 
-def load_model_weights(path: Path, model: nn.Module) -> None:
+def load_model_weights(path: Path, model: nn.Module, sd: dict[str, torch.Tensor] | None = None) -> None:
     check_shapes(path, model)
-    sd = load_file(str(path))
+    sd = load_file(str(path)) if sd is None else sd
     inner = _unwrap(model)
     if _is_sharded(inner):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -189,16 +199,30 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd:
 
 # ------------------------------------------------------------------ save / find / load
 
+FILES = ("model.safetensors", "config.json", "optimizer.pt", "loader.pt", "rng.pt", "run.json", "state.json")
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint whose files cannot be read back (truncated, corrupt) or that holds non-finite
+    weights: resume skips it for an older one."""
+
+
+class NonFiniteWeights(CheckpointError):
+    """The weights to be saved hold NaN/inf: such a checkpoint is never written (never "last good")."""
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (hidden temp directories are ignored)."""
+    """Complete checkpoints under `root` (every file present), oldest first; hidden temp and
+    being-deleted directories are ignored."""
     root = Path(root)
     if not root.is_dir():
         return []
-    out = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()]
+    out = [p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir() and all((p / f).is_file() for f in FILES)]
     return sorted(out, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -207,27 +231,76 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """state.json of a checkpoint; {} when unreadable."""
+    try:
+        return json.loads((Path(path) / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def has_finite_weights(path: str | os.PathLike) -> bool:
+    """True when every floating tensor of the checkpoint is finite (state.json records the check
+    made at save time; checkpoints from before it are scanned)."""
+    path = Path(path)
+    finite = read_state(path).get("finite")
+    if finite is not None:
+        return bool(finite)
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            return all(bool(torch.isfinite(t).all()) for t in (f.get_tensor(k) for k in f.keys())
+                       if t.is_floating_point())
+    except Exception:  # unreadable: not good either
+        return False
+
+
+def last_good_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint whose weights are all finite."""
+    for p in reversed(list_checkpoints(root)):
+        if has_finite_weights(p):
+            return p
+    return None
+
+
+def non_finite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any (a plain bool without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(flag)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     train_state: dict[str, Any], loader_state: Any, run_config: dict[str, Any],
                     keep_last: int | None = 3, keep: bool = False, write: bool = True) -> Path:
-    """Write `root/step_<step>` atomically; then delete all but the newest `keep_last` checkpoints
-    (those saved with keep=True, e.g. phase ends, are never deleted).
+    """Write `root/step_<step>` atomically (utils.publish_dir: temp dir, fsync, one rename); then
+    delete all but the newest `keep_last` checkpoints (those saved with keep=True, e.g. phase ends,
+    are never deleted). Weights holding NaN/inf are refused with NonFiniteWeights (nothing written).
 
     Under torch.distributed every rank calls this (FSDP2 gathers need all ranks); only the rank
     with write=True touches the disk.
     """
     root = Path(root)
     weights = model_state(model)
+    bad = non_finite_tensors(weights)
+    if _any_rank(bool(bad)):  # FSDP: only the writing rank holds the full weights; all ranks must stop
+        raise NonFiniteWeights(f"the weights hold NaN/inf ({', '.join(bad[:3]) or 'on another rank'}"
+                               f"{' …' if len(bad) > 3 else ''}) at step {step}; checkpoint not written")
     optim = optimizer_state(optimizer, model)
     final = root / f"{PREFIX}{step:08d}"
     if not write:
         return final
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a crash during an earlier save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    try:
-        tmp.mkdir()
+    sweep_stale(root)  # temps and half-deleted checkpoints of dead processes
+    with publish_dir(final) as tmp:  # re-saving the same step replaces it in one rename
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = _unwrap(model).config
         _write_json(tmp / "config.json", config.to_hf_dict())
@@ -235,37 +308,49 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, opt
         _torch_save(loader_state, tmp / "loader.pt")
         _torch_save(rng_state(), tmp / "rng.pt")
         _write_json(tmp / "run.json", run_config)
-        _write_json(tmp / "state.json", {**train_state, "step": step, "keep": keep})  # written last
-        if final.exists():  # re-saving the same step (e.g. phase end right after a periodic save)
-            old = root / f".tmp-old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_json(tmp / "state.json", {**train_state, "step": step, "keep": keep, "finite": True})
     if keep_last:
-        prunable = [p for p in list_checkpoints(root) if not json.loads((p / "state.json").read_text()).get("keep")]
+        prunable = [p for p in list_checkpoints(root) if not read_state(p).get("keep")]
         for p in prunable[:-keep_last]:
-            shutil.rmtree(p, ignore_errors=True)
+            # first out of the listing in one rename, then deleted: a kill during the delete leaves
+            # a hidden .del- directory (removed by the next sweep), never a half-deleted step_
+            gone = root / temp_name(p.name, "del")
+            crash_point(f"prune:{p.name}")
+            os.rename(p, gone)
+            shutil.rmtree(gone, ignore_errors=True)
     return final
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> dict[str, Any]:
-    """Restore weights (+ optimizer, RNG) in place; returns {"train_state", "loader_state", "run_config"}."""
+    """Restore weights (+ optimizer, RNG) in place; returns {"train_state", "loader_state", "run_config"}.
+    Every file is read before anything is changed: a damaged checkpoint (CheckpointDamaged) leaves
+    the model, optimizer and RNG as they were."""
     path = Path(path)
-    if not (path / "state.json").is_file() or not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"{path} is not a complete training checkpoint (no state.json / model.safetensors)")
-    load_model_weights(path / "model.safetensors", model)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise CheckpointDamaged(f"{path} is not a complete training checkpoint (no {', '.join(missing)})")
+    try:
+        check_shapes(path / "model.safetensors", model)  # CheckpointError (another model) passes through
+        weights = load_file(str(path / "model.safetensors"))
+        optim = _torch_load(path / "optimizer.pt") if optimizer is not None else None
+        rng = _torch_load(path / "rng.pt") if restore_rng else None
+        out = {
+            "train_state": json.loads((path / "state.json").read_text()),
+            "loader_state": _torch_load(path / "loader.pt"),
+            "run_config": json.loads((path / "run.json").read_text()),
+        }
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated safetensors / zip, bad JSON: the file, not the caller, is wrong
+        first = str(e).split(". ")[0][:160]
+        raise CheckpointDamaged(f"{path} is damaged ({type(e).__name__}: {first})") from e
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise CheckpointDamaged(f"{path} holds non-finite weights ({', '.join(bad[:3])})")
+    load_model_weights(path / "model.safetensors", model, weights)
     if optimizer is not None:
-        load_optimizer_state(optimizer, model, _torch_load(path / "optimizer.pt"))
+        load_optimizer_state(optimizer, model, optim)
     if restore_rng:
-        set_rng_state(_torch_load(path / "rng.pt"))
-    return {
-        "train_state": json.loads((path / "state.json").read_text()),
-        "loader_state": _torch_load(path / "loader.pt"),
-        "run_config": json.loads((path / "run.json").read_text()),
-    }
+        set_rng_state(rng)
+    return out

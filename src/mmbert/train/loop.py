@@ -18,21 +18,25 @@ Run directory:
   run.json                      what this run is (recipe, model config, seed, data) — the guard
   metrics.jsonl                 one JSON record per step ("train") and per eval ("eval")
   checkpoints/<track>/step_*/   see checkpoint.py
-  export/<phase>/               HF model directory at each phase end
+  export/<phase>/               HF model directory at each phase end (re-made on resume if a kill cut it off)
   plots/*.png, summary.md       plots.py
+  ../.<run>.lock                while a process writes the run (utils.RunLock): a second one is refused
+Every file and directory is published by one rename after an fsync (utils), so a kill anywhere
+resumes to the uninterrupted run's end state byte for byte (tests/train/test_crash.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
-import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,22 +48,29 @@ from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, para
 from mmbert.train.recipe import Phase, Recipe, RecipeError, resolve_languages, select_tracks, validate_recipe
 from mmbert.train.schedules import batch_rows_at, lr_at, mask_rate_at, temperature_at
 from mmbert.train.step import mlm_loss_fn, train_step
-from mmbert.utils import atomic_write
+from mmbert.utils import RunLock, atomic_write, publish_dir, sweep_stale
 
 
 class RunDirError(FileExistsError):
     """The output directory holds something else; nothing was overwritten."""
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient became non-finite."""
+class TrainingDiverged(ValueError):
+    """The loss, gradient or weights became non-finite (the message names the last good checkpoint
+    and how to continue from it with a lower learning rate)."""
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ run directory and logging
 
 def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Guard: an output dir holding another run (or anything else) → one clear error."""
+    """Guard: an output dir holding another run (or anything else) → one clear error. Temp files of
+    dead processes (e.g. a kill during the very first run.json write) are removed first."""
     run_json = out / "run.json"
+    sweep_stale(out)
     if run_json.is_file():
         try:
             old = json.loads(run_json.read_text())
@@ -94,11 +105,27 @@ class Metrics:
                 self.tb = None
 
     def truncate(self, track: str, after_step: int) -> None:
-        """Drop records a killed run wrote after its last checkpoint, so a resume logs them once."""
+        """Drop records a killed run wrote after its last checkpoint (all of the track's when it has
+        none), so a resume logs them once; a torn last line (a kill or a full disk mid-write) is
+        dropped with a warning, a damaged line elsewhere is an error naming it."""
         if not self.enabled or not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and not (json.loads(ln).get("track") == track and json.loads(ln)["step"] > after_step)]
+        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        keep = []
+        for i, ln in enumerate(lines, 1):
+            if not ln.strip():
+                continue
+            try:
+                rec = json.loads(ln)
+                rec["step"], rec["track"]  # noqa: B018  (a record we can place)
+            except (ValueError, KeyError, TypeError) as e:
+                if i >= len(lines) - 1:  # the last line
+                    _warn(f"{self.path}:{i}: dropped a torn last line ({len(ln)} bytes) left by an interrupted write")
+                    continue
+                raise RunDirError(f"{self.path}:{i} is not a metrics record ({e}); delete that line and "
+                                  f"resume again") from e
+            if not (rec["track"] == track and rec["step"] > after_step):
+                keep.append(ln)
         atomic_write(self.path, "".join(ln + "\n" for ln in keep))
 
     def log(self, rec: dict[str, Any]) -> None:
@@ -183,9 +210,10 @@ class _Stream:
         return max(1, self.micro_tokens // p.seq_len)
 
     def params(self, p: Phase) -> dict[str, Any]:
-        return dict(languages=resolve_languages(p.languages, self.counts), tau=temperature_at(p, 0),
+        return dict(languages=resolve_languages(p.languages, self.counts, p.shares), tau=temperature_at(p, 0),
                     mask_rate=mask_rate_at(p, 0), seq_len=p.seq_len,
-                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens)
+                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens,
+                    shares=dict(p.shares) or None, epoch_cap=p.epoch_cap)
 
     def open(self, p: Phase) -> None:
         from mmbert.data.loader import MLMLoader
@@ -259,11 +287,15 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
           seed: int = 0, resume: bool = False, phases: Sequence[str] | None = None,
           micro_batch_tokens: int | None = None, parallel: str = "auto", compile: bool = False,
           device: str | None = None, keep_last: int = 3, stop_at_step: int | None = None,
-          eval: bool = True, progress: bool = True, plots: bool = True) -> dict[str, Any]:
+          eval: bool = True, progress: bool = True, plots: bool = True,
+          lr_scale: float | None = None) -> dict[str, Any]:
     """Run the recipe's tracks into `out`; returns {"tracks": {name: {"step", "tokens", "loss"}}}.
 
     micro_batch_tokens: tokens per micro-batch per rank (memory knob; the global batch comes from the
     recipe). stop_at_step: end a track after this global step without saving — a simulated kill.
+    lr_scale: multiply the recipe's learning rate by this from now on (e.g. to continue past a
+    divergence with --resume); recorded in run.json and kept by later resumes until given again.
+    Only one process writes a run directory at a time (utils.RunLock, held for the whole run).
     """
     from mmbert.data.shards import ShardIndex
 
@@ -276,48 +308,66 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                           f"vocab_size {config.vocab_size}; build the model with vocab_size={index.vocab_size}")
     counts = {lang: index.tokens(lang) for lang in index.languages}
     for p in recipe.all_phases():  # every language set resolves before anything is written
-        langs = resolve_languages(p.languages, counts)
+        langs = resolve_languages(p.languages, counts, p.shares)
         extra = sorted(set(p.language_weights) - set(langs))
         if extra:
             raise RecipeError(f"phase {p.name!r}: language_weights name {extra}, which are not among its "
                               f"{len(langs)} languages on these shards; fix the weights or the language set")
     tracks = select_tracks(recipe, phases)
+    if lr_scale is not None and not (math.isfinite(lr_scale) and lr_scale > 0):
+        raise RecipeError(f"--lr-scale must be a positive number (e.g. 0.5 halves the learning rate), got {lr_scale}")
+    tokenizer = _shards_tokenizer(index, data)
     identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "data": str(data.resolve())}
-    if d.is_main:
-        prepare_run_dir(out, identity, resume)
-        info = json.loads((out / "run.json").read_text())
-        info.setdefault("launches", []).append({"world_size": d.world_size, "device": str(d.device),
-                                                "resume": resume, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-        atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
-    barrier(d)
-    metrics = Metrics(out, enabled=d.is_main)
-    tokenizer = _shards_tokenizer(index)
-    micro_tokens = micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096)
-    result: dict[str, Any] = {"tracks": {}}
-    try:
-        main_end = _main_phase_count(recipe, phases)
-        result["tracks"]["main"] = _run_track(
-            "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
-            micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, init_from=None)
-        if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
-            branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
-            for name, track in tracks.items():
-                if name == "main":
-                    continue
-                result["tracks"][name] = _run_track(
-                    name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
-                    compile, keep_last, stop_at_step, eval, progress, tokenizer, init_from=branch)
-                if result["tracks"][name].get("stopped"):
-                    break
-    finally:
-        metrics.close()
-    stopped = any(r.get("stopped") for r in result["tracks"].values())
-    if d.is_main and plots and not stopped:
-        from mmbert.train.plots import make_plots
+    with contextlib.ExitStack() as held:
+        if d.is_main:
+            held.enter_context(RunLock(out))
+            prepare_run_dir(out, identity, resume)
+            info = json.loads((out / "run.json").read_text())
+            launch = {"world_size": d.world_size, "device": str(d.device), "resume": resume,
+                      "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            if lr_scale is not None:  # an explicit override: kept for every later resume
+                launch["lr_scale"] = info["lr_scale"] = lr_scale
+            info.setdefault("launches", []).append(launch)
+            atomic_write(out / "run.json", json.dumps(info, indent=2, sort_keys=True))
+            _sweep_run_dir(out)
+        barrier(d)
+        scale = float(json.loads((out / "run.json").read_text()).get("lr_scale", 1.0))
+        metrics = Metrics(out, enabled=d.is_main)
+        micro_tokens = micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096)
+        result: dict[str, Any] = {"tracks": {}}
+        try:
+            main_end = _main_phase_count(recipe, phases)
+            result["tracks"]["main"] = _run_track(
+                "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
+                micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, None, scale)
+            if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
+                branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
+                for name, track in tracks.items():
+                    if name == "main":
+                        continue
+                    result["tracks"][name] = _run_track(
+                        name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
+                        compile, keep_last, stop_at_step, eval, progress, tokenizer, branch, scale)
+                    if result["tracks"][name].get("stopped"):
+                        break
+        finally:
+            metrics.close()
+        stopped = any(r.get("stopped") for r in result["tracks"].values())
+        if d.is_main and plots and not stopped:
+            from mmbert.train.plots import make_plots
 
-        make_plots(out)
+            make_plots(out)
     cleanup(d)
     return result
+
+
+def _sweep_run_dir(out: Path) -> None:
+    """Remove what dead writers left in the run directory (temp files, temp exports, checkpoints
+    half-way through a save or a delete); a live process's are never touched (the lock makes that
+    this process anyway)."""
+    for d in (out, out / "export", out / "plots", *sorted((out / "checkpoints").glob("*"))):
+        if d.is_dir():
+            sweep_stale(d)
 
 
 def _main_phase_count(recipe: Recipe, only: Sequence[str] | None) -> int:
@@ -333,7 +383,7 @@ def _main_phase_count(recipe: Recipe, only: Sequence[str] | None) -> int:
 def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: EncoderConfig, data: Path, out: Path,
                counts: dict[str, int], seed: int, d: Dist, metrics: Metrics, micro_tokens: int, parallel: str,
                compile: bool, keep_last: int, stop_at_step: int | None, do_eval: bool, progress: bool,
-               tokenizer: Any, init_from: Path | None) -> dict[str, Any]:
+               tokenizer: Any, init_from: Path | None, lr_scale: float = 1.0) -> dict[str, Any]:
     from mmbert.model import build_model
 
     torch.manual_seed(seed)
@@ -348,15 +398,19 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     ck_root = out / "checkpoints" / track
     run_config = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "track": track,
                   "phases": [p.name for p in phases], "world_size": d.world_size, "micro_tokens": micro_tokens}
-    start = ckpt.latest_checkpoint(ck_root) or init_from
+    start, loaded = _resume_point(ck_root, init_from, model, optimizer, d)
+    first_own = 0 if init_from is None else len(recipe.phases)  # the phases this track exports
     if start is None:
         stream.open(phases[0])
+        metrics.truncate(track, 0)  # a killed run before its first checkpoint: its records go
     else:
-        loaded = ckpt.load_checkpoint(start, model=model, optimizer=optimizer)
         st = loaded["train_state"]
         state.update({k: st[k] for k in ("phase", "phase_tokens", "tokens", "step")})
         if start == init_from:  # a branch: the main track ended here, the variant's phase starts next
             state.update(phase=len(recipe.phases), phase_tokens=0)
+        if d.is_main:  # phase-end exports a kill cut off (the checkpoint was saved, the export not)
+            _remake_exports(ck_root, phases[first_own:state["phase"]], first_own, config, out, tokenizer,
+                            card=lambda i, tokens: _phase_card(recipe, phases[:i + 1], counts, tokens))
         if state["phase"] >= len(phases):  # this track is complete
             return {"step": state["step"], "tokens": state["tokens"], "loss": None, "skipped": True}
         stream.open(phases[state["phase"]])
@@ -379,12 +433,14 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
             p = phases[state["phase"]]
             if applied is not p:  # phase start (or resume inside it): θ, languages, τ, mask, seq len
                 inner.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
+                inner.set_attention_output_dropout(inner.config.attention_dropout if p.attention_output_dropout is None
+                                                   else p.attention_output_dropout)
                 if stream.phase is not p:
                     stream.switch(p)
                 applied = p
             t = state["phase_tokens"]
             rows = _step_rows(p, t, d.world_size)
-            lr = lr_at(p, t)
+            lr = lr_at(p, t) * lr_scale  # exact when 1.0 (x * 1.0 == x)
             set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
             t0 = time.perf_counter()  # tokens/s below includes waiting for the batches
             micro = stream.batches(p, rows)
@@ -398,11 +454,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
             state["phase_tokens"] += step_tokens
             state["tokens"] += step_tokens
             if stats.skipped and stats.num_items > 0:
-                good = ckpt.latest_checkpoint(ck_root) or init_from
-                raise TrainingDiverged(
-                    f"{track}/{p.name}: loss {stats.loss} / grad norm {stats.grad_norm} is not finite at step "
-                    f"{state['step']}; stopped without saving. Last good checkpoint: {good or 'none'}. Lower the "
-                    f"LR (lr_peak {p.lr_peak:g}) or the batch warm-up and resume from it")
+                raise _diverged(f"{track}/{p.name}: loss {stats.loss} / grad norm {stats.grad_norm} is not finite "
+                                f"at step {state['step']}", ck_root, init_from, lr_scale)
             tps = step_tokens / dt
             # this rank's useful FLOPs (its own documents and masked tokens) over its own peak
             masked_here = sum(int(b["num_masked"]) for b in micro)
@@ -430,11 +483,17 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                     bar.close()
                 return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss, "stopped": True}
             if phase_end or crossed(recipe.checkpoint_every_tokens):
-                ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer, train_state=dict(state),
-                                     loader_state=stream.state_after, run_config=run_config,
-                                     keep_last=keep_last, keep=phase_end, write=d.is_main)
+                try:
+                    ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer,
+                                         train_state={**state, "lr_scale": lr_scale},
+                                         loader_state=stream.state_after, run_config=run_config,
+                                         keep_last=keep_last, keep=phase_end, write=d.is_main)
+                except ckpt.NonFiniteWeights as e:
+                    raise _diverged(f"{track}/{p.name}: {e}", ck_root, init_from, lr_scale) from None
+                # kill here (phase end): the export is re-made from this checkpoint on resume
                 if phase_end:
-                    _export(model, inner, out / "export" / p.name, d, tokenizer)
+                    _export(model, inner, out / "export" / p.name, d, tokenizer,
+                            card=_phase_card(recipe, phases[:state["phase"]], counts, state["tokens"]))
                 barrier(d)
         if bar is not None:
             bar.close()
@@ -497,23 +556,84 @@ def _eval_subset(langs: list[str], counts: dict[str, int], k: int) -> list[str]:
     return sorted(ranked[i] for i in idx)
 
 
-def _shards_tokenizer(index) -> Any:
-    """The tokenizer the shards were made with (index.json "tokenizer.path"), if it still exists,
-    so phase-end exports are complete model directories; None otherwise."""
-    path = index.tokenizer.get("path") if isinstance(index.tokenizer, dict) else None
-    if not path or not Path(path).exists():
-        return None
-    try:
-        from mmbert.tokenizer import load_tokenizer
-
-        return load_tokenizer(path)
-    except (ImportError, ValueError, OSError):
-        return None
+def _diverged(what: str, ck_root: Path, init_from: Path | None, lr_scale: float) -> TrainingDiverged:
+    good = ckpt.last_good_checkpoint(ck_root) or init_from
+    new = lr_scale * 0.5
+    cont = (f"Last good checkpoint: {good}. To continue from it with half the learning rate, run the same "
+            f"command with --resume --lr-scale {new:g}" if good else
+            f"No good checkpoint yet: start again with --resume --lr-scale {new:g}")
+    return TrainingDiverged(f"{what}; stopped without saving. {cont} (it multiplies the recipe's learning "
+                            f"rate from there on and is recorded in run.json)")
 
 
-def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None) -> None:
-    """Phase-end Hugging Face directory (+ the shards' tokenizer), written to a temp dir and renamed
-    into place."""
+def _resume_point(ck_root: Path, init_from: Path | None, model, optimizer, d: Dist) -> tuple[Path | None, Any]:
+    """Load the newest loadable checkpoint of the track (falling back past damaged ones, which are
+    renamed `damaged-step_…` and reported), else the branch point `init_from`, else nothing."""
+    for path in reversed(ckpt.list_checkpoints(ck_root)):
+        try:
+            return path, ckpt.load_checkpoint(path, model=model, optimizer=optimizer)
+        except ckpt.CheckpointDamaged as e:
+            if d.is_main:
+                aside = path.with_name(f"damaged-{path.name}")
+                os.rename(path, aside)
+                _warn(f"{e}; set aside as {aside.name}, resuming from an older checkpoint")
+            barrier(d)
+    if init_from is not None:
+        return init_from, ckpt.load_checkpoint(init_from, model=model, optimizer=optimizer)
+    return None, None
+
+
+def _remake_exports(ck_root: Path, done: Sequence[Phase], first: int, config: EncoderConfig, out: Path,
+                    tokenizer: Any, card: Callable[[int, int], Any] | None = None) -> None:
+    """Write export/<phase>/ again from its phase-end checkpoint (phase-end checkpoints are kept)
+    for each finished phase of this track whose export is missing: a kill between the phase-end
+    checkpoint and its export otherwise loses the export for good."""
+    from mmbert.model import build_model
+
+    missing = [(first + i, p) for i, p in enumerate(done) if not (out / "export" / p.name / "config.json").is_file()]
+    if not missing:
+        return
+    ends = {}
+    for c in ckpt.list_checkpoints(ck_root):
+        st = ckpt.read_state(c)
+        if st.get("phase_tokens") == 0 and st.get("keep"):
+            ends[st.get("phase")] = c
+    for i, p in missing:
+        c = ends.get(i + 1)
+        if c is None:
+            _warn(f"export/{p.name} is missing and its phase-end checkpoint is gone; not re-made")
+            continue
+        with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG training resumes with
+            model = build_model(config.replace(), head="mlm", init=False)
+        ckpt.load_model_weights(c / "model.safetensors", model)
+        model.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
+        _export(model, model, out / "export" / p.name, Dist(), tokenizer,
+                card=card(i, int(ckpt.read_state(c).get("tokens", 0))) if card else None)
+        _warn(f"re-made export/{p.name} from {c} (the run was stopped before writing it)")
+
+
+def _shards_tokenizer(index, data: Path) -> Any:
+    """The tokenizer the shards were made with, so phase-end exports are complete model
+    directories: the copy in the shard directory (data/shards.py), else index.json's "path" when it
+    still has the recorded sha256 (a tokenizer swapped since is an error naming both files); None
+    when neither exists."""
+    from mmbert.data.shards import shards_tokenizer
+
+    return shards_tokenizer(index, data)
+
+
+def _phase_card(recipe: Recipe, done: Sequence[Phase], counts: dict[str, int], tokens: int):
+    """Model card of a phase-end export: the languages of every phase so far, tokens seen, the recipe."""
+    from mmbert.export.card import CardInfo
+
+    langs = list(dict.fromkeys(lang for p in done for lang in resolve_languages(p.languages, counts, p.shares)))
+    return CardInfo(languages=langs, tokens_seen=tokens, recipe=f"{recipe.name} → {' → '.join(p.name for p in done)}",
+                    description=f"Masked-LM pretraining with the `{recipe.name}` recipe, exported at the end of "
+                                f"phase `{done[-1].name}`.")
+
+
+def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None, card: Any = None) -> None:
+    """Phase-end Hugging Face directory (+ the shards' tokenizer), published whole (utils.publish_dir)."""
     from mmbert.model import build_model
 
     if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
@@ -525,15 +645,12 @@ def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None) -> None:
         inner = inner_cpu
     if not d.is_main:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         inner.tokenizer = tokenizer
-    inner.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    from mmbert.export.hf import write_model_files
+
+    with publish_dir(path) as tmp:
+        write_model_files(inner, tmp, card=card)
 
 
 # ------------------------------------------------------------------ the CLI's library call

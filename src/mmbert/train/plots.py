@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mmbert.utils import atomic_write
+
 
 def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run) / "metrics.jsonl"
@@ -69,7 +71,7 @@ def make_plots(run: str | os.PathLike) -> list[Path]:
                 ax.axvline(b, color="grey", lw=0.5, ls=":")
             ax.set_xlabel("tokens")
         fig.tight_layout()
-        fig.savefig(pdir / name, dpi=110)
+        atomic_write(pdir / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
         written.append(pdir / name)
 
@@ -159,7 +161,7 @@ def write_summary(run: Path, recs: list[dict[str, Any]]) -> Path:
                          f"{v['macro']['accuracy']:.4f} | {tiers} |")
     lines += ["", "Plots: plots/loss.png, plots/heldout.png, plots/schedules.png, plots/throughput.png", ""]
     path = run / "summary.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, "\n".join(lines))
     return path
 
 

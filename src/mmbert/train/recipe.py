@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from mmbert.data.sampling import SHARES_COMPLETE
+
 DECAY_SHAPES = ("none", "linear", "1-sqrt")
 
 
@@ -61,11 +63,22 @@ class Phase:
     batch_warmup_tokens: int = 0  # batch size rises linearly over this many tokens (0 = none)
     batch_start_tokens: int | None = None  # batch size at the start of the warm-up
     language_weights: Mapping[str, float] = field(default_factory=dict)  # extra factor on p_l
+    # sources drawn at a fixed fraction of the phase's tokens, outside the τ-sampling (mmBERT fixes
+    # English and code per phase); the tier spec in `languages` ranks the other languages only
+    shares: Mapping[str, float] = field(default_factory=dict)
+    epoch_cap: float | None = None  # no τ-sampled language drawn more than cap × its tokens
+    # dropout on the attention output only (None = the model config's attention_dropout, which HF
+    # ModernBERT also applies to the attention probabilities)
+    attention_output_dropout: float | None = None
+    # 0: the batch rises linearly over the warm-up; > 0: in steps of this many tokens, every batch
+    # size held for the same number of optimizer steps (ModernBERT's BatchSizeWarmupScheduler)
+    batch_warmup_increment_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["languages"] = self.languages if isinstance(self.languages, str) else list(self.languages)
         d["language_weights"] = dict(self.language_weights)
+        d["shares"] = dict(self.shares)
         return d
 
     @classmethod
@@ -93,7 +106,9 @@ class Recipe:
     preset: str = "mmbert-base"  # model preset the recipe was written for (CLI --preset overrides)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    # max gradient norm; 0 = off. mmBERT's and ModernBERT's configs use none: StableAdamW clips
+    # the update per tensor instead, and ModernBERT's trainer refuses to combine the two
+    grad_clip: float = 0.0
     eval_every_tokens: int = 10_000_000_000
     checkpoint_every_tokens: int = 10_000_000_000
     eval_tokens_per_lang: int = 65_536
@@ -150,6 +165,8 @@ class Recipe:
             langs = p.languages if isinstance(p.languages, str) else f"{len(p.languages)} listed"
             if p.language_weights:
                 langs += " (" + ", ".join(f"{k}×{v:g}" for k, v in p.language_weights.items()) + ")"
+            if p.shares:
+                langs += " + " + ", ".join(f"{k} {v:.1%}" for k, v in p.shares.items())
             lr = f"{p.lr_peak:g}"
             if p.lr_warmup_tokens:
                 lr += f", warm-up {_fmt(p.lr_warmup_tokens)}"
@@ -231,6 +248,23 @@ def validate_phase(p: Phase, *, where: str = "") -> None:
              f"batch_start_tokens ({p.batch_start_tokens}) must be between seq_len and batch_tokens")
     for lang, w in p.language_weights.items():
         need(w > 0 and math.isfinite(w), f"language_weights[{lang!r}] must be > 0, got {w}")
+    for src, v in p.shares.items():
+        need(isinstance(v, (int, float)) and 0 < v <= 1, f"shares[{src!r}] must be a fraction in (0, 1], got {v!r}")
+        need(src not in p.language_weights, f"{src!r} has both a fixed share and a language weight; keep one")
+    total = sum(p.shares.values())
+    need(total <= 1 + SHARES_COMPLETE, f"shares sum to {total:g}; they must sum to ≤ 1 (what is left is τ-sampled; "
+                                       f"exactly 1 fixes the whole distribution)")
+    if p.shares and total >= 1 - SHARES_COMPLETE:
+        need(p.epoch_cap is None, "shares summing to 1 leave no τ-sampled language for the epoch cap; drop one")
+    need(p.epoch_cap is None or (p.epoch_cap > 0 and math.isfinite(p.epoch_cap)),
+         f"epoch_cap must be > 0 (or None for no cap), got {p.epoch_cap}")
+    need(p.attention_output_dropout is None or 0 <= p.attention_output_dropout < 1,
+         f"attention_output_dropout must be in [0, 1) or None, got {p.attention_output_dropout}")
+    if p.batch_warmup_increment_tokens:
+        start = p.batch_start_tokens if p.batch_start_tokens is not None else p.batch_tokens
+        need(p.batch_warmup_increment_tokens > 0 and (p.batch_tokens - start) % p.batch_warmup_increment_tokens == 0,
+             f"batch_warmup_increment_tokens ({p.batch_warmup_increment_tokens}) must divide batch_tokens − "
+             f"batch_start_tokens ({p.batch_tokens - start})")
 
 
 def validate_recipe(r: Recipe, max_position_embeddings: int | None = None) -> None:
@@ -273,41 +307,84 @@ def validate_recipe(r: Recipe, max_position_embeddings: int | None = None) -> No
                     f"config with max_position_embeddings ≥ {p.seq_len}")
 
 
-def resolve_languages(spec: tuple[str, ...] | str, token_counts: Mapping[str, int]) -> list[str]:
+def resolve_languages(spec: tuple[str, ...] | str, token_counts: Mapping[str, int],
+                      shares: Mapping[str, float] | None = None) -> list[str]:
     """An explicit list or tier spec → the sorted list of languages, checked against the shards
-    (delegates to the data sampler, so recipes and `mmbert.data.sampling` read tiers the same way)."""
-    from mmbert.data.sampling import select_languages
+    (delegates to the data sampler, so recipes and `mmbert.data.sampling` read tiers the same way).
+    Fixed-share sources are ranked apart: the spec selects among the others, then they are added."""
+    from mmbert.data.sampling import SamplingError, select_languages
 
     if isinstance(spec, str):
         _parse_tier(spec)
-    return select_languages(token_counts, spec if isinstance(spec, str) else list(spec))
+    shares = shares or {}
+    missing = sorted(k for k in shares if token_counts.get(k, 0) <= 0)
+    if missing:
+        raise SamplingError(f"fixed-share source(s) {', '.join(missing)} have no training tokens in these shards; "
+                            f"add their shard folders, or train a recipe without those shares (edit the "
+                            f"recipe JSON from `Recipe.to_json()` and pass it as --recipe FILE.json)")
+    if shares and sum(shares.values()) >= 1 - SHARES_COMPLETE:
+        return sorted(shares)  # a complete fixed distribution: the spec selects nothing more
+    pool = {k: v for k, v in token_counts.items() if k not in shares}
+    chosen = select_languages(pool, spec if isinstance(spec, str) else [k for k in spec if k not in shares])
+    return sorted(set(chosen) | set(shares))
 
 
 # ------------------------------------------------------------------ named recipes
 
-def mmbert() -> Recipe:
-    """The paper's recipe for mmBERT-base (arXiv:2509.06888)."""
-    common = dict(lr_peak=8e-4, weight_decay=8e-5, batch_tokens=4608 * 1024)
-    pretrain = Phase("pretrain", tokens=2_300_000_000_000, seq_len=1024, languages="top:60",
-                     temperature=0.7, mask_rate=0.30, global_rope_theta=10_000.0, local_rope_theta=10_000.0,
-                     # ModernBERT: 3B-token LR warm-up; batch 768 → 4608 rows over the first 50B tokens
-                     lr_warmup_tokens=3_000_000_000, batch_warmup_tokens=50_000_000_000,
-                     batch_start_tokens=768 * 1024, **common)
-    mid = Phase("mid", tokens=600_000_000_000, seq_len=8192, languages="top:110", temperature=0.5,
-                mask_rate=0.15, global_rope_theta=160_000.0, local_rope_theta=160_000.0, **common)
+# Fixed shares of English and code per phase, from the released per-language token counts
+# (JHU-CLSP/mmBERT statistics/language_counts.csv: a source's tokens ÷ the column's total; columns
+# pretrain, ext, decay-eng, decay-mid = Decay-Cont, decay-all). tests/train/test_recipe_published.py
+# recomputes them from that file when it is present.
+PUBLISHED_SHARES = {
+    "pretrain": {"eng_Latn": 0.3451, "code": 0.0513},
+    "mid": {"eng_Latn": 0.1214, "code": 0.0333},
+    "decay-eng": {"eng_Latn": 0.1789, "code": 0.0312},
+    "decay-cont": {"eng_Latn": 0.1319, "code": 0.0315},
+    "decay-all": {"eng_Latn": 0.1015, "code": 0.0551},
+}
+
+
+def mmbert(small: bool = False) -> Recipe:
+    """The published recipe for mmBERT-base (arXiv:2509.06888 and the JHU-CLSP/mmBERT configs
+    mmBERT-base{,-ext,-decay}.yaml); `small=True` gives mmBERT-small's (mmBERT-small{,-ext,-decay}.yaml).
+    docs/train.md cites the file and field behind every number."""
+    # batch warm-up: 48 rows per GPU → 4608 global rows, stepwise; on the 8 GPUs the configs were
+    # written for, 384 → 4608 rows in steps of 384 (batch_size_warmup_min_size 48 × 8 ranks)
+    rows = 1024
+    common = dict(lr_peak=8e-4, weight_decay=8e-5, batch_tokens=4608 * rows, attention_output_dropout=0.1)
+    pretrain = Phase("pretrain", tokens=2_300_000_000_000, seq_len=1024, languages="top:59",
+                     shares=PUBLISHED_SHARES["pretrain"], temperature=0.7, mask_rate=0.30,
+                     global_rope_theta=10_000.0, local_rope_theta=10_000.0,
+                     lr_warmup_tokens=(4 if small else 3) * 10**9,
+                     batch_warmup_tokens=(100 if small else 60) * 10**9, batch_start_tokens=384 * rows,
+                     batch_warmup_increment_tokens=384 * rows, **common)
+    later = dict(lr_peak=4e-4, weight_decay=4e-5) if small else {}
+    mid = Phase("mid", tokens=600_000_000_000, seq_len=8192, languages="top:108", shares=PUBLISHED_SHARES["mid"],
+                temperature=0.5, mask_rate=0.15, global_rope_theta=160_000.0, local_rope_theta=160_000.0,
+                **{**common, **later})
+    # base: one_minus_sqrt to 0.02×; small: warmup_stable_decay (linear) to 0.04×, both over 100B
     decay = dataclasses.replace(mid, name="decay", tokens=100_000_000_000, temperature=0.3, mask_rate=0.05,
-                                lr_decay="1-sqrt", lr_final_fraction=0.02)
+                                lr_decay="linear" if small else "1-sqrt", lr_final_fraction=0.04 if small else 0.02)
     variants = {
-        # English-heavy mix on the mid-training languages (English up-weighted 4x after τ-sampling)
-        "decay-eng": (dataclasses.replace(decay, name="decay-eng", languages="top:110",
-                                          language_weights={"eng_Latn": 4.0}),),
-        # the mid-training mix continued (same languages and τ), only mask and LR change
-        "decay-cont": (dataclasses.replace(decay, name="decay-cont", languages=mid.languages,
-                                           temperature=mid.temperature),),
+        # the mid-training languages, English-heavy (the counts give no τ-sampling factor: English
+        # is a fixed 17.9% of the tokens, against 13.2% in Decay-Cont)
+        "decay-eng": (dataclasses.replace(decay, name="decay-eng", shares=PUBLISHED_SHARES["decay-eng"]),),
+        # the mid-training languages continued; τ 0.3 (the decay data card; the published counts give a
+        # slope of 0.62 ≈ 0.3/0.5 of log decay-mid vs log ext counts over the 108 shared languages)
+        "decay-cont": (dataclasses.replace(decay, name="decay-cont", shares=PUBLISHED_SHARES["decay-cont"]),),
         # every language, τ 0.3: the 1,700+ low-resource languages enter only here
-        "decay-all": (dataclasses.replace(decay, name="decay-all", languages="all"),),
+        "decay-all": (dataclasses.replace(decay, name="decay-all", languages="all",
+                                          shares=PUBLISHED_SHARES["decay-all"]),),
     }
-    return Recipe("mmbert", phases=(pretrain, mid), variants=variants, preset="mmbert-base")
+    return Recipe("mmbert-small" if small else "mmbert", phases=(pretrain, mid), variants=variants,
+                  preset="mmbert-small" if small else "mmbert-base")
+
+
+def mmbert_small() -> Recipe:
+    """The published recipe for mmBERT-small (mmBERT-small{,-ext,-decay}.yaml): as base, with a 4B-token
+    LR warm-up, a 100B-token batch warm-up, LR 4e-4 / weight decay 4e-5 after pretraining and a
+    linear decay to 0.04×."""
+    return mmbert(small=True)
 
 
 def _one_variant(name: str) -> Callable[[], Recipe]:
@@ -319,11 +396,18 @@ def _one_variant(name: str) -> Callable[[], Recipe]:
     return make
 
 
+def _plain(p: Phase) -> Phase:
+    """A phase without mmBERT's published extras (fixed English/code shares, attention-output
+    dropout, stepwise batch warm-up), for recipes derived from `mmbert` that do not use them."""
+    return dataclasses.replace(p, shares={}, attention_output_dropout=None, batch_warmup_increment_tokens=0)
+
+
 def modernbert() -> Recipe:
-    """ModernBERT's English recipe: 30% mask throughout, θ 10k → 160k global / 10k local."""
+    """ModernBERT's English recipe: 30% mask throughout, θ 10k → 160k global / 10k local; batch
+    768 → 4608 rows over the first 50B tokens."""
     base = mmbert()
-    pre = dataclasses.replace(base.phases[0], tokens=1_700_000_000_000, languages=("eng_Latn",),
-                              temperature=1.0)
+    pre = dataclasses.replace(_plain(base.phases[0]), tokens=1_700_000_000_000, languages=("eng_Latn",),
+                              temperature=1.0, batch_warmup_tokens=50_000_000_000, batch_start_tokens=768 * 1024)
     ext = dataclasses.replace(pre, name="context-extension", tokens=250_000_000_000, seq_len=8192,
                               global_rope_theta=160_000.0, local_rope_theta=10_000.0, lr_peak=3e-4,
                               lr_warmup_tokens=0, batch_warmup_tokens=0, batch_start_tokens=None)
@@ -335,11 +419,11 @@ def modernbert() -> Recipe:
 
 def mbert_baseline() -> Recipe:
     """The classic multilingual-BERT way, for comparison at mmBERT's token budget: one phase, all
-    languages from the start, fixed τ 0.7, fixed 15% mask, θ 10k; same WSD LR with a 1−√ decay over
-    the last 100B tokens."""
+    languages from the start (English and code τ-sampled like the rest), fixed τ 0.7, fixed 15% mask,
+    θ 10k; same WSD LR with a 1−√ decay over the last 100B tokens."""
     base = mmbert()
     total = sum(p.tokens for p in base.phases) + base.variants["decay-all"][0].tokens
-    one = dataclasses.replace(base.phases[0], name="pretrain", tokens=total, languages="all",
+    one = dataclasses.replace(base.phases[0], name="pretrain", tokens=total, languages="all", shares={},
                               temperature=0.7, mask_rate=0.15, lr_decay="1-sqrt",
                               lr_decay_tokens=100_000_000_000, lr_final_fraction=0.02)
     return Recipe("mbert-baseline", phases=(one,), preset="mmbert-base")
@@ -350,20 +434,27 @@ def cpu_demo() -> Recipe:
     variants in ≈10 minutes of training on an idle 2-core CPU (3.57M training tokens at ≈6k tokens/s),
     keeping the shape — pretrain:mid:decay ≈ 23:6:2.4 (each decay lengthened from 1 so it sees ~120
     steps), languages added per tier (top 12 → top 24 → all), τ 0.7 → 0.5 → 0.3, mask 30% → 15% → 5%, θ 10k → 160k with the
-    context doubled (256 → 512), LR warm-up and batch-size warm-up, 1−√ decay to 0.02×."""
+    context doubled (256 → 512), LR warm-up and batch-size warm-up, 1−√ decay to 0.02×.
+
+    Not (yet) the published details: it keeps the choices the committed demo and study results were
+    trained with — gradient clipping 1.0, English τ-sampled (×4 in decay-eng), no code source (the
+    embedded corpus has none), Decay-Cont at τ 0.5, no attention-output dropout, a linear batch ramp."""
     base = mmbert()
     lr = 2e-3  # a 128-wide model takes a larger LR than mmBERT-base's 8e-4
-    pre = dataclasses.replace(base.phases[0], tokens=2_250_000, seq_len=256, languages="top:12", lr_peak=lr,
+    pre = dataclasses.replace(_plain(base.phases[0]), tokens=2_250_000, seq_len=256, languages="top:12", lr_peak=lr,
                               lr_warmup_tokens=120_000, batch_tokens=8 * 256, batch_warmup_tokens=180_000,
                               batch_start_tokens=4 * 256)
-    mid = dataclasses.replace(base.phases[1], tokens=600_000, seq_len=512, languages="top:24",
+    mid = dataclasses.replace(_plain(base.phases[1]), tokens=600_000, seq_len=512, languages="top:24",
                               batch_tokens=4 * 512, lr_peak=lr)
-    variants = {}
-    for name, (v,) in base.variants.items():
-        langs = {"top:110": "top:24", "all": "all"}[v.languages]
-        variants[name] = (dataclasses.replace(v, tokens=240_000, seq_len=512, batch_tokens=4 * 512, lr_peak=lr,
-                                              languages=langs),)
-    return Recipe("cpu-demo", phases=(pre, mid), variants=variants, preset="tiny",
+    decay = dataclasses.replace(_plain(base.variants["decay-all"][0]), tokens=240_000, seq_len=512,
+                                batch_tokens=4 * 512, lr_peak=lr)
+    variants = {
+        "decay-eng": (dataclasses.replace(decay, name="decay-eng", languages="top:24",
+                                          language_weights={"eng_Latn": 4.0}),),
+        "decay-cont": (dataclasses.replace(decay, name="decay-cont", languages="top:24", temperature=0.5),),
+        "decay-all": (decay,),
+    }
+    return Recipe("cpu-demo", phases=(pre, mid), variants=variants, preset="tiny", grad_clip=1.0,
                   eval_every_tokens=750_000, checkpoint_every_tokens=300_000, eval_tokens_per_lang=1024,
                   eval_max_languages=32, log_every_steps=5)
 
@@ -394,6 +485,7 @@ def cpu_demo_mbert_baseline() -> Recipe:
 
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "mmbert": mmbert,
+    "mmbert-small": mmbert_small,
     "decay-eng": _one_variant("decay-eng"),
     "decay-cont": _one_variant("decay-cont"),
     "decay-all": _one_variant("decay-all"),

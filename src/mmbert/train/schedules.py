@@ -11,8 +11,9 @@ at `lr_peak`, then over the last `decay_tokens` of the phase
     linear:  lr = peak · (f + (1 − f) · (1 − x))
     1-sqrt:  lr = peak · (f + (1 − f) · (1 − √x))       x = fraction of the decay done, f = final fraction
 (1−√ as in Hägele et al. 2024 / ModernBERT: it keeps the LR high longer than linear, then drops).
-Batch size: linear from `batch_start_tokens` to `batch_tokens` over `batch_warmup_tokens`, in rows
-of `seq_len`, rounded to a multiple of the number of data-parallel ranks.
+Batch size: from `batch_start_tokens` to `batch_tokens` over `batch_warmup_tokens` — linearly, or
+with `batch_warmup_increment_tokens` in steps of that size as ModernBERT/mmBERT do — in rows of
+`seq_len`, rounded to a multiple of the number of data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -53,8 +54,24 @@ def batch_tokens_at(p: Phase, t: float) -> int:
     start = p.batch_start_tokens if p.batch_start_tokens is not None else p.batch_tokens
     if p.batch_warmup_tokens <= 0 or t >= p.batch_warmup_tokens:
         return p.batch_tokens
+    if p.batch_warmup_increment_tokens > 0:
+        return _stepwise_batch(start, p.batch_tokens, p.batch_warmup_increment_tokens, p.batch_warmup_tokens, t)
     frac = max(t, 0.0) / p.batch_warmup_tokens
     return int(round(start + (p.batch_tokens - start) * frac))
+
+
+def _stepwise_batch(start: int, end: int, inc: int, warmup: int, t: float) -> int:
+    """ModernBERT's BatchSizeWarmupScheduler (src/sequence_packer.py) in global tokens: the sizes
+    start, start+inc, …, end−inc each hold for tokens ∝ their size — the same number of optimizer
+    steps each — and the warm-up's tokens are spent exactly; then `end`."""
+    sizes = range(start, end, inc)
+    per_unit = warmup / sum(sizes)  # optimizer steps per size = per_unit (tokens ÷ size)
+    cum = 0
+    for b in sizes:
+        cum += b
+        if t < per_unit * cum:
+            return b
+    return end
 
 
 def batch_rows_at(p: Phase, t: float, granularity: int = 1) -> int:
