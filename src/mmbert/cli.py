@@ -110,10 +110,9 @@ def _add_demo(sub):
     def run(args):
         from mmbert.demo import run_demo
 
-        report = run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed,
-                          vocab_size=args.vocab_size, recipe=args.recipe, preset=args.preset,
-                          density=args.density, eval_suite=args.suite, sources=args.sources)
-        print(f"report: {report} (and {report.with_suffix('.html')})")
+        run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed, vocab_size=args.vocab_size,
+                 recipe=args.recipe, preset=args.preset, density=args.density, eval_suite=args.suite,
+                 sources=args.sources)  # its last line names the report
 
     p.set_defaults(func=run)
 
@@ -376,8 +375,10 @@ def _add_eval(sub):
                             "tasks (SIB-200, XNLI, PAWS-X, WikiANN, UD POS, SST-2, NusaX), zero-shot retrieval")
     _common(p, "model", "out", "data-dir", "seed")
     p.add_argument("--suite", choices=["quick", "full"], default="quick", help="task set (docs/eval.md)")
+    p.add_argument("--task-file", action="append", default=None,
+                   help="YAML/JSON task file (schema: docs/eval.md), run instead of --suite; repeatable")
     p.add_argument("--num-seeds", type=int, default=None,
-                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick, 3 for full)")
+                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick and task files, 3 for full)")
     p.add_argument("--shards", default=None, help="token shards with a held-out split (per-language MLM task)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
@@ -392,11 +393,11 @@ def _add_eval(sub):
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" else 3)
+        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" or args.task_file else 3)
         res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
                         seeds=range(args.seed, args.seed + k), shards_root=args.shards,
                         tasks=args.tasks.split(",") if args.tasks else None, device=args.device,
-                        tokenizer=args.tokenizer)
+                        tokenizer=args.tokenizer, task_file=args.task_file)
         print(f"{args.out}/results.md ({res['seconds']:.0f} s)")
         return 1 if any("error" in r for r in res["tasks"].values()) else 0
 
@@ -534,8 +535,10 @@ def _add_study(sub):
     r.add_argument("--arms", nargs="+", default=None,
                    help="subset of the arms (default: all): recipe, constant-mask, mbert-baseline, time-shuffled, "
                         "tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau")
-    r.add_argument("--rep-cap-tokens", type=int, default=600,
+    r.add_argument("--rep-cap-tokens", type=int, default=250,
                    help="training tokens each decay-only language keeps in the repetition-regime shards")
+    r.add_argument("--rep-cap-other-tokens", type=int, default=50_000,
+                   help="training tokens every other language keeps in the repetition-regime shards")
     r.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per process")
     r.add_argument("--no-sib", action="store_true", help="skip the SIB-200 zero-shot fine-tuning")
@@ -552,7 +555,7 @@ def _add_study(sub):
             raise ValueError(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
         run_study(StudyConfig(shards=Path(args.shards), out=Path(args.out), logs=Path(args.logs),
                               seeds=tuple(args.seeds), arms=arms, jobs=args.jobs, threads=args.threads,
-                              rep_cap_tokens=args.rep_cap_tokens,
+                              rep_cap_tokens=args.rep_cap_tokens, rep_cap_other_tokens=args.rep_cap_other_tokens,
                               data_dir=Path(args.data_dir) if args.data_dir else None, sib=not args.no_sib))
 
     r.set_defaults(func=run)

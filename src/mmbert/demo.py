@@ -1,25 +1,38 @@
 """The one-command end-to-end run: corpus → tokenizer → shards → 3-phase pretraining with annealed
-language sampling → three decay variants → TIES merge → evaluation → report.md / report.html.
+language sampling → three decay variants → TIES merge → evaluation (with a random-init floor) →
+report.md / report.html.
 
     make demo                       # = mmbert demo --out out/demo (sets up .venv first)
     mmbert demo --out out/demo --data-dir ../shared/data/eval
+    python -c "from mmbert.demo import write_report; write_report('out/demo')"   # re-render the report
 
 Each stage writes a `.done.json` marker into its folder when it finishes; re-running reuses finished
 stages (and the pretraining run resumes exactly where it stopped). The embedded corpus is built
-once into `--corpus` (default out/corpus) and shared by later runs.
+once into `--corpus` (default out/corpus) and shared by later runs. What the report needs is kept
+in `<out>/demo.json` and the stages' own files, so the report can be rendered again from them.
+
+Console: one overall line `demo [k/n] stage · elapsed · ETA` at every stage start and end and every
+`heartbeat` seconds in between; the ETA adds up estimates from rates measured in this run (training
+tokens/s, a stage measured before) and names the stages it cannot estimate yet. Nested progress bars
+only on a terminal; redirected to a file, the log is plain lines.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
+import platform
+import resource
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from mmbert.utils import atomic_write
 
+STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
+RANDOM = "random-init"  # the untrained model with the same architecture and tokenizer: every table's floor
 
 
 def _done(folder: Path) -> dict | None:
@@ -31,28 +44,135 @@ def _mark(folder: Path, info: dict) -> None:
     atomic_write(folder / ".done.json", json.dumps(info, indent=2, sort_keys=True))
 
 
-def _stage(name: str, folder: Path, fn: Callable[[], dict], log: Callable[[str], None], timings: dict) -> dict:
-    """Run `fn` unless `folder` already holds a finished result; record the wall time."""
-    prev = _done(folder)
-    if prev is not None:
-        log(f"[{name}] reusing {folder} (finished earlier in {prev.get('seconds', 0):.0f} s)")
-        timings[name] = {"seconds": prev.get("seconds", 0.0), "reused": True}
-        return prev
-    log(f"[{name}] running → {folder}")
-    t0 = time.perf_counter()
-    info = fn() or {}
-    info["seconds"] = time.perf_counter() - t0
-    _mark(folder, info)
-    timings[name] = {"seconds": info["seconds"], "reused": False}
-    log(f"[{name}] done in {info['seconds']:.0f} s")
-    return info
+def _hms(s: float) -> str:
+    s = int(round(s))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the corpus/shard worker pools)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+# ----------------------------------------------------------------------------- console
+class Console:
+    """The overall progress line and per-stage bookkeeping (wall and CPU seconds, reused/skipped).
+
+    `estimate[stage]` holds the seconds a stage not yet started is expected to take (set from rates
+    measured in this run); `current` (set while a stage runs) returns (seconds left or None, detail).
+    """
+
+    def __init__(self, log: Callable[[str], None], heartbeat: float = 60.0):
+        self.log, self.heartbeat = log, heartbeat
+        self.t0 = time.perf_counter()
+        self.k, self.name = 0, ""
+        self.timings: dict[str, dict] = {}
+        self.estimate: dict[str, float] = {}
+        self.current: Callable[[], tuple[float | None, str]] | None = None
+
+    def line(self, what: str) -> str:
+        left, unknown = 0.0, []
+        for s in STAGES[max(0, self.k - 1):]:
+            if s in self.timings:
+                continue
+            e = self.current()[0] if (s == self.name and self.current) else self.estimate.get(s)
+            if e is None:
+                unknown.append(s)
+            else:
+                left += e
+        if not unknown:
+            eta = f"ETA {_hms(left)}"
+        elif left:
+            eta = f"ETA {_hms(left)} + {', '.join(unknown)} (not measurable yet)"
+        else:
+            eta = f"ETA: not measurable yet ({', '.join(unknown)})"
+        return (f"demo [{self.k}/{len(STAGES)}] {self.name}{' ' + what if what else ''} · "
+                f"elapsed {_hms(time.perf_counter() - self.t0)} · {eta}")
+
+    def stage(self, name: str, folder: Path, fn: Callable[[], dict] | None, *, skip: str | None = None,
+              progress: Callable[[], tuple[float | None, str]] | None = None) -> dict:
+        """Run `fn` unless `folder` already holds a finished result (reused) or `skip` says why not."""
+        self.k, self.name = STAGES.index(name) + 1, name
+        prev = _done(folder) if folder is not None else None
+        if skip is not None or prev is not None:
+            status = "skipped" if skip is not None else "reused"
+            prev = prev or {}
+            self.timings[name] = {"seconds": prev.get("seconds", 0.0), "cpu_seconds": prev.get("cpu_seconds"),
+                                  "status": status, "note": skip or "finished in an earlier run"}
+            self.log(self.line(f"{status}: {skip}" if skip else "reused (finished earlier in "
+                               f"{_hms(prev.get('seconds', 0))})"))
+            return prev
+        self.current = progress
+        self.log(self.line("started"))
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.heartbeat):
+                detail = self.current()[1] if self.current else ""
+                self.log(self.line(f"running{' (' + detail + ')' if detail else ''}"))
+
+        t0, c0 = time.perf_counter(), _cpu()
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            info = fn() or {}
+        finally:
+            stop.set()
+            thread.join()
+            self.current = None
+        info["seconds"], info["cpu_seconds"] = time.perf_counter() - t0, _cpu() - c0
+        _mark(folder, info)
+        self.timings[name] = {"seconds": info["seconds"], "cpu_seconds": info["cpu_seconds"], "status": "ran",
+                              "note": ""}
+        self.log(self.line(f"done in {_hms(info['seconds'])}"))
+        return info
+
+
+def _training_progress(run: Path, rec, t_start: float) -> Callable[[], tuple[float | None, str]]:
+    """(seconds left, "tokens done/total at rate") for the pretraining stage, from run/metrics.jsonl."""
+    main_total = sum(p.tokens for p in rec.phases)
+    total = main_total + sum(p.tokens for v in rec.variants.values() for p in v)
+    state = {"start": None}
+
+    def done_tokens() -> int:
+        last: dict[str, int] = {}
+        path = run / "metrics.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line being written
+                    continue
+                if r.get("type") == "train":
+                    last[r["track"]] = r["tokens"]
+        return last.get("main", 0) + sum(max(0, t - main_total) for k, t in last.items() if k != "main")
+
+    state["start"] = done_tokens()
+
+    def progress() -> tuple[float | None, str]:
+        done, dt = done_tokens(), time.perf_counter() - t_start
+        rate = (done - state["start"]) / dt if dt > 0 else 0.0
+        if rate <= 0:
+            return None, f"{done:,}/{total:,} tokens"
+        return (total - done) / rate, f"{done:,}/{total:,} tokens at {rate:,.0f} tok/s"
+
+    return progress
+
+
+# ----------------------------------------------------------------------------- the run
 def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike = "out/corpus",
              data_dir: str | os.PathLike | None = None, seed: int = 0, vocab_size: int = 32768,
-             recipe: str = "cpu-demo", preset: str = "tiny", density: float = 0.7, eval_suite: str = "quick",
-             sources: list[str] | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run every stage into `out`; returns the path of report.md."""
+             recipe: str = "cpu-demo", preset: str | None = "tiny", density: float = 0.7, eval_suite: str = "quick",
+             sources: list[str] | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+             heartbeat: float = 60.0) -> Path:
+    """Run every stage into `out`; returns the path of report.md.
+
+    progress: show the overall line; nested bars only when stderr is a terminal.
+    log: where lines go (default: tqdm.write, which keeps bars intact).
+    """
     import torch
 
     from mmbert.corpus.build import build_corpus, summary
@@ -65,91 +185,137 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     from mmbert.train.loop import train
     from mmbert.train.recipe import get_recipe
 
+    if log is None:
+        from tqdm import tqdm
+
+        log = tqdm.write if progress else (lambda msg: None)
+    bars = progress and sys.stderr.isatty()
     out, corpus = Path(out), Path(corpus)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, Any] = {}
-    t_all = time.perf_counter()
+    con = Console(log, heartbeat)
+    root, where = _data_dir(data_dir)
+    skip = None if root.is_dir() else (f"no evaluation data at {os.path.relpath(root, out)} ({where}); pass "
+                                       f"--data-dir or set ${eval_data.ENV_VAR}")
+    if skip:
+        con.estimate.update({"eval-suite": 0.0, "eval-suite-random-init": 0.0})
 
     # 1. corpus (shared between demo runs)
     def build():
-        stats = build_corpus(corpus, cache_dir=corpus.parent / "cache", sources=sources, progress=progress)
-        log(summary(stats))
+        stats = build_corpus(corpus, cache_dir=corpus.parent / "cache", sources=sources, progress=bars)
+        if not bars:  # with bars, build_corpus printed the same summary itself
+            log(summary(stats))
         return {"languages": stats["num_languages"], "bytes": stats["total_bytes"]}
 
     if (corpus / "stats.json").is_file() and _done(corpus) is None:  # built by `mmbert corpus build`
         st = json.loads((corpus / "stats.json").read_text())
         _mark(corpus, {"languages": st.get("num_languages"), "bytes": st.get("total_bytes"),
                        "seconds": st.get("build_seconds", 0.0)})
-    corpus_info = _stage("corpus", corpus, build, log, timings)
+    corpus_info = con.stage("corpus", corpus, build)
 
-    # 2. tokenizer, 3. shards
+    # 2. tokenizer (its per-language fertility table goes to a file, not the console), 3. shards
     tok_dir, shards = out / "tokenizer", out / "shards"
-    _stage("tokenizer", tok_dir, lambda: {"vocab_size": train_tokenizer(corpus, vocab_size, tok_dir,
-                                                                        seed=seed).vocab_size}, log, timings)
-    _stage("shards", shards, lambda: {"languages": len(prepare_shards(corpus, tok_dir, shards,
-                                                                      progress=progress)["languages"])},
-           log, timings)
+
+    def tokenizer():
+        tok = train_tokenizer(corpus, vocab_size, tok_dir, seed=seed, progress=False)
+        log(f"tokenizer: {tok.vocab_size} tokens; tokens per word per language in {tok_dir / 'fertility.md'}")
+        return {"vocab_size": tok.vocab_size}
+
+    def shard():
+        res = prepare_shards(corpus, tok_dir, shards, progress=bars)
+        if not bars:  # with bars, prepare_shards printed this line itself
+            train_tokens = sum(c["train"]["tokens"] for c in res["languages"].values())
+            log(f"shards: {len(res['languages'])} languages, {train_tokens:,} training tokens")
+        return {"languages": len(res["languages"])}
+
+    con.stage("tokenizer", tok_dir, tokenizer)
+    con.stage("shards", shards, shard)
     index = ShardIndex.load(shards)
 
     # 4. pretraining: main track (pretrain → mid) and the three decay variants
     rec = get_recipe(recipe)
     config = EncoderConfig.from_preset(preset or rec.preset, vocab_size=_round_vocab(index.vocab_size))
     run = out / "run"
-
-    def pretrain():
-        res = train(rec, config, shards, run, seed=seed, resume=(run / "run.json").is_file(), progress=progress)
-        return {"tracks": res["tracks"]}
-
-    _stage("pretrain", run / "done", pretrain, log, timings)
+    t_train = time.perf_counter()
+    con.stage("pretrain", run / "done",
+              lambda: {"tracks": train(rec, config, shards, run, seed=seed, resume=(run / "run.json").is_file(),
+                                       progress=bars)["tracks"]},
+              progress=_training_progress(run, rec, t_train))
+    train_rate = _measured_train_rate(run)
     exports = run / "export"
     main_last = rec.phases[-1].name
     variants = list(rec.variants)  # the loop's exports carry the shards' tokenizer (index.json names it)
+    langs = [lang for lang in index.languages if index.has(lang, "heldout")]
+    if train_rate:  # a forward pass costs about a third of a training step (forward + backward)
+        con.estimate["eval-mlm"] = (len(variants) + 3) * len(langs) * MLM_TOKENS / (3 * train_rate)
 
     # 5. TIES merge of the decay variants, relative to the checkpoint they branched from
     merged = out / "merged"
-    _stage("merge", merged / "done", lambda: {"path": str(merge(
+    con.stage("merge", merged / "done", lambda: {"path": os.path.relpath(merge(
         [exports / v for v in variants], merged / "model", method="ties", base=exports / main_last,
-        density=density, overwrite=True, progress=progress))}, log, timings)
+        density=density, overwrite=True, progress=bars), out)})
 
-    # 6. evaluation: per-language held-out MLM for the branch point, each variant and the merge
-    models = {main_last: exports / main_last, **{v: exports / v for v in variants}, "ties-merge": merged / "model"}
+    # 6. evaluation: per-language held-out MLM for the branch point, each variant, the merge and an
+    #    untrained model of the same shape (the floor)
+    random_dir = out / RANDOM / "model"
+    _save_random_init(config, tok_dir, random_dir, seed)
+    models = {main_last: exports / main_last, **{v: exports / v for v in variants}, "ties-merge": merged / "model",
+              RANDOM: random_dir}
     tiers = _tiers(rec)
     mlm_json = out / "eval" / "mlm.json"
 
     def eval_mlm():
         import mmbert
         from mmbert.eval.mlm import evaluate_mlm
+        from mmbert.inference import fill_mask
 
-        langs = [lang for lang in index.languages if index.has(lang, "heldout")]
         res = {}
         for name, path in models.items():
             model = mmbert.from_pretrained(path)
-            res[name] = evaluate_mlm(model, shards, langs, max_tokens_per_lang=1024, seed=0, seq_len=256,
-                                     tiers=tiers, progress=progress)
+            res[name] = evaluate_mlm(model, shards, langs, max_tokens_per_lang=MLM_TOKENS, seed=0, seq_len=256,
+                                     tiers=tiers, progress=bars)
         mlm_json.parent.mkdir(parents=True, exist_ok=True)
-        mlm_json.write_text(json.dumps(res, indent=1))
+        atomic_write(mlm_json, json.dumps(res, indent=1))
+        # what a user sees first: fill-mask answers of the merge beside those of the untrained model
+        answers = {name: [[d["token"] for d in r[0]] for r in fill_mask(str(models[name]), FILL_MASK_PROMPTS)]
+                   for name in ("ties-merge", RANDOM)}
+        atomic_write(out / "eval" / "fill_mask.json",
+                     json.dumps({"prompts": FILL_MASK_PROMPTS, "top5": answers}, indent=1, ensure_ascii=False))
         return {"models": list(res)}
 
-    _stage("eval-mlm", out / "eval" / "mlm", eval_mlm, log, timings)
-    mlm = json.loads(mlm_json.read_text())
+    con.stage("eval-mlm", out / "eval" / "mlm", eval_mlm)
 
-    suite_res = None
-    root = eval_data.resolve_data_dir(data_dir)
-    if root.is_dir():
-        from mmbert.eval.runner import run_suite
+    # 7. the task suite on the merge, then on the random-init model (same tasks, same seed)
+    for stage, model_dir, sub in (("eval-suite", merged / "model", "suite"),
+                                  ("eval-suite-random-init", random_dir, f"suite-{RANDOM}")):
+        def suite(model_dir=model_dir, sub=sub):
+            from mmbert.eval.runner import format_markdown, run_suite
 
-        def suite():
-            run_suite(merged / "model", eval_suite, data_dir=root, out_dir=out / "eval" / "suite", seeds=(seed,),
-                      shards_root=shards, progress=progress)
+            res = run_suite(model_dir, eval_suite, data_dir=root, out_dir=out / "eval" / sub, seeds=(seed,),
+                            shards_root=shards, progress=bars)
+            # paths relative to the output directory: the folder can be moved or shared
+            res.update(model=os.path.relpath(model_dir, out), data_dir=os.path.relpath(root, out))
+            atomic_write(out / "eval" / sub / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+            atomic_write(out / "eval" / sub / "results.md", format_markdown(res))
             return {}
 
-        _stage("eval-suite", out / "eval" / "suite", suite, log, timings)
-        suite_res = json.loads((out / "eval" / "suite" / "results.json").read_text())
-    else:
-        log(f"[eval-suite] skipped: evaluation data directory {root} not found (pass --data-dir)")
+        con.stage(stage, out / "eval" / sub, suite, skip=skip)
+        if stage == "eval-suite" and con.timings[stage]["status"] == "ran":
+            con.estimate["eval-suite-random-init"] = con.timings[stage]["seconds"]  # same work, same machine
 
-    timings["total_seconds"] = time.perf_counter() - t_all
-    return write_report(out, rec, index, corpus_info, mlm, suite_res, timings, torch.__version__)
+    atomic_write(out / "demo.json", json.dumps({
+        "recipe": rec.to_dict(), "preset": preset or rec.preset, "model": config.to_dict(), "seed": seed,
+        "density": density, "suite": eval_suite, "corpus": {**corpus_info, "path": os.path.relpath(corpus, out)},
+        "eval_data": {"found": root.is_dir(), "where": where,
+                                                            "path": os.path.relpath(root, out)}, "stages": con.timings,
+        "total_seconds": time.perf_counter() - con.t0, "machine": _machine(torch)}, indent=2, sort_keys=True))
+    report = write_report(out)
+    log(f"demo: finished in {_hms(time.perf_counter() - con.t0)}; report in {report} and "
+        f"{report.with_suffix('.html')}")
+    return report
+
+
+MLM_TOKENS = 1024  # held-out tokens per language for the variant comparison (≈150 masked)
+FILL_MASK_PROMPTS = ["The capital of France is <mask>.", "Die Hauptstadt von Deutschland ist <mask>."]
 
 
 def _round_vocab(n: int) -> int:
@@ -157,137 +323,94 @@ def _round_vocab(n: int) -> int:
 
 
 def _tiers(rec) -> list[tuple[str, Any]]:
-    """Report languages by the phase that introduced them: pretrain langs, added at mid, decay-only."""
-    tiers = []
-    for p in rec.phases:
-        tiers.append((p.name, p.languages if isinstance(p.languages, str) else list(p.languages)))
-    tiers.append(("decay-only", "all"))
-    return tiers
+    """Languages by the phase that introduced them (the one tier naming of the report and of the
+    training loop's held-out evaluation): each main phase's languages, then decay-only."""
+    tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in rec.phases]
+    return tiers + [("decay-only", "all")]
+
+
+def _data_dir(data_dir) -> tuple[Path, str]:
+    """(evaluation data directory, how it was found) — the same rule as `mmbert eval`."""
+    from mmbert.eval import data as eval_data
+
+    root = eval_data.resolve_data_dir(data_dir)
+    if data_dir:
+        return root, "--data-dir"
+    if os.environ.get(eval_data.ENV_VAR):
+        return root, f"${eval_data.ENV_VAR}"
+    return root, "the default, ../shared/data/eval beside the checkout"
+
+
+def _measured_train_rate(run: Path) -> float | None:
+    """Training tokens per second over the run's logged steps (median of the per-step rates)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rates = sorted(r["tokens_per_s"] for r in map(json.loads, path.read_text().splitlines())
+                   if r.get("type") == "train" and r.get("tokens_per_s"))
+    return rates[len(rates) // 2] if rates else None
+
+
+def _save_random_init(config, tok_dir: Path, path: Path, seed: int) -> None:
+    """The untrained model (same preset, vocabulary and tokenizer, initialised with `seed`)."""
+    if (path / "config.json").is_file():
+        return
+    import torch
+
+    from mmbert.model import build_model
+    from mmbert.tokenizer import load_tokenizer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(config, head="mlm")
+    model.tokenizer = load_tokenizer(tok_dir)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    os.replace(tmp, path)
+
+
+def _machine(torch) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": mem,
+            "gpu": gpu, "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 # ----------------------------------------------------------------------------- report
-def _plot_variants(mlm: dict, path: Path) -> Path:
-    import matplotlib
+def write_report(out: str | os.PathLike) -> Path:
+    """Render report.md and report.html from a demo run's files (demo.json, run/, eval/)."""
+    from mmbert.demo_report import render
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(mlm)
-    tiers = list(next(iter(mlm.values()))["tiers"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    width = 0.8 / len(names)
-    for i, n in enumerate(names):
-        accs = [mlm[n]["tiers"][t]["accuracy"] for t in tiers]
-        axes[0].bar([j + i * width for j in range(len(tiers))], accs, width, label=n)
-    axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(tiers))], tiers)
-    axes[0].set_ylabel("held-out MLM accuracy (15% mask)")
-    axes[0].set_title("by the phase that introduced the language")
-    axes[0].legend(fontsize=8)
-    ref = names[0]
-    langs = sorted(mlm[ref]["languages"], key=lambda lang: mlm[ref]["languages"][lang]["accuracy"])
-    for n in names:
-        axes[1].plot(range(len(langs)), [mlm[n]["languages"][lang]["accuracy"] for lang in langs], lw=1, label=n)
-    axes[1].set_xlabel(f"language (sorted by {ref} accuracy)")
-    axes[1].set_ylabel("accuracy")
-    axes[1].set_title(f"per language ({len(langs)} with held-out data)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(out: Path, rec, index, corpus_info: dict, mlm: dict, suite_res: dict | None, timings: dict,
-                 torch_version: str) -> Path:
-    from mmbert.data.sampling import plan_phase, plot_plans
-    from mmbert.train.plots import make_plots
-
-    figs = out / "report_files"
-    figs.mkdir(parents=True, exist_ok=True)
-    counts = {lang: index.tokens(lang) for lang in index.languages}
-    phases = list(rec.phases) + [ph for track in rec.variants.values() for ph in track]
-    plans = [plan_phase(counts, p.languages, p.temperature, budget=p.tokens, name=p.name,
-                        weights=getattr(p, "language_weights", None) or None) for p in phases]
-    sampling_png = plot_plans(plans, figs / "sampling.png")
-    variants_png = _plot_variants(mlm, figs / "variants_mlm.png")
-    run_plots = make_plots(out / "run")
-
-    lines = ["# mmbert demo report", "",
-             f"Recipe `{rec.name}` on the embedded corpus ({corpus_info.get('languages')} languages, "
-             f"{(corpus_info.get('bytes') or 0) / 1e6:.0f} MB of text; {len(index.languages)} language tags "
-             f"tokenized). torch {torch_version}. Every number below was produced by this run.", "",
-             "## Stages", "", "| stage | wall time | |", "|---|---:|---|"]
-    for k, v in timings.items():
-        if isinstance(v, dict):
-            lines.append(f"| {k} | {v['seconds']:.0f} s | {'reused' if v['reused'] else ''} |")
-    lines += [f"| **total (this invocation)** | {timings['total_seconds']:.0f} s | |", "",
-              "## Phases", "", "| phase | tokens | seq len | languages | τ | mask | RoPE θ (global/local) | LR peak → decay |",
-              "|---|---:|---:|---:|---:|---:|---|---|"]
-    for p, pl in zip(phases, plans):
-        lines.append(f"| {p.name} | {p.tokens:,} | {p.seq_len} | {len(pl.languages)} | {p.temperature} | "
-                     f"{p.mask_rate:.0%} | {p.global_rope_theta:g}/{p.local_rope_theta:g} | "
-                     f"{p.lr_peak:g} → {p.lr_decay} |")
-    lines += ["", "## Language sampling per phase (p ∝ n^τ)", "", f"![sampling]({sampling_png.relative_to(out)})", ""]
-    lines += ["## Training", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in run_plots] + [""]
-    lines += ["## Held-out MLM by variant (15% masking, fixed seed)", "",
-              f"![variants]({variants_png.relative_to(out)})", ""]
-    tiers = list(next(iter(mlm.values()))["tiers"])
-    lines += ["| model | " + " | ".join(f"{t} acc" for t in tiers) + " | macro acc | macro loss |",
-              "|---|" + "---:|" * (len(tiers) + 2)]
-    for name, r in mlm.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['tiers'][t]['accuracy']:.4f}" for t in tiers)
-                     + f" | {r['macro']['accuracy']:.4f} | {r['macro']['loss']:.3f} |")
-    lines.append("")
-    if suite_res is not None:
-        md = out / "eval" / "suite" / "results.md"
-        lines += ["## Task suite (TIES merge)", "", md.read_text() if md.is_file() else json.dumps(suite_res)[:2000], ""]
-    lines += ["## Use the merged model", "", "```python", "import mmbert",
-              f"model = mmbert.from_pretrained('{out / 'merged' / 'model'}')",
-              "from transformers import pipeline",
-              f"pipeline('fill-mask', model='{out / 'merged' / 'model'}')('The capital of France is <mask>.')",
-              "```", ""]
+    out = Path(out)
+    md = render(out)
     report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "report.html").write_text(_markdown_to_html("\n".join(lines)))
+    atomic_write(report, md)
+    atomic_write(out / "report.html", markdown_to_html(md))
     return report
 
 
-def _markdown_to_html(md: str) -> str:
-    """Enough markdown for this report: headings, tables, images, code blocks, paragraphs."""
-    body, in_table, in_code = [], False, False
-    for line in md.splitlines():
-        if line.startswith("```"):
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            body.append(html.escape(line))
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= set("-:") for c in cells):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c).replace('**', '')}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}" style="max-width:100%"></p>')
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "pre{background:#f4f4f4;padding:1em}")
-    return f"<!doctype html><meta charset='utf-8'><title>mmbert demo</title><style>{style}</style>\n" + "\n".join(body)
+def markdown_to_html(md: str) -> str:
+    """CommonMark + tables (markdown-it-py): code spans, bold, lists, images and links render; table
+    cells follow the column alignment (`---:` right, numbers; `---` left, text)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:left;vertical-align:top}td[style*=right]{font-variant-numeric:tabular-nums}"
+             "img{max-width:100%}code{background:#f4f4f4;padding:0 3px}pre{background:#f4f4f4;padding:1em;"
+             "overflow-x:auto}")
+    return f"<!doctype html>\n<meta charset='utf-8'>\n<title>mmbert demo report</title>\n<style>{style}</style>\n{body}"

@@ -45,6 +45,13 @@ def temp_name(name: str, kind: str = "tmp") -> str:
     return f".{name}.{kind}-{os.getpid()}@{HOST}"
 
 
+def published_name(path: str | os.PathLike) -> str:
+    """The name a directory will have once published: `.<name>.tmp-<pid>@<host>` → `<name>` (what a
+    file written inside `publish_dir`'s temp dir should call its directory)."""
+    m = re.fullmatch(r"\.(.+)\.tmp-\d+@.*", Path(path).name)
+    return m.group(1) if m else Path(path).name
+
+
 # ------------------------------------------------------------------ fault injection (crash tests)
 
 _CRASH_COUNTS: dict[str, int] = {}

@@ -2,8 +2,10 @@
 README's main command on the embedded corpus (slow, opt-in)."""
 
 import dataclasses
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,36 +58,103 @@ def tiny_demo_recipe() -> Recipe:
                   log_every_steps=1)
 
 
-def test_demo_pipeline_end_to_end_and_reuse(tmp_path):
-    from mmbert.demo import run_demo
+def write_eval_data(root: Path) -> Path:
+    """The eval harness's tiny data directory (every dataset folder in its real format, made-up rows)."""
+    spec = importlib.util.spec_from_file_location("eval_fixtures", REPO / "tests" / "eval" / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.write_fixture_data(root, n=8)
+
+
+# an absolute path in text: after a space, quote, backtick, bracket or `=`, a / followed by a name and another /
+ABSOLUTE = re.compile(r"(?:^|[\s`'\"(=\[])/[\w.-]+/", re.M)
+
+
+def test_demo_pipeline_end_to_end_report_and_reuse(tmp_path):
+    """The whole pipeline on a tiny corpus and recipe with a tiny eval data directory; the report says
+    what was trained and what it cost, puts floors and sample sizes beside the scores, reads them,
+    and names no absolute path; a second run reuses every stage."""
+    from mmbert.demo import STAGES, run_demo, write_report
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(tiny_demo_recipe().to_json())
+    data = write_eval_data(tmp_path / "eval-data")
     out = tmp_path / "demo"
-    report = run_demo(out, corpus=corpus, data_dir=tmp_path / "no-eval-data", vocab_size=512,
-                      recipe=str(recipe), progress=False, log=lambda m: None)
+    logs = []
+    report = run_demo(out, corpus=corpus, data_dir=data, vocab_size=512, recipe=str(recipe), log=logs.append)
+    # the console: the overall line (stage k of n, elapsed, ETA) at every stage, plain text, no bars
+    for k, name in enumerate(STAGES, 1):
+        assert any(m.startswith(f"demo [{k}/{len(STAGES)}] {name} ") and "elapsed" in m and "ETA" in m
+                   for m in logs), name
+    assert not any("\x1b" in m or "\r" in m for m in logs)
+    assert sum(m.startswith("corpus:") for m in logs) <= 1  # the corpus summary at most once (reused here)
+    assert not any(m.lstrip().startswith("| ") for m in logs)  # tables go to files, not the console
     text = report.read_text()
+    html = (out / "report.html").read_text()
+
     # every stage ran and the report carries this run's numbers and plots
     mlm = json.loads((out / "eval" / "mlm.json").read_text())
-    assert set(mlm) == {"mid", "decay-eng", "decay-cont", "decay-all", "ties-merge"}
-    assert f"{mlm['ties-merge']['macro']['accuracy']:.4f}" in text
-    for img in ("report_files/sampling.png", "report_files/variants_mlm.png"):
-        assert (out / img).stat().st_size > 5000 and img in text
-    assert (out / "report.html").read_text().count("<img") >= 3
+    assert set(mlm) == {"mid", "decay-eng", "decay-cont", "decay-all", "ties-merge", "random-init"}
+    assert "decay-only" in mlm["decay-all"]["tiers"]  # the tier names of the report
+    for img in ("report_files/sampling.png", "report_files/variants_mlm.png", "run/plots/heldout.png"):
+        assert (out / img).stat().st_size > 5000 and f"]({img})" in text
+    assert html.count("<img") >= 6
+
+    # what was trained and what it cost
+    from mmbert.model import EncoderConfig
+
+    cfg = EncoderConfig(**json.loads((out / "demo.json").read_text())["model"])
+    n_all, n_body = cfg.num_parameters(), cfg.num_parameters(include_embeddings=False)
+    assert f"{n_all:,} parameters" in text and f"{n_all - n_body:,} ({(n_all - n_body) / n_all:.0%})" in text
+    total = sum(p.tokens for p in tiny_demo_recipe().all_phases())
+    assert f"| **all phases** | {total:,} | {total:,} |" in text  # planned = trained
+    for section in ("## What was trained", "## What it cost", "## Language tiers and sampling",
+                    "## Held-out MLM by variant", "## Task suite", "## Reading", "## Use the merged model"):
+        assert text.count(section) == 1, section
+    for stage in STAGES:
+        assert f"| {stage} |" in text
+    assert "Machine:" in text and "CPU" in text
+
+    # floors beside every score: the MLM table has the untrained model and the constant predictor ...
+    r = mlm["random-init"]["macro"]["accuracy"]
+    assert "| random-init (floor) |" in text and "| constant (floor) |" in text
+    # ... and each task row its random-init score (computed in this run), chance and majority
+    merged = json.loads((out / "eval" / "suite" / "results.json").read_text())
+    rand = json.loads((out / "eval" / "suite-random-init" / "results.json").read_text())
+    sib, sib_r = merged["tasks"]["sib200"], rand["tasks"]["sib200"]
+    assert sib["floors"]["chance"] == pytest.approx(1 / 7)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| sib200 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:6] == [f"{100 * sib['average']['mean']:.1f}", f"{100 * sib_r['average']['mean']:.1f}",
+                          f"{100 / 7:.1f}", f"{100 * sib['floors']['majority']:.1f}"]
+    n = {v["n"] for v in sib["languages"].values()}
+    assert cells[7] == str(n.pop()) and not n  # the sample size beside the per-language scores
+    tat = next(ln for ln in text.splitlines() if ln.startswith("| tatoeba |"))
+    assert "–" not in tat.split("|")[5]  # retrieval chance = 1 / candidates
+    assert "### sib200" in text and "| language | tier | n |" in text
+    assert r >= 0 and "## Reading" in text and ("at floor" in text or "above every floor" in text)
+    assert "**Use `" in text  # which model to use
+    assert "| prompt | ties-merge: top 5 | random-init: top 5 |" in text  # fill-mask beside its floor
+
+    # one naming of the tiers, markdown rendered, no absolute path anywhere in the report
+    assert not re.search(r"\b(high|low)\b", text)
+    assert "`" not in html.split("<pre>")[0] and "<code>merged/model</code>" in html
+    assert 'style="text-align:right"' in html and "<th>model</th>" in html
+    for doc in (text, html, (out / "demo.json").read_text(), (out / "eval" / "suite" / "results.json").read_text()):
+        assert str(tmp_path) not in doc and not ABSOLUTE.search(doc), ABSOLUTE.search(doc)
+
     # the merged model is a transformers-loadable directory with the tokenizer
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     AutoModelForMaskedLM.from_pretrained(out / "merged" / "model")
     AutoTokenizer.from_pretrained(out / "merged" / "model")
-    # decay-only languages are reported as their own tier
-    assert "decay-only" in mlm["decay-all"]["tiers"]
-    # re-running reuses every finished stage
-    logs = []
-    run_demo(out, corpus=corpus, data_dir=tmp_path / "no-eval-data", vocab_size=512, recipe=str(recipe),
-             progress=False, log=logs.append)
-    assert sum("reusing" in m for m in logs) == 6
+    # the report renders again from the files alone; a re-run reuses every finished stage
+    assert write_report(out).read_text() == text
+    logs.clear()
+    run_demo(out, corpus=corpus, data_dir=data, vocab_size=512, recipe=str(recipe), log=logs.append)
+    assert sum(" reused " in m for m in logs) == len(STAGES)
 
 
 @pytest.mark.slow

@@ -186,10 +186,11 @@ def test_xquad_task_end_to_end(which, ours_dir, bert_dir, xlmr_dir, tmp_path):
 
 
 def test_xquad_in_full_suite_only():
-    from mmbert.eval.runner import TASKS, suite_tasks
+    from mmbert.eval.runner import suite_tasks
+    from mmbert.eval.taskfile import builtin_names
 
-    assert "xquad" in TASKS
-    assert [t for t in suite_tasks("full") if t.name == "xquad"][0].max_len == 256
+    assert "xquad" in builtin_names()
+    assert [t for t in suite_tasks("full") if t.name == "xquad"][0].protocol.max_len == 256
     assert "xquad" not in {t.name for t in suite_tasks("quick")}
 
 
@@ -215,7 +216,7 @@ def test_malformed_xquad_is_one_clear_error(problem, ours_dir, tmp_path):
         p.write_text(json.dumps(doc), encoding="utf-8")
     res = run_suite(ours_dir, "full", data_dir=root, out_dir=tmp_path / "out", progress=False, plots=False,
                     task_specs=[TaskSpec("xquad", epochs=1, max_len=48, train_rows=2)])
-    assert res["tasks"]["xquad"]["error"].startswith(expect), res["tasks"]["xquad"]
+    assert res["tasks"]["xquad"]["error"].startswith(f"task 'xquad': {expect}"), res["tasks"]["xquad"]
     with pytest.raises(D.EvalDataError):
         xquad_split(root, "de", load_squad(root / "xquad" / "xquad.en.json"))
 

@@ -136,7 +136,8 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         with ctx.Pool(max(1, workers)) as pool:
             results = pool.imap(_process_package, jobs) if workers > 1 else map(_process_package, jobs)
-            bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress)
+            bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress,
+                       smoothing=0)  # the average since the start: package sizes differ a lot
             for res in bar:
                 bar.set_postfix_str(res.name)
                 warnings.update(res.warnings)
@@ -226,6 +227,10 @@ def summary(stats: dict) -> str:
         w = sorted(stats["warnings"].items(), key=lambda kv: -kv[1])
         lines.append(f"warnings ({sum(stats['warnings'].values())}): " +
                      ", ".join(f"{k} ×{v}" for k, v in w[:12]) + (" …" if len(w) > 12 else ""))
+        if any(k.startswith("unknown-language:") for k in stats["warnings"]):
+            lines.append("  unknown-language:X = texts whose source tags them with a code naming no single "
+                         "language (und = undetermined, mul = several, zxx = none, private use); they are left "
+                         "out of the corpus (harmless)")
     return "\n".join(lines)
 
 

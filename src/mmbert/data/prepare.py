@@ -321,7 +321,11 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
         left[l], got[l] = len(files[l]), [None] * len(files[l])
         jobs += [(l, k, str(f), args) for k, f in enumerate(files[l])]
     total_tokens = sum(c["train"]["tokens"] + c.get("heldout", {}).get("tokens", 0) for c in results.values())
-    bar = tqdm(total=len(jobs), desc="tokenize", unit="file", disable=not progress)
+    # counted in corpus bytes, not files or languages: the largest languages go first, so a
+    # per-language rate would promise hours at the start and seconds at the end
+    size = {job[2]: Path(job[2]).stat().st_size for job in jobs}
+    bar = tqdm(total=sum(size.values()), desc="tokenize", unit="B", unit_scale=True, smoothing=0,
+               disable=not progress)
     if workers > 1 and len(jobs) > 1:
         # fork is cheap; the workers never touch the parent's rayon pool because tokenization in
         # them is single-threaded (TOKENIZERS_PARALLELISM=false, and `tokenizers` itself disables
@@ -335,7 +339,7 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
         for lang, k, part in it:
             got[lang][k] = part
             left[lang] -= 1
-            bar.update(1)
+            bar.update(size[str(files[lang][k])])
             if left[lang]:
                 continue
             # every file of the language is tokenized: split it into its shards

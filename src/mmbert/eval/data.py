@@ -12,7 +12,12 @@ in this order: an explicit `data_dir`, the MMBERT_EVAL_DATA environment variable
 
 Labels are mapped through FIXED label lists defined here (not "labels seen in this file"), so the id
 of a label is the same in every language and every split. An unknown label, a wrong column count or
-an unreadable line raises EvalDataError naming the file and the 1-based line number.
+an unreadable line raises EvalDataError naming the file and the 1-based line number; so does a
+degenerate split (no rows, or one label throughout: `check_split`).
+
+The generic readers at the end (`read_table` for TSV/CSV, `read_jsonl`, `read_conll`, `read_conllu`,
+`read_lines`) serve the task files (mmbert.eval.taskfile): they return raw records with line numbers,
+and the runner maps labels through each task's label set.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 ENV_VAR = "MMBERT_EVAL_DATA"
 
@@ -56,6 +61,15 @@ class Example:
     label: int
     text_pair: str | None = None
     id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChoiceExample:
+    """One multiple-choice question: a context (premise + optional question), k choices, the right one."""
+
+    context: str
+    choices: tuple[str, ...]
+    label: int
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,31 @@ def _label_id(labels: tuple[str, ...], value: str, path: Path, lineno: int) -> i
                             f"{', '.join(labels)} (fix or remove the line)") from None
 
 
+def check_split(path: Path, items: list, labels: Sequence[Any] | None = None,
+                names: Sequence[str] | None = None) -> list:
+    """Refuse a degenerate split: zero examples, or (classification) a single label throughout.
+
+    labels: the label of every example (default: `.label` of each item, or every tag of a
+    TaggedSentence; names: the label list those ids index); a file in which every example has the same
+    label cannot train or test a classifier.
+    """
+    if not items:
+        raise EvalDataError(f"{path}: no examples (empty split); fill the file or point the task at "
+                            f"the right one")
+    if labels is None:
+        first = items[0]
+        if isinstance(first, TaggedSentence):
+            labels = [t for s in items for t in s.tags]
+        elif isinstance(first, Example):
+            labels = [e.label for e in items]
+    if labels is not None and len(items) > 1 and len(set(labels)) < 2:
+        value = next(iter(labels), None)
+        value = names[value] if names is not None and isinstance(value, int) else value
+        raise EvalDataError(f"{path}: every example has the same label ({value!r}); a classification split "
+                            f"needs at least two labels: check the label column / the file")
+    return items
+
+
 def _tsv_rows(path: Path, ncols: int, header: tuple[str, ...] | None = None
               ) -> Iterator[tuple[int, list[str]]]:
     """Yield (1-based line number, fields) of a tab-separated file with exactly `ncols` columns.
@@ -135,8 +174,9 @@ def sib200_languages(root: Path) -> list[str]:
 def load_sib200(root: Path, lang: str, split: str = "test") -> list[Example]:
     """sib200/<lang_Script>/<split>.tsv: header index_id, category, text. id = index_id (parallel)."""
     path = require_dir(root, "sib200") / lang / f"{split}.tsv"
-    return [Example(text=f[2], label=_label_id(SIB200_LABELS, f[1], path, n), id=f[0].strip())
-            for n, f in _tsv_rows(path, 3, header=("index_id", "category", "text"))]
+    return check_split(path, [Example(text=f[2], label=_label_id(SIB200_LABELS, f[1], path, n), id=f[0].strip())
+                              for n, f in _tsv_rows(path, 3, header=("index_id", "category", "text"))],
+                       names=SIB200_LABELS)
 
 
 # ----------------------------------------------------------------------------- XNLI, PAWS-X
@@ -156,23 +196,23 @@ def pawsx_languages(root: Path) -> list[str]:
 def load_xnli(root: Path, lang: str) -> list[Example]:
     """xnli/dev-<ll>.tsv: headerless premise, hypothesis, label. Rows are parallel across languages."""
     path = require_dir(root, "xnli") / f"dev-{lang}.tsv"
-    return [Example(text=f[0], text_pair=f[1], label=_label_id(XNLI_LABELS, f[2], path, n), id=str(i))
-            for i, (n, f) in enumerate(_tsv_rows(path, 3))]
+    return check_split(path, [Example(text=f[0], text_pair=f[1], label=_label_id(XNLI_LABELS, f[2], path, n),
+                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))], names=XNLI_LABELS)
 
 
 def load_pawsx(root: Path, lang: str) -> list[Example]:
     """pawsx/dev-<ll>.tsv: headerless s1, s2, 0/1. Rows are parallel across languages."""
     path = require_dir(root, "pawsx") / f"dev-{lang}.tsv"
-    return [Example(text=f[0], text_pair=f[1], label=_label_id(PAWSX_LABELS, f[2], path, n), id=str(i))
-            for i, (n, f) in enumerate(_tsv_rows(path, 3))]
+    return check_split(path, [Example(text=f[0], text_pair=f[1], label=_label_id(PAWSX_LABELS, f[2], path, n),
+                                      id=str(i)) for i, (n, f) in enumerate(_tsv_rows(path, 3))], names=PAWSX_LABELS)
 
 
 # ----------------------------------------------------------------------------- SST-2, NusaX
 def load_sst2(root: Path, split: str = "test") -> list[Example]:
     """glue/sst2/<split>.tsv: header sentence, label (test = the labelled GLUE dev set)."""
     path = require_dir(root, "glue/sst2") / f"{split}.tsv"
-    return [Example(text=f[0].strip(), label=_label_id(SST2_LABELS, f[1], path, n))
-            for n, f in _tsv_rows(path, 2, header=("sentence", "label"))]
+    return check_split(path, [Example(text=f[0].strip(), label=_label_id(SST2_LABELS, f[1], path, n))
+                              for n, f in _tsv_rows(path, 2, header=("sentence", "label"))], names=SST2_LABELS)
 
 
 def nusax_languages(root: Path) -> list[str]:
@@ -203,7 +243,7 @@ def load_nusax(root: Path, language: str, split: str = "test") -> list[Example]:
                 out.append(Example(text=row[1], label=_label_id(NUSAX_LABELS, row[2], path, n), id=row[0]))
         except csv.Error as e:
             raise EvalDataError(f"{path}:{reader.line_num}: unreadable CSV line ({e})") from None
-    return out
+    return check_split(path, out, names=NUSAX_LABELS)
 
 
 # ----------------------------------------------------------------------------- WikiANN, UD
@@ -234,7 +274,7 @@ def _read_tagged(path: Path, parse_line, tags: tuple[str, ...]) -> list[TaggedSe
             ids.append(_label_id(tags, tag, path, lineno))
     if words:
         sents.append(TaggedSentence(tuple(words), tuple(ids)))
-    return sents
+    return check_split(path, sents, names=tags)
 
 
 def _wikiann_line(line: str, path: Path, lineno: int):
@@ -303,6 +343,8 @@ def load_tatoeba(root: Path, lang: str) -> tuple[list[str], list[str]]:
     d = require_dir(root, "tatoeba")
     src, eng = d / f"tatoeba.{lang}-eng.{lang}", d / f"tatoeba.{lang}-eng.eng"
     a, b = _lines(src), _lines(eng)
+    if not a:
+        raise EvalDataError(f"{src}: empty file; a bitext file needs at least one line")
     if len(a) != len(b):
         n = min(len(a), len(b)) + 1
         raise EvalDataError(f"{src if len(a) < len(b) else eng}:{n}: line-aligned pair files differ in "
@@ -317,7 +359,13 @@ def xquad_languages(root: Path) -> list[str]:
 
 def load_xquad(root: Path, lang: str) -> list[dict]:
     """xquad/xquad.<ll>.json (SQuAD v1.1) → [{"id", "question", "context", "answers": [...]}]."""
-    path = require_dir(root, "xquad") / f"xquad.{lang}.json"
+    return squad_questions(require_dir(root, "xquad") / f"xquad.{lang}.json")
+
+
+def squad_questions(path: str | os.PathLike) -> list[dict]:
+    """The questions and contexts of a SQuAD v1.1 file, answers unchecked (question → paragraph retrieval;
+    extractive QA reads through the strict mmbert.eval.qa.load_squad)."""
+    path = Path(path)
     if not path.is_file():
         raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
     try:
@@ -325,12 +373,214 @@ def load_xquad(root: Path, lang: str) -> list[dict]:
     except json.JSONDecodeError as e:
         raise EvalDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     out = []
-    for article in doc.get("data", []):
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                out.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
-                            "answers": [a["text"] for a in qa["answers"]]})
+    try:
+        for article in doc.get("data", []):
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    out.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
+                                "answers": [a["text"] for a in qa.get("answers", [])]})
+    except (KeyError, TypeError, AttributeError) as e:
+        raise EvalDataError(f"{path}: not SQuAD v1.1 JSON (missing {e}); expected "
+                            '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}'
+                            ) from None
+    return check_split(path, out)
+
+
+# ----------------------------------------------------------------------------- generic readers (task files)
+# Each returns raw records with their 1-based line numbers; labels stay strings here and are mapped to
+# ids by the runner, which knows the task's label set and names the line of a label outside it.
+
+
+@dataclass(frozen=True)
+class Record:
+    """One item of a data file: values by role (text, text_pair, label, id, context, question, choices,
+    tokens, tags) and the 1-based line it starts on (tag_lines: the line of each word's tag)."""
+
+    line: int
+    values: dict
+    tag_lines: tuple[int, ...] = ()
+
+
+def _open_checked(path: Path):
+    if not path.is_file():
+        raise EvalDataMissing(f"eval data file {path} not found; fix the path in the task file "
+                              f"(relative paths start at --data-dir, else the task file's folder)")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _pick(fields: Sequence[str], header: list[str] | None, column: str | int, path: Path, lineno: int) -> str:
+    if isinstance(column, str):
+        if header is None:
+            raise EvalDataError(f"{path}: column {column!r} is named but the file has no header; set "
+                                f"`header: true` or give the column as a 0-based index")
+        if column not in header:
+            raise EvalDataError(f"{path}:1: no column {column!r} in the header {header}; fix `columns:` in the "
+                                f"task file")
+        column = header.index(column)
+    if not -len(fields) <= column < len(fields):
+        raise EvalDataError(f"{path}:{lineno}: column {column} asked for, the line has {len(fields)} columns; "
+                            f"fix `columns:` in the task file or the line")
+    return fields[column]
+
+
+def read_table(path: str | os.PathLike, columns: dict[str, Any], *, fmt: str = "tsv", header: bool = False,
+               strip: bool = False, optional: Sequence[str] = ()) -> list[Record]:
+    """A TSV (plain split on tabs, no quoting: such files hold literal quotes) or CSV (RFC 4180 quoting)
+    file → records. columns: role → column name (needs header) or 0-based index; the role `choices`
+    takes a list of columns. Every line must have the header's (else the first line's) column count.
+    strip: strip whitespace around text values (labels and ids are always stripped); optional: roles
+    whose named column may be absent from the header (read as "")."""
+    path = Path(path)
+    out: list[Record] = []
+    head: list[str] | None = None
+    width = None
+    with _open_checked(path) as f:
+        if fmt == "csv":
+            reader = csv.reader(f)
+            rows = ((reader.line_num, row) for row in reader)
+        else:
+            rows = ((n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(f, start=1) if line.strip())
+        try:
+            for n, fields in rows:
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue
+                if header and head is None:
+                    head = [c.strip() for c in fields]
+                    width = len(head)
+                    continue
+                width = width if width is not None else len(fields)
+                if len(fields) != width:
+                    sep = "comma" if fmt == "csv" else "tab"
+                    raise EvalDataError(f"{path}:{n}: expected {width} {sep}-separated columns, got {len(fields)}: "
+                                        f"{str(fields)[:80]}")
+                values = {}
+                for role, col in columns.items():
+                    if role in optional and isinstance(col, str) and col not in (head or []):
+                        values[role] = ""
+                        continue
+                    cols = col if isinstance(col, list) else [col]
+                    vals = [_pick(fields, head, c, path, n) for c in cols]
+                    vals = [v.strip() if (strip or role in ("label", "id")) else v for v in vals]
+                    values[role] = vals if isinstance(col, list) else vals[0]
+                out.append(Record(n, values))
+        except csv.Error as e:
+            raise EvalDataError(f"{path}:{reader.line_num}: unreadable CSV line ({e})") from None
+    if header and head is None:
+        raise EvalDataError(f"{path}: empty file (no header line); fill it or fix the path")
     return out
+
+
+def read_jsonl(path: str | os.PathLike, columns: dict[str, Any], *, strip: bool = False,
+               optional: Sequence[str] = ()) -> list[Record]:
+    """JSON Lines → records: role → field name (the role `choices` takes a list of fields, or one field
+    holding a list; `tokens` / `tags` fields hold lists). Values are read as text (numbers too).
+    optional: roles whose field may be absent (read as "")."""
+    path = Path(path)
+    out: list[Record] = []
+    with _open_checked(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{path}:{n}: invalid JSON ({e.msg}); one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise EvalDataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            values = {}
+            for role, key in columns.items():
+                if role in optional and isinstance(key, str) and key not in obj:
+                    values[role] = ""
+                    continue
+                listed = role in ("choices", "tokens", "tags")
+                keys = key if isinstance(key, list) else [key]
+                vals: list[str] = []
+                for k in keys:
+                    if k not in obj:
+                        raise EvalDataError(f"{path}:{n}: no field {k!r} (fields: {', '.join(obj)}); fix `columns:` "
+                                            f"in the task file or the line")
+                    v = obj[k]
+                    if isinstance(v, list) and listed and not isinstance(key, list):
+                        vals = [str(x) for x in v]
+                        break
+                    if isinstance(v, (dict, list)):
+                        raise EvalDataError(f"{path}:{n}: field {k!r} holds a {type(v).__name__}, expected text "
+                                            f"or a number")
+                    vals.append(str(v))
+                vals = [v.strip() if (strip or role in ("label", "id", "tags")) else v for v in vals]
+                values[role] = vals if (isinstance(key, list) or listed) else vals[0]
+            if "tokens" in values and len(values["tokens"]) != len(values.get("tags", values["tokens"])):
+                raise EvalDataError(f"{path}:{n}: {len(values['tokens'])} tokens but {len(values['tags'])} tags")
+            out.append(Record(n, values, tag_lines=(n,) * len(values.get("tags", ()))))
+    return out
+
+
+def read_conll(path: str | os.PathLike, *, separator: str | None = None, token_column: int = 0,
+               tag_column: int = -1) -> list[Record]:
+    """CoNLL-style `token TAG` lines (columns split on `separator`, default any whitespace), a blank line
+    between sentences, `-DOCSTART-` lines (document breaks) ending a sentence and otherwise skipped."""
+    path = Path(path)
+    out: list[Record] = []
+    words: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+
+    def flush():
+        if words:
+            out.append(Record(lines[0], {"tokens": list(words), "tags": list(tags)}, tag_lines=tuple(lines)))
+            words.clear(), tags.clear(), lines.clear()
+
+    with _open_checked(path) as f:
+        for n, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                flush()
+                continue
+            if line.lstrip().startswith("-DOCSTART-"):
+                flush()
+                continue
+            fields = line.split(separator) if separator else line.split()
+            if len(fields) < 2:
+                shown = "whitespace" if separator is None else repr(separator)
+                raise EvalDataError(f"{path}:{n}: expected a token and a tag separated by {shown}, got "
+                                    f"{line[:80]!r}; set `separator:` in the task file or fix the line")
+            words.append(_pick(fields, None, token_column, path, n))
+            tags.append(_pick(fields, None, tag_column, path, n).strip())
+            lines.append(n)
+    flush()
+    return out
+
+
+def read_conllu(path: str | os.PathLike, *, tag_column: str = "upos") -> list[Record]:
+    """CoNLL-U → sentences of (FORM, UPOS or XPOS); comments, `1-2` ranges and `1.1` empty nodes skipped."""
+    path = Path(path)
+    col = {"upos": 3, "xpos": 4}[tag_column]
+    out: list[Record] = []
+    words: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    with _open_checked(path) as f:
+        for n, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if words:
+                    out.append(Record(lines[0], {"tokens": words, "tags": tags}, tag_lines=tuple(lines)))
+                    words, tags, lines = [], [], []
+                continue
+            if _conllu_line(line, path, n) is None:
+                continue
+            fields = line.split("\t")
+            words.append(fields[1])
+            tags.append(fields[col].strip())
+            lines.append(n)
+    if words:
+        out.append(Record(lines[0], {"tokens": words, "tags": tags}, tag_lines=tuple(lines)))
+    return out
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """A plain text file, one item per line, every line kept (line-aligned bitext files)."""
+    return _lines(Path(path))
 
 
 def check_all(root: str | os.PathLike) -> dict[str, int]:

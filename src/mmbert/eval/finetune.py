@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbert.eval.backbone import Backbone
-from mmbert.eval.data import Example, TaggedSentence
+from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
 
 
 @dataclass
@@ -261,4 +261,63 @@ def predict(model: TaskModel, data: EncodedSet, *, pad_id: int, batch_size: int 
                 out[i] = int(pred[j])
             else:
                 out[i] = [int(pred[j, p]) if p >= 0 else 0 for p in data.word_starts[i]]
+    return out
+
+
+# ----------------------------------------------------------------------------- multiple choice
+@dataclass
+class ChoiceSet:
+    """Multiple-choice questions, tokenized: ids[i][j] = framed (context, choice j) of question i."""
+
+    ids: list[list[list[int]]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_choices(bb: Backbone, examples: Sequence[ChoiceExample], *, max_len: int = 128,
+                   cache_dir: str | os.PathLike | None = None) -> ChoiceSet:
+    """Every (context, choice) pair framed as a text pair, as the pair-classification tasks are."""
+    k = len(examples[0].choices) if examples else 0
+    pairs = [Example(text=e.context, text_pair=c, label=0) for e in examples for c in e.choices]
+    ids = encode_examples(bb, pairs, max_len=max_len, cache_dir=cache_dir).ids
+    return ChoiceSet(ids=[ids[i * k:(i + 1) * k] for i in range(len(examples))], labels=[e.label for e in examples])
+
+
+def choice_collate(data: ChoiceSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """[B questions × k choices] pairs, right-padded, as B·k rows; labels = the right choice per question."""
+    rows = [r for i in index for r in data.ids[i]]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.as_tensor(r)
+        mask[j, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "num_choices": torch.tensor(len(data.ids[index[0]])),
+            "labels": torch.tensor([data.labels[i] for i in index], dtype=torch.long)}
+
+
+def choice_loss_fn(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shared score per (context, choice) pair (a 1-output head), softmax over the k choices:
+    (summed cross-entropy over questions, number of questions)."""
+    dev = next(model.parameters()).device
+    k = int(batch["num_choices"])
+    scores = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float().view(-1, k)  # [B, k]
+    labels = batch["labels"].to(dev)
+    return F.cross_entropy(scores, labels, reduction="sum"), torch.tensor(len(labels), device=dev)
+
+
+@torch.no_grad()
+def predict_choices(model: TaskModel, data: ChoiceSet, *, pad_id: int, batch_size: int = 64) -> list[int]:
+    """The highest-scoring choice per question."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out: list[int] = []
+    per = max(1, batch_size // max(1, len(data.ids[0]) if len(data) else 1))  # questions per batch
+    for s in range(0, len(data), per):
+        b = choice_collate(data, list(range(s, min(len(data), s + per))), pad_id)
+        k = int(b["num_choices"])
+        scores = model(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().view(-1, k)
+        out += scores.argmax(-1).cpu().tolist()
     return out

@@ -1,4 +1,4 @@
-"""Metrics of the eval harness: accuracy, entity span-F1 (seqeval), retrieval accuracy@1, SQuAD EM/F1,
+"""Metrics of the eval harness: accuracy, macro-F1, entity span-F1 (seqeval), retrieval accuracy@1, SQuAD EM/F1,
 mean ± std.
 
     from mmbert.eval.metrics import accuracy, span_f1, retrieval_accuracy, mean_std, squad_scores
@@ -24,6 +24,18 @@ def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
     if not gold:
         return float("nan")
     return sum(int(p == g) for p, g in zip(pred, gold)) / len(gold)
+
+
+def macro_f1(pred: Sequence[int], gold: Sequence[int]) -> float:
+    """Unweighted mean of the per-label F1 over the labels present in gold or predictions (scikit-learn's
+    `f1_score(average="macro")`; a label never predicted and never gold does not count)."""
+    from sklearn.metrics import f1_score
+
+    if len(pred) != len(gold):
+        raise ValueError(f"macro_f1: {len(pred)} predictions for {len(gold)} gold labels")
+    if not gold:
+        return float("nan")
+    return float(f1_score(list(gold), list(pred), average="macro", zero_division=0))
 
 
 def token_accuracy(pred: Sequence[Sequence[int]], gold: Sequence[Sequence[int]]) -> float:

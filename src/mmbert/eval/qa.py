@@ -104,6 +104,11 @@ def load_squad(path: str | os.PathLike) -> list[QAExample]:
                                      context=context, answers=tuple(texts), answer_starts=tuple(starts),
                                      paragraph=k))
             k += 1
+    if not out:
+        raise D.EvalDataError(f"{path}: no questions (empty split); fill the file or point the task at the right one")
+    if not any(t for e in out for t in e.answers):
+        raise D.EvalDataError(f"{path}: every answer text is empty; extractive QA needs answer spans "
+                              f"(SQuAD v1.1 `answers: [{{text, answer_start}}]` with non-empty text)")
     return out
 
 
@@ -307,44 +312,30 @@ def predict_answers(model, data: QAFeatures, examples: Sequence[QAExample], *, p
 
 
 # ----------------------------------------------------------------------------- the task
-def xquad_qa(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
-             epochs: float = 2.0, max_len: int = 256, stride: int | None = None,
-             train_paragraphs: int = TRAIN_PARAGRAPHS, max_train: int | None = None, max_eval: int | None = None,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True, lr: float = 1e-4) -> dict:
-    """Fine-tune on English paragraphs [0, train_paragraphs), score paragraphs [train_paragraphs, …) per
-    language. Returns the runner's result dict: per language F1 ("mean"/"std"/"values") and exact match,
-    macro averages (F1 = the headline "average"). stride default: max_len // 2 (128 at 256).
-
-    max_train: at most this many training questions (the first ones); max_eval: per language.
-    """
+def finetune_qa(bb: Backbone, train_ex: Sequence[QAExample], tests: dict[str, Sequence[QAExample]], *,
+                seeds: Sequence[int] = (0,), epochs: float = 2.0, max_len: int = 256, stride: int | None = None,
+                lr: float = 1e-4, batch_size: int = 32, cache_dir: str | os.PathLike | None = None,
+                progress: bool = True, desc: str = "qa") -> dict:
+    """Fine-tune a span head on `train_ex` once per seed, score every language's questions (SQuAD v1.1 F1
+    and exact match). Returns the runner's result dict without "metric"/"protocol": per language F1
+    ("mean"/"std"/"values") and exact match, macro averages (F1 = the headline "average").
+    stride default: max_len // 2."""
     from tqdm.auto import tqdm
 
     stride = max_len // 2 if stride is None else stride
-    en_train, en_test = xquad_split(root, "en", train_paragraphs=train_paragraphs)
-    pivot = en_train + en_test
-    langs = list(languages) if languages is not None else D.xquad_languages(root)
-    train_ex = en_train if max_train is None else en_train[:max_train]
-    if not train_ex:
-        raise D.EvalDataError(f"{root / 'xquad' / 'xquad.en.json'}: no questions in the first {train_paragraphs} "
-                              f"paragraphs to fine-tune on")
+    langs = list(tests)
     train = build_features(bb, train_ex, max_len=max_len, stride=stride, cache_dir=cache_dir)
-    evals = {}
-    for lang in langs:
-        test = en_test if lang == "en" else xquad_split(root, lang, pivot, train_paragraphs)[1]
-        test = test if max_eval is None else test[:max_eval]
-        if not test:
-            raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: no questions after paragraph "
-                                  f"{train_paragraphs - 1} to evaluate")
-        evals[lang] = (test, build_features(bb, test, max_len=max_len, stride=stride, cache_dir=cache_dir))
-    cfg = FinetuneConfig(lr=lr, epochs=epochs, max_len=max_len)
+    evals = {lang: (tests[lang], build_features(bb, tests[lang], max_len=max_len, stride=stride, cache_dir=cache_dir))
+             for lang in langs}
+    cfg = FinetuneConfig(lr=lr, epochs=epochs, max_len=max_len, batch_size=batch_size)
     f1s: dict[str, list[float]] = {l: [] for l in langs}
     ems: dict[str, list[float]] = {l: [] for l in langs}
     avg_f1, avg_em, final_loss = [], [], []
     for seed in seeds:
         model, losses = finetune(bb, train, num_labels=2, cfg=cfg, seed=seed, progress=progress,
-                                 desc=f"xquad seed {seed}", loss_fn=qa_loss_fn, collate_fn=qa_collate, per_token=True)
+                                 desc=f"{desc} seed {seed}", loss_fn=qa_loss_fn, collate_fn=qa_collate, per_token=True)
         final_loss.append(sum(losses[-10:]) / len(losses[-10:]))
-        for lang in tqdm(langs, desc="xquad eval", disable=not progress, leave=False):
+        for lang in tqdm(langs, desc=f"{desc} eval", disable=not progress, leave=False):
             test, feats = evals[lang]
             preds = predict_answers(model, feats, test, pad_id=bb.pad_id, batch_size=cfg.eval_batch_size)
             s = squad_scores(preds, [e.answers for e in test])
@@ -359,15 +350,44 @@ def xquad_qa(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None
         return {"mean": m, "std": s, "values": f1, "exact_match": em_m, "exact_match_std": em_s,
                 "exact_match_values": em}
 
-    n_test = {l: len(evals[l][0]) for l in langs}
+    return {"languages": {l: {**stats(f1s[l], ems[l]), "questions": len(evals[l][0])} for l in langs},
+            "average": stats(avg_f1, avg_em), "train_size": len(train_ex), "train_windows": len(train),
+            "seeds": list(seeds), "epochs": epochs, "final_train_loss": final_loss,
+            "hyperparameters": {**cfg.__dict__, "stride": stride, "max_query_len": MAX_QUERY_LEN,
+                                "max_answer_len": MAX_ANSWER_LEN}}
+
+
+def xquad_qa(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+             epochs: float = 2.0, max_len: int = 256, stride: int | None = None,
+             train_paragraphs: int = TRAIN_PARAGRAPHS, max_train: int | None = None, max_eval: int | None = None,
+             cache_dir: str | os.PathLike | None = None, progress: bool = True, lr: float = 1e-4) -> dict:
+    """Fine-tune on English paragraphs [0, train_paragraphs), score paragraphs [train_paragraphs, …) per
+    language (the protocol of docs/eval.md; the `xquad` task file runs the same through `finetune_qa`).
+
+    max_train: at most this many training questions (the first ones); max_eval: per language.
+    """
+    stride = max_len // 2 if stride is None else stride
+    en_train, en_test = xquad_split(root, "en", train_paragraphs=train_paragraphs)
+    pivot = en_train + en_test
+    langs = list(languages) if languages is not None else D.xquad_languages(root)
+    train_ex = en_train if max_train is None else en_train[:max_train]
+    if not train_ex:
+        raise D.EvalDataError(f"{root / 'xquad' / 'xquad.en.json'}: no questions in the first {train_paragraphs} "
+                              f"paragraphs to fine-tune on")
+    tests = {}
+    for lang in langs:
+        test = en_test if lang == "en" else xquad_split(root, lang, pivot, train_paragraphs)[1]
+        test = test if max_eval is None else test[:max_eval]
+        if not test:
+            raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: no questions after paragraph "
+                                  f"{train_paragraphs - 1} to evaluate")
+        tests[lang] = test
+    r = finetune_qa(bb, train_ex, tests, seeds=seeds, epochs=epochs, max_len=max_len, stride=stride, lr=lr,
+                    cache_dir=cache_dir, progress=progress, desc="xquad")
     return {"metric": "F1 (SQuAD v1.1; exact match alongside)",
             "protocol": f"fine-tune on English questions of paragraphs 0-{train_paragraphs - 1}, zero-shot on "
                         f"paragraphs {train_paragraphs}+ in every language; span head, windows of {max_len} "
                         f"tokens with stride {stride}, answers ≤ {MAX_ANSWER_LEN} tokens"
                         + (f"; first {max_train} training questions" if max_train is not None else "")
                         + (f"; first {max_eval} held-out questions per language" if max_eval is not None else ""),
-            "languages": {l: {**stats(f1s[l], ems[l]), "questions": n_test[l]} for l in langs},
-            "average": stats(avg_f1, avg_em), "train_size": len(train_ex), "train_windows": len(train),
-            "seeds": list(seeds), "epochs": epochs, "final_train_loss": final_loss,
-            "hyperparameters": {**cfg.__dict__, "stride": stride, "max_query_len": MAX_QUERY_LEN,
-                                "max_answer_len": MAX_ANSWER_LEN}}
+            **r}

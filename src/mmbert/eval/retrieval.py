@@ -1,24 +1,22 @@
 """Zero-shot bitext retrieval: mean-pooled sentence embeddings, no fine-tuning, accuracy@1 both ways.
 
     from mmbert.eval.backbone import load_backbone
-    from mmbert.eval.retrieval import tatoeba, sib200_retrieval
+    from mmbert.eval.retrieval import bitext, embed
     bb = load_backbone("out/ckpt")
-    tatoeba(bb, data_dir, languages=["deu", "fra"])      # {"deu": {"xx2en": .., "en2xx": ..}, ...}
+    bitext(bb, ["Hallo Welt", ...], ["Hello world", ...])       # {"xx2en": .., "en2xx": ..}
 
-Embedding = mean of the last hidden states over the attention mask (special tokens included, as in
-the classifier), L2-normalised; the nearest neighbour by cosine similarity among all candidates of
-the other side must be the aligned sentence.
+The `bitext-retrieval` task type of the task files (mmbert.eval.taskfile; built-in: tatoeba,
+sib200-retrieval, xquad-retrieval) runs these. Embedding = mean of the last hidden states over the
+attention mask (special tokens included, as in the classifier), L2-normalised; the nearest neighbour by
+cosine similarity among all candidates of the other side must be the aligned sentence.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from mmbert.eval import data as D
 from mmbert.eval.backbone import Backbone
 from mmbert.eval.finetune import mean_pool
 from mmbert.eval.metrics import bitext_accuracy
@@ -39,57 +37,18 @@ def embed(bb: Backbone, texts: Sequence[str], *, max_len: int = 128, batch_size:
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-def tatoeba(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None,
-            max_pairs: int | None = None, max_len: int = 128, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Tatoeba xxx↔eng accuracy@1 per language: {"xxx": {"xx2en": acc, "en2xx": acc}}."""
-    langs = list(languages) if languages is not None else D.tatoeba_languages(root)
-    res = {}
-    for lang in tqdm(langs, desc="tatoeba", disable=not progress, leave=False):
-        src, eng = D.load_tatoeba(root, lang)
-        if max_pairs is not None:
-            src, eng = src[:max_pairs], eng[:max_pairs]
-        acc = bitext_accuracy(embed(bb, src, max_len=max_len), embed(bb, eng, max_len=max_len))
-        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
-    return res
+def bitext(bb: Backbone, src: Sequence[str], tgt: Sequence[str] | torch.Tensor, *, max_len: int = 128
+           ) -> dict[str, float]:
+    """accuracy@1 of aligned texts src[i] ↔ tgt[i] both ways: {"xx2en": src→tgt, "en2xx": tgt→src}.
+    tgt may be given already embedded (a pivot shared by many languages is embedded once)."""
+    t = tgt if isinstance(tgt, torch.Tensor) else embed(bb, tgt, max_len=max_len)
+    acc = bitext_accuracy(embed(bb, src, max_len=max_len), t)
+    return {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
 
 
-def sib200_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None,
-                     split: str = "test", pivot: str = "eng_Latn", max_len: int = 128,
-                     progress: bool = True) -> dict[str, dict[str, float]]:
-    """SIB-200 (FLORES) sentences aligned by index_id with the pivot: {"lang": {"xx2en", "en2xx"}}."""
-    pivot_ex = {e.id: e.text for e in D.load_sib200(root, pivot, split)}
-    langs = [lang for lang in (languages if languages is not None else D.sib200_languages(root)) if lang != pivot]
-    cache: dict[tuple[str, ...], torch.Tensor] = {}
-    res = {}
-    for lang in tqdm(langs, desc="sib200-retrieval", disable=not progress, leave=False):
-        ex = [e for e in D.load_sib200(root, lang, split) if e.id in pivot_ex]
-        keys = tuple(e.id for e in ex)
-        if keys not in cache:  # every language has the same ids: embed the pivot once
-            cache[keys] = embed(bb, [pivot_ex[k] for k in keys], max_len=max_len)
-        acc = bitext_accuracy(embed(bb, [e.text for e in ex], max_len=max_len), cache[keys])
-        res[lang] = {"xx2en": acc["a2b"], "en2xx": acc["b2a"]}
-    return res
-
-
-def xquad_retrieval(bb: Backbone, root: Path, *, languages: Sequence[str] | None = None, pivot: str = "en",
-                    max_len: int = 256, progress: bool = True) -> dict[str, dict[str, float]]:
-    """XQuAD question (each language) → paragraph (pivot language) retrieval, accuracy@1.
-
-    XQuAD is parallel: question i of every language belongs to the same paragraph. Each question
-    must retrieve its paragraph among the pivot's 240 distinct paragraphs (one direction only: a
-    paragraph has several questions). Returns {"lang": {"q2p": acc}}.
-    """
-    pivot_qa = D.load_xquad(root, pivot)
-    paragraphs = list(dict.fromkeys(q["context"] for q in pivot_qa))
-    target = torch.tensor([paragraphs.index(q["context"]) for q in pivot_qa])
-    para_emb = embed(bb, paragraphs, max_len=max_len)
-    res = {}
-    for lang in tqdm(list(languages) if languages is not None else D.xquad_languages(root), desc="xquad-retrieval",
-                     disable=not progress, leave=False):
-        qa = D.load_xquad(root, lang)
-        if len(qa) != len(pivot_qa):
-            raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: {len(qa)} questions, the pivot "
-                                  f"has {len(pivot_qa)}; XQuAD files must be parallel")
-        q = embed(bb, [x["question"] for x in qa], max_len=max_len)
-        res[lang] = {"q2p": float(((q @ para_emb.T).argmax(-1) == target).float().mean())}
-    return res
+def question_to_paragraph(bb: Backbone, questions: Sequence[str], para_emb: torch.Tensor, target: torch.Tensor, *,
+                          max_len: int = 256) -> float:
+    """accuracy@1 of retrieving paragraph target[i] (rows of para_emb) for questions[i] (one direction:
+    a paragraph has several questions)."""
+    q = embed(bb, questions, max_len=max_len)
+    return float(((q @ para_emb.T).argmax(-1) == target).float().mean())

@@ -1,14 +1,16 @@
-"""One runner for the whole harness: `mmbert eval --model PATH --suite quick|full`.
+"""One runner for the whole harness: `mmbert eval --model PATH --suite quick|full` or `--task-file FILE`.
 
     mmbert eval --model out/ckpt --suite quick --out out/eval/ckpt            # ≤ 5 min, tiny preset, CPU
     mmbert eval --model path/to/xlm-r --suite full --out out/eval/xlmr --num-seeds 3
+    mmbert eval --model out/ckpt --task-file my_tasks.yaml --out out/eval/mine
     python -c "from mmbert.eval.runner import run_suite; run_suite('out/ckpt', 'quick', out_dir='out/eval/x')"
 
 Writes <out>/results.json, <out>/results.md (summary + per-language tables) and <out>/plots/<task>.png,
-and caches tokenized data under <out>/cache/<tokenizer hash>/. Tasks, splits and metrics are in
-docs/eval.md; the suites are data (`suite_tasks`), `quick` derived from `full` by shrinking a few
-fields. A task whose data folder is absent is skipped with one message; a malformed data line stops
-that task with its file and line number (recorded in the results, other tasks still run).
+and caches tokenized data under <out>/cache/<tokenizer hash>/. Every task — the built-in ones included —
+is a declarative task (mmbert.eval.taskfile; schema in docs/eval.md), run here by one function per task
+type. The suites `quick` / `full` are lists of the built-in task files. A task whose `requires:` folder
+is absent is skipped with one message; a malformed data line or a task declared wrongly stops that task
+with the task, file and line number (recorded in the results; other tasks still run).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,64 +30,55 @@ import torch
 from tqdm.auto import tqdm
 
 from mmbert.eval import data as D
+from mmbert.eval import taskfile as TF
 from mmbert.eval.backbone import Backbone, load_backbone
-from mmbert.eval.finetune import (EncodedSet, FinetuneConfig, encode_examples, encode_tagged, finetune,
-                                  predict)
-from mmbert.eval.metrics import accuracy, mean_std, span_f1, token_accuracy
+from mmbert.eval.finetune import (FinetuneConfig, choice_collate, choice_loss_fn, encode_choices, encode_examples,
+                                  encode_tagged, finetune, predict, predict_choices)
+from mmbert.eval.metrics import accuracy, macro_f1, mean_std, span_f1, token_accuracy
+from mmbert.eval.taskfile import InvalidTask, Task, TaskError
 from mmbert.utils import atomic_write
 
 
-# ----------------------------------------------------------------------------- suites as data
+# ----------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task of a suite. `languages=None` = every language present; caps are per language."""
+    """A built-in task by name with the protocol fields of the pre-task-file API set explicitly
+    (`languages=None` = every language present; caps are per language). `to_task()` gives the Task:
+    epochs / max_len / max_train / max_eval always replace the task file's values (as they did before)."""
 
-    name: str  # a key of TASKS (below)
+    name: str  # a built-in task (src/mmbert/eval/tasks/<name>.yaml)
     languages: tuple[str, ...] | None = None
     max_train: int | None = None
     max_eval: int | None = None
     epochs: float = 3.0
     max_len: int = 128
     train_rows: int | None = None  # XNLI / PAWS-X: English dev rows [0, train_rows) train, the rest test
-    # (xquad: English paragraphs [0, train_rows) train, default 120)
+    # (xquad: English paragraphs [0, train_rows) train)
     max_languages: int | None = None  # mlm: at most this many languages, spread over the size ranking
 
+    def to_task(self) -> Task:
+        t = TF.builtin_task(self.name)
+        proto = dict(epochs=float(self.epochs), max_len=self.max_len, max_train=self.max_train,
+                     max_eval=self.max_eval)
+        if t.type == "mlm":
+            proto.update(max_eval=None, max_tokens=self.max_eval, max_languages=self.max_languages)
+        langs = self.languages
+        if langs is not None and self.name == "udpos":  # treebank folders were named with their UD_ prefix
+            langs = tuple(l.removeprefix("UD_") for l in langs)
+        t = dataclasses.replace(t, protocol=dataclasses.replace(t.protocol, **proto),
+                                languages=langs if langs is not None else t.languages)
+        if self.train_rows is not None:  # the description's row ranges no longer hold: the generated text says them
+            key = "paragraphs" if t.type == "extractive-qa" else "rows"
+            t = dataclasses.replace(t, description=None,
+                                    train=dataclasses.replace(t.train, **{key: (0, self.train_rows)}),
+                                    eval=dataclasses.replace(t.eval, **{key: (self.train_rows, None)}))
+        return t
 
-# Representative subsets for the quick suite: high- and low-resource, several scripts.
-QUICK_SIB200 = ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "zho_Hans", "arb_Arab",
-                "hin_Deva", "ind_Latn", "swh_Latn", "tur_Latn", "yor_Latn")
-QUICK_TATOEBA = ("deu", "fra", "spa", "rus", "cmn", "ara", "hin", "ind", "swh", "tur")
 
-
-def suite_tasks(suite: str) -> list[TaskSpec]:
-    """The tasks of a suite. `full` = every task of the issue; `quick` = a subset of it, shrunk."""
-    full = [
-        TaskSpec("mlm"),
-        TaskSpec("sib200", epochs=4),
-        TaskSpec("sib200-retrieval"),
-        TaskSpec("tatoeba"),
-        TaskSpec("xnli", epochs=2, train_rows=2000),
-        TaskSpec("pawsx", epochs=2, train_rows=1500),
-        TaskSpec("wikiann", max_train=5000, max_eval=500, epochs=1),
-        TaskSpec("udpos", max_eval=500, epochs=2),
-        TaskSpec("sst2", max_train=10000, epochs=1),
-        TaskSpec("nusax", epochs=2),
-        TaskSpec("xquad-retrieval", max_len=256),
-        # the first 250 of the 558 held-out questions per language: keeps it ≲ 3 CPU-minutes per seed (tiny)
-        TaskSpec("xquad", epochs=2, max_len=256, max_eval=250),
-    ]
-    if suite == "full":
-        return full
-    if suite == "quick":
-        by = {t.name: t for t in full}
-        return [
-            dataclasses.replace(by["mlm"], max_languages=32, max_eval=4096),
-            dataclasses.replace(by["sib200"], languages=QUICK_SIB200),
-            dataclasses.replace(by["sib200-retrieval"], languages=QUICK_SIB200),
-            dataclasses.replace(by["tatoeba"], languages=QUICK_TATOEBA, max_eval=300),
-            dataclasses.replace(by["sst2"], max_train=2000),
-        ]
-    raise ValueError(f"unknown eval suite {suite!r}; use 'quick' or 'full'")
+def suite_tasks(suite: str) -> list[Task]:
+    """The tasks of a built-in suite: `full` = every built-in task; `quick` = a subset of it, shrunk
+    (src/mmbert/eval/tasks/{full,quick}.yaml)."""
+    return TF.suite(suite)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -117,234 +111,472 @@ class _Ctx:
     shards_root: Path | None
 
 
+class _Skip(Exception):
+    pass
+
+
 def _cap(items: list, n: int | None) -> list:
     return items if n is None else items[:n]
 
 
-def _langs(spec: TaskSpec, present: Sequence[str]) -> list[str]:
-    if spec.languages is None:
+def _langs(task: Task, present: Sequence[str]) -> list[str]:
+    if task.languages is None:
         return list(present)
-    langs = [l for l in spec.languages if l in present]  # a suite's subset, as far as the data has it
+    langs = [l for l in task.languages if l in present]  # a suite's subset, as far as the data has it
     if not langs:
-        raise D.EvalDataMissing(f"{spec.name}: none of the languages {list(spec.languages)} is in the data "
-                                f"directory; check --data-dir")
+        raise D.EvalDataMissing(f"{task.name}: none of the languages {list(task.languages)} is in the data "
+                                f"(found: {', '.join(present) or 'none'}); check --data-dir or `languages:`")
     return langs
 
 
-def _finetune_eval(ctx: _Ctx, spec: TaskSpec, train: EncodedSet, evals: dict[str, tuple[EncodedSet, list]],
-                   num_labels: int, score: Callable[[list, list], float]) -> dict:
-    """Fine-tune once per seed, score every eval language; mean ± std over seeds."""
-    cfg = FinetuneConfig(epochs=spec.epochs, max_len=spec.max_len)
+def _seeds(ctx: _Ctx, task: Task) -> tuple[int, ...]:
+    return task.protocol.seeds if task.protocol.seeds is not None else ctx.seeds
+
+
+def _root(ctx: _Ctx, task: Task) -> Path:
+    return task.base if task.base is not None else ctx.root
+
+
+def _cfg(task: Task) -> FinetuneConfig:
+    p = task.protocol
+    return FinetuneConfig(epochs=p.epochs, max_len=p.max_len, lr=p.lr, batch_size=p.batch_size)
+
+
+def _finetune_eval(ctx: _Ctx, task: Task, train, evals: dict[str, tuple[Any, list]], num_labels: int,
+                   score: Callable[[list, list], float]) -> dict:
+    """Fine-tune once per seed, score every eval language; mean ± std over seeds. Each language also
+    gets its sample size `n` and the score of predicting the training set's most frequent label
+    everywhere (`majority`); `floors` holds their average and, for accuracy, chance (1/labels)."""
+    cfg = _cfg(task)
+    choice = task.type == "multiple-choice"
+    seeds = _seeds(ctx, task)
+    seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
+    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
+    top = Counter(flat).most_common(1)[0][0] if flat else 0
+    majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
     avg_seed, final_loss = [], []
-    for seed in ctx.seeds:
-        model, losses = finetune(ctx.bb, train, num_labels=num_labels, cfg=cfg, seed=seed,
-                                 progress=ctx.progress, desc=f"{spec.name} seed {seed}")
+    for seed in seeds:
+        kw = dict(loss_fn=choice_loss_fn, collate_fn=choice_collate, per_token=False) if choice else {}
+        model, losses = finetune(ctx.bb, train, num_labels=1 if choice else num_labels, cfg=cfg, seed=seed,
+                                 progress=ctx.progress, desc=f"{task.name} seed {seed}", **kw)
         final_loss.append(sum(losses[-10:]) / len(losses[-10:]))
         vals = []
-        for lang, (enc, gold) in tqdm(evals.items(), desc=f"{spec.name} eval", disable=not ctx.progress,
+        for lang, (enc, gold) in tqdm(evals.items(), desc=f"{task.name} eval", disable=not ctx.progress,
                                       leave=False):
-            v = score(predict(model, enc, pad_id=ctx.bb.pad_id, batch_size=cfg.eval_batch_size), gold)
+            fn = predict_choices if choice else predict
+            v = score(fn(model, enc, pad_id=ctx.bb.pad_id, batch_size=cfg.eval_batch_size), gold)
             per_seed[lang].append(v)
             vals.append(v)
         avg_seed.append(sum(vals) / len(vals))
         del model
-    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v) for l, v in per_seed.items()}
+    langs = {l: dict(zip(("mean", "std"), mean_std(v)), values=v, n=len(evals[l][1]), majority=majority[l])
+             for l, v in per_seed.items()}
     m, s = mean_std(avg_seed)
-    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed},
-            "train_size": len(train), "seeds": list(ctx.seeds), "epochs": spec.epochs,
+    floors = {"chance": 1 / num_labels if task.metric == "accuracy" else None,
+              "majority": sum(majority.values()) / len(majority)}
+    return {"languages": langs, "average": {"mean": m, "std": s, "values": avg_seed}, "floors": floors,
+            "train_size": len(train), "seeds": list(seeds), "epochs": task.protocol.epochs,
             "final_train_loss": final_loss, "hyperparameters": dataclasses.asdict(cfg)}
 
 
-def _seq(ctx, spec, examples):
-    return encode_examples(ctx.bb, examples, max_len=spec.max_len, cache_dir=ctx.cache)
+# ----------------------------------------------------------------------------- reading a task's data
+def _paths(task: Task, root: Path, pattern: str, key: str) -> list[Path]:
+    paths = TF.files(root, pattern)
+    if not paths:
+        raise task.error(f"`{key}: {pattern}` matches no file under {root}; fix the glob or --data-dir")
+    return paths
 
 
-def _tag(ctx, spec, sents):
-    return encode_tagged(ctx.bb, sents, max_len=spec.max_len, cache_dir=ctx.cache)
+def _by_language(task: Task, root: Path, pattern: str, key: str) -> dict[str, list[Path]]:
+    """{lang: files} of a per-language path, restricted to `languages:`; without {lang}: one entry named
+    after the task's first listed language (else "all")."""
+    if "{lang}" not in pattern:
+        return {task.languages[0] if task.languages else "all": _paths(task, root, pattern, key)}
+    found = TF.languages_of(root, pattern)
+    if not found:
+        raise task.error(f"`{key}: {pattern}` matches no file under {root} ({{lang}} = any folder/file name "
+                         f"part); fix the path, or pass --data-dir")
+    return {l: found[l] for l in _langs(task, list(found))}
 
 
-def _gold(examples):
-    return [e.label for e in examples]
+def _records(task: Task, path: Path) -> list[D.Record]:
+    fmt = task.format
+    if fmt in ("tsv", "csv"):
+        recs = D.read_table(path, task.columns, fmt=fmt, header=bool(task.header), strip=task.strip,
+                            optional=task.optional)
+    elif fmt == "jsonl":
+        recs = D.read_jsonl(path, task.columns, strip=task.strip, optional=task.optional)
+    elif fmt == "conll":
+        recs = D.read_conll(path, separator=task.separator, token_column=task.columns["token"],
+                            tag_column=task.columns["tag"])
+    elif fmt == "conllu":
+        recs = D.read_conllu(path, tag_column=task.columns["tag"])
+    else:
+        raise task.error(f"format {fmt} cannot be read as records")
+    if task.type == "token-classification":
+        D.check_split(path, recs, [t for r in recs for t in r.values["tags"]])
+    elif task.type in ("sequence-classification", "pair-classification"):
+        D.check_split(path, recs, [r.values["label"] for r in recs])
+    else:
+        D.check_split(path, recs)
+    return recs
 
 
-# ----------------------------------------------------------------------------- tasks
-def task_sib200(ctx: _Ctx, spec: TaskSpec) -> dict:
-    langs = _langs(spec, D.sib200_languages(ctx.root))
-    train = _cap(D.load_sib200(ctx.root, "eng_Latn", "train"), spec.max_train)
-    evals = {}
+def _select(task: Task, paths: list[Path], split: TF.Split, key: str) -> list[tuple[Path, D.Record]]:
+    items = [(p, r) for p in paths for r in _records(task, p)]
+    if split.rows is not None:
+        items = items[split.rows[0]:split.rows[1]]
+        if not items:
+            raise task.error(f"`{key}.rows: {_range(split.rows)}` leaves no items of {', '.join(map(str, paths))}; "
+                             f"fix the range")
+    return items
+
+
+def _sample(task: Task, items: list) -> list:
+    n = task.protocol.max_train
+    if n is None:
+        return items
+    if task.protocol.train_sample == "random":  # a fixed random subset (files are often sorted by source)
+        g = torch.Generator().manual_seed(task.protocol.sample_seed)
+        return [items[i] for i in torch.randperm(len(items), generator=g)[:n].tolist()]
+    return items[:n]
+
+
+def _train_items(task: Task, root: Path, langs: Sequence[str]) -> list[tuple[Path, D.Record]]:
+    if task.protocol.transfer == "zero-shot":
+        return _sample(task, _select(task, _paths(task, root, task.train.path, "train"), task.train, "train"))
+    out = []
+    for l in langs:  # joint: every language's train, each capped, pooled in language order
+        pattern = task.train.path.replace("{lang}", l)
+        out += _sample(task, _select(task, _paths(task, root, pattern, "train"), task.train, "train"))
+    return out
+
+
+def _label_set(task: Task, train: list[tuple[Path, D.Record]]) -> tuple[str, ...]:
+    if task.labels is not None:
+        return task.labels
+    key = "tags" if task.type == "token-classification" else "label"
+    seen = {v for _, r in train for v in (r.values[key] if key == "tags" else [r.values[key]])}
+    return tuple(sorted(seen))
+
+
+def _unknown(path: Path, line: int, value: str, labels: Sequence[str]) -> D.EvalDataError:
+    return D.EvalDataError(f"{path}:{line}: unknown label {value!r}; expected one of {', '.join(labels)} (fix the "
+                           f"line, or list the label under `labels:` in the task file)")
+
+
+def _examples(task: Task, items: list[tuple[Path, D.Record]], labels: Sequence[str]) -> list:
+    """Records → Example / TaggedSentence / ChoiceExample with label ids from `labels`."""
+    index = {l: i for i, l in enumerate(labels)}
+    out = []
+    for path, r in items:
+        v = r.values
+        if task.type == "token-classification":
+            ids = []
+            for tag, line in zip(v["tags"], r.tag_lines):
+                if tag not in index:
+                    raise _unknown(path, line, tag, labels)
+                ids.append(index[tag])
+            out.append(D.TaggedSentence(tuple(v["tokens"]), tuple(ids)))
+        elif task.type == "multiple-choice":
+            choices = tuple(v["choices"])
+            lab = v["label"]
+            if task.labels is not None:  # e.g. labels: [A, B, C, D] for answer letters
+                if lab not in index:
+                    raise _unknown(path, r.line, lab, labels)
+                k = index[lab]
+            elif lab.lstrip("-").isdigit():
+                k = int(lab)
+            else:
+                raise D.EvalDataError(f"{path}:{r.line}: label {lab!r} is not a choice index (0-based); list the "
+                                      f"label values under `labels:` (in choice order) in the task file")
+            if not 0 <= k < len(choices):
+                raise D.EvalDataError(f"{path}:{r.line}: label {k} but {len(choices)} choices (0-based index)")
+            context = v["context"] + (" " + v["question"] if v.get("question") else "")
+            out.append(D.ChoiceExample(context=context, choices=choices, label=k))
+        else:
+            if v["label"] not in index:
+                raise _unknown(path, r.line, v["label"], labels)
+            out.append(D.Example(text=v["text"], text_pair=v.get("text_pair"), label=index[v["label"]]))
+    if task.type == "multiple-choice" and len({len(e.choices) for e in out}) > 1:
+        raise D.EvalDataError(f"{items[0][0]}: questions have different numbers of choices "
+                              f"({sorted({len(e.choices) for e in out})}); one task = one number of choices")
+    return out
+
+
+def _encode(ctx: _Ctx, task: Task, examples: list):
+    kw = dict(max_len=task.protocol.max_len, cache_dir=ctx.cache)
+    if task.type == "token-classification":
+        return encode_tagged(ctx.bb, examples, **kw), [s.tags for s in examples]
+    if task.type == "multiple-choice":
+        return encode_choices(ctx.bb, examples, **kw), [e.label for e in examples]
+    return encode_examples(ctx.bb, examples, **kw), [e.label for e in examples]
+
+
+def _scorer(task: Task, labels: Sequence[str]) -> Callable[[list, list], float]:
+    if task.metric == "span-f1":
+        def names(sents: list) -> list[list[str]]:
+            return [[labels[t] for t in s] for s in sents]
+
+        return lambda pred, gold: span_f1(names(pred), names(gold))
+    if task.metric == "macro-f1":
+        if task.type == "token-classification":
+            return lambda pred, gold: macro_f1([p for s in pred for p in s], [g for s in gold for g in s])
+        return macro_f1
+    return token_accuracy if task.type == "token-classification" else accuracy
+
+
+def _describe(task: Task, **extra) -> str | None:
+    """The task's `description:` with {protocol field} placeholders filled (None → "all")."""
+    if not task.description:
+        return None
+    values = {k: ("all" if v is None else v) for k, v in dataclasses.asdict(task.protocol).items()}
+    try:
+        return task.description.format_map({**values, **extra})
+    except (KeyError, ValueError, IndexError):
+        return task.description  # braces that are not placeholders: the text as written
+
+
+def _range(r: tuple[int, int | None] | None) -> str:
+    return "[]" if r is None else f"[{r[0]}, {'null' if r[1] is None else r[1]}]"
+
+
+def _span(split: TF.Split) -> str:
+    r = split.rows or split.paragraphs
+    if r is None:
+        return split.path
+    unit = "rows" if split.rows else "paragraphs"
+    return f"{split.path} {unit} {r[0]}-{r[1] - 1}" if r[1] is not None else f"{split.path} {unit} {r[0]}+"
+
+
+def _protocol_text(task: Task) -> str:
+    text = _describe(task)
+    if text:
+        return text
+    p = task.protocol
+    how = {"zero-shot": f"fine-tune on {_span(task.train)}, zero-shot on {_span(task.eval)}",
+           "joint": f"fine-tune on {_span(task.train)} of every language together, test {_span(task.eval)}",
+           "in-language": f"fine-tune on {_span(task.train)} per language, test {_span(task.eval)}"}[p.transfer]
+    caps = (f", first {p.max_train} training items" if p.max_train else "") + \
+        (f", first {p.max_eval} test items per language" if p.max_eval else "")
+    return f"{how}; {p.epochs:g} epochs, LR {p.lr:g}, max length {p.max_len}{caps}"
+
+
+# ----------------------------------------------------------------------------- task types
+def run_classification(ctx: _Ctx, task: Task) -> dict:
+    """sequence-, pair-, token-classification and multiple-choice: fine-tune, score per language."""
+    root = _root(ctx, task)
+    evals_files = _by_language(task, root, task.eval.path, "eval")
+    langs = list(evals_files)
+    train_items = _train_items(task, root, langs)
+    labels = _label_set(task, train_items)
+    if task.type != "multiple-choice" and len(labels) < 2:
+        raise task.error(f"the label set {list(labels)} has fewer than two labels; list them under `labels:`")
+    train_ex = _examples(task, train_items, labels)  # a stray label: the training file is named first
+    eval_ex = {}
+    for l, paths in evals_files.items():
+        ex = _examples(task, _cap(_select(task, paths, task.eval, "eval"), task.protocol.max_eval), labels)
+        eval_ex[l] = ex
+    score = _scorer(task, labels)
+    num = len(labels)
+    head = {"metric": TF.METRIC_NAMES[task.metric], "protocol": _protocol_text(task)}
+    if task.type != "multiple-choice":
+        head["labels"] = list(labels)  # id order of the head (listed, or collected from train and sorted)
+    if task.protocol.transfer != "in-language":
+        train = _encode(ctx, task, train_ex)[0]
+        evals = {l: _encode(ctx, task, ex) for l, ex in eval_ex.items()}
+        return {**head, **_finetune_eval(ctx, task, train, evals, num, score)}
+    # in-language: one fine-tune per language on its own train split; averages over languages per seed
+    per, sizes = {}, {}
     for l in langs:
-        ex = _cap(D.load_sib200(ctx.root, l, "test"), spec.max_eval)
-        evals[l] = (_seq(ctx, spec, ex), _gold(ex))
-    r = _finetune_eval(ctx, spec, _seq(ctx, spec, train), evals, len(D.SIB200_LABELS), accuracy)
-    return {"metric": "accuracy", "protocol": "fine-tune on eng_Latn train, zero-shot test per language", **r}
+        items = _train_items(task, root, [l])
+        train = _encode(ctx, task, _examples(task, items, labels))[0]
+        per[l] = _finetune_eval(ctx, task, train, {l: _encode(ctx, task, eval_ex[l])}, num, score)
+        sizes[l] = len(train)
+    seeds = _seeds(ctx, task)
+    avg = [sum(per[l]["languages"][l]["values"][i] for l in langs) / len(langs) for i in range(len(seeds))]
+    m, s = mean_std(avg)
+    first = per[langs[0]]
+    floors = {"chance": first["floors"]["chance"],
+              "majority": sum(per[l]["floors"]["majority"] for l in langs) / len(langs)}
+    return {**head, "languages": {l: per[l]["languages"][l] for l in langs}, "floors": floors,
+            "average": {"mean": m, "std": s, "values": avg}, "train_size": sizes, "seeds": list(seeds),
+            "epochs": task.protocol.epochs, "final_train_loss": {l: per[l]["final_train_loss"] for l in langs},
+            "hyperparameters": first["hyperparameters"]}
 
 
-def _pair_task(ctx, spec, langs_fn, load_fn, labels) -> dict:
-    """XNLI / PAWS-X: rows are parallel across languages; English rows [0, n_train) train, the
-    remaining row ids are the test set in EVERY language (no translation of a training row is tested)."""
-    langs = _langs(spec, langs_fn(ctx.root))
-    en = load_fn(ctx.root, "en")
-    n_train = spec.train_rows if spec.train_rows is not None else len(en) * 4 // 5
-    train = _cap(en[:n_train], spec.max_train)
-    evals = {}
-    for l in langs:
-        ex = _cap(load_fn(ctx.root, l)[n_train:], spec.max_eval)
-        evals[l] = (_seq(ctx, spec, ex), _gold(ex))
-    r = _finetune_eval(ctx, spec, _seq(ctx, spec, train), evals, len(labels), accuracy)
-    return {"metric": "accuracy",
-            "protocol": f"fine-tune on English dev rows 0-{n_train - 1}, test rows {n_train}+ in every language",
-            **r}
-
-
-def task_xnli(ctx, spec):
-    return _pair_task(ctx, spec, D.xnli_languages, D.load_xnli, D.XNLI_LABELS)
-
-
-def task_pawsx(ctx, spec):
-    return _pair_task(ctx, spec, D.pawsx_languages, D.load_pawsx, D.PAWSX_LABELS)
-
-
-def task_wikiann(ctx, spec):
-    langs = _langs(spec, D.wikiann_languages(ctx.root))
-    train = _cap(D.load_wikiann(ctx.root, "en", "train"), spec.max_train)
-    evals = {}
-    for l in langs:
-        sents = _cap(D.load_wikiann(ctx.root, l, "dev"), spec.max_eval)
-        evals[l] = (_tag(ctx, spec, sents), [s.tags for s in sents])
-
-    def f1(pred, gold):
-        names = D.WIKIANN_TAGS
-        return span_f1([[names[t] for t in s] for s in pred], [[names[t] for t in s] for s in gold])
-
-    r = _finetune_eval(ctx, spec, _tag(ctx, spec, train), evals, len(D.WIKIANN_TAGS), f1)
-    return {"metric": "span-F1 (seqeval)", "protocol": "fine-tune on English train, dev per language", **r}
-
-
-def task_udpos(ctx, spec):
-    banks = D.ud_treebanks(ctx.root)
-    if "UD_English-EWT" not in banks or "dev" not in banks["UD_English-EWT"]:
-        raise D.EvalDataMissing("udpos: ud/UD_English-EWT/*-dev.conllu (the training set) is missing")
-    names = _langs(spec, [b for b in banks if "test" in banks[b]])
-    train = _cap(D.load_conllu(banks["UD_English-EWT"]["dev"]), spec.max_train)
-    evals = {}
-    for b in names:
-        sents = _cap(D.load_conllu(banks[b]["test"]), spec.max_eval)
-        evals[b.removeprefix("UD_")] = (_tag(ctx, spec, sents), [s.tags for s in sents])
-    r = _finetune_eval(ctx, spec, _tag(ctx, spec, train), evals, len(D.UPOS_TAGS), token_accuracy)
-    return {"metric": "UPOS accuracy", "protocol": "fine-tune on UD_English-EWT dev, test per treebank", **r}
-
-
-def task_sst2(ctx, spec):
-    train = D.load_sst2(ctx.root, "train")
-    if spec.max_train is not None:  # a fixed random subset (the file is sorted by phrase source)
-        g = torch.Generator().manual_seed(1234)
-        train = [train[i] for i in torch.randperm(len(train), generator=g)[:spec.max_train].tolist()]
-    test = _cap(D.load_sst2(ctx.root, "test"), spec.max_eval)
-    r = _finetune_eval(ctx, spec, _seq(ctx, spec, train), {"en": (_seq(ctx, spec, test), _gold(test))},
-                       len(D.SST2_LABELS), accuracy)
-    return {"metric": "accuracy", "protocol": "fine-tune on train (subset), test = labelled GLUE dev", **r}
-
-
-def task_nusax(ctx, spec):
-    langs = _langs(spec, D.nusax_languages(ctx.root))
-    train = [e for l in langs for e in _cap(D.load_nusax(ctx.root, l, "train"), spec.max_train)]
-    evals = {}
-    for l in langs:
-        ex = _cap(D.load_nusax(ctx.root, l, "test"), spec.max_eval)
-        evals[l] = (_seq(ctx, spec, ex), _gold(ex))
-    r = _finetune_eval(ctx, spec, _seq(ctx, spec, train), evals, len(D.NUSAX_LABELS), accuracy)
-    return {"metric": "accuracy", "protocol": "fine-tune on all 12 languages' train together, test per language",
-            **r}
-
-
-def _retrieval_result(res: dict[str, dict[str, float]], protocol: str) -> dict:
+def _retrieval_result(res: dict[str, dict[str, float]], metric: str, protocol: str) -> dict:
     langs = {l: {"mean": (v["xx2en"] + v["en2xx"]) / 2, "std": 0.0, **v} for l, v in res.items()}
     n = max(1, len(res))
     xx2en = sum(v["xx2en"] for v in res.values()) / n
     en2xx = sum(v["en2xx"] for v in res.values()) / n
-    return {"metric": "accuracy@1 (mean of xx→en and en→xx)", "protocol": protocol, "languages": langs,
-            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx}}
+    chance = sum(1 / v["n"] for v in res.values() if v.get("n")) / n  # a random pick among n candidates
+    return {"metric": metric, "protocol": protocol, "languages": langs,
+            "average": {"mean": (xx2en + en2xx) / 2, "std": 0.0, "xx2en": xx2en, "en2xx": en2xx},
+            "floors": {"chance": chance, "majority": None}}
 
 
-def task_tatoeba(ctx, spec):
-    from mmbert.eval.retrieval import tatoeba
+def run_bitext(ctx: _Ctx, task: Task) -> dict:
+    """bitext-retrieval: source (per language) ↔ target (pivot) by mean-pooled cosine nearest neighbour;
+    text files align by line, tables / jsonl by line or by an `id` column, squad files question → the
+    target file's paragraphs."""
+    from mmbert.eval.retrieval import bitext, embed, question_to_paragraph
 
-    langs = _langs(spec, D.tatoeba_languages(ctx.root))
-    res = tatoeba(ctx.bb, ctx.root, languages=langs, max_pairs=spec.max_eval, max_len=spec.max_len,
-                  progress=ctx.progress)
-    return _retrieval_result(res, "zero-shot, mean-pooled, cosine nearest neighbour among "
-                                  f"{spec.max_eval or 1000} pairs")
+    root, p = _root(ctx, task), task.protocol
+    sources = _by_language(task, root, task.source.path, "source")
+    fixed_target = "{lang}" not in task.target.path
+
+    def target_files(l: str) -> list[Path]:
+        return _paths(task, root, task.target.path.replace("{lang}", l), "target")
+
+    if task.format == "squad":  # question (every language) → paragraph of the pivot file
+        if not fixed_target:
+            raise task.error("squad retrieval maps questions to the paragraphs of ONE target file: drop {lang} "
+                             "from `target:`")
+        pivot = [q for f in target_files("") for q in D.squad_questions(f)]
+        paragraphs = list(dict.fromkeys(q["context"] for q in pivot))
+        where = {c: i for i, c in enumerate(paragraphs)}
+        target = torch.tensor([where[q["context"]] for q in pivot])
+        para_emb = embed(ctx.bb, paragraphs, max_len=p.max_len)
+        res = {}
+        for l, files in tqdm(sources.items(), desc=task.name, disable=not ctx.progress, leave=False):
+            qa = [q for f in files for q in D.squad_questions(f)]
+            if len(qa) != len(pivot):
+                raise D.EvalDataError(f"{files[0]}: {len(qa)} questions, the target {target_files('')[0].name} has "
+                                      f"{len(pivot)}; question i of every file must belong to paragraph i's pivot "
+                                      f"(parallel files)")
+            n = p.max_eval or len(qa)
+            res[l] = {"q2p": question_to_paragraph(ctx.bb, [q["question"] for q in qa[:n]], para_emb, target[:n],
+                                                   max_len=p.max_len), "n": len(qa[:n])}
+        langs = {l: {"mean": v["q2p"], "std": 0.0, **v} for l, v in res.items()}
+        return {"metric": "accuracy@1 question → target paragraph", "languages": langs,
+                "protocol": _describe(task) or f"zero-shot, mean-pooled; questions of {task.source.path} against "
+                                                f"the {len(paragraphs)} paragraphs of {task.target.path}",
+                "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0},
+                "floors": {"chance": 1 / len(paragraphs), "majority": None}}  # a random paragraph
+
+    def texts(files: list[Path]) -> list[tuple[str | None, str]]:
+        if task.format == "text":
+            return [(None, t) for f in files for t in D.read_lines(f)]
+        return [(r.values.get("id"), r.values["text"]) for f in files for r in _records(task, f)]
+
+    by_id = "id" in task.columns
+    pivot_texts = texts(target_files("")) if fixed_target else None
+    cache: dict[tuple, torch.Tensor] = {}
+    res = {}
+    for l, files in tqdm(sources.items(), desc=task.name, disable=not ctx.progress, leave=False):
+        tfiles = target_files(l)
+        if fixed_target and [f.resolve() for f in files] == [f.resolve() for f in tfiles]:
+            continue  # the pivot language itself
+        src, tgt = texts(files), (pivot_texts if fixed_target else texts(tfiles))
+        if by_id:  # keep the source rows whose id the target has, in source order
+            pivot = {i: t for i, t in tgt}
+            pairs = [(t, pivot[i]) for i, t in src if i in pivot]
+            key = tuple(i for i, _ in src if i in pivot)
+        else:
+            if len(src) != len(tgt):
+                n = min(len(src), len(tgt)) + 1
+                raise D.EvalDataError(f"{files[0] if len(src) < len(tgt) else tfiles[0]}:{n}: aligned files differ "
+                                      f"in length ({len(src)} vs {len(tgt)} items); the shorter one ends here")
+            pairs = [(a, b) for (_, a), (_, b) in zip(src, tgt)]
+            key = None
+        pairs = _cap(pairs, p.max_eval)
+        if not pairs:
+            raise D.EvalDataError(f"{files[0]}: no pair aligned with {tfiles[0]}; check the `id` column / the files")
+        if key is not None and fixed_target:  # every language shares the pivot: embed it once per id set
+            key = key[:len(pairs)]
+            if key not in cache:
+                cache[key] = embed(ctx.bb, [b for _, b in pairs], max_len=p.max_len)
+            res[l] = bitext(ctx.bb, [a for a, _ in pairs], cache[key], max_len=p.max_len)
+        else:
+            res[l] = bitext(ctx.bb, [a for a, _ in pairs], [b for _, b in pairs], max_len=p.max_len)
+        res[l]["n"] = len(pairs)  # sample size, and the candidates a random pick chooses among
+    if not res:
+        raise task.error("no language besides the target itself; check `source:` / `languages:`")
+    return _retrieval_result(res, "accuracy@1 (mean of xx→en and en→xx)", _describe(task) or
+                             f"zero-shot, mean-pooled, cosine nearest neighbour; {task.source.path} ↔ "
+                             f"{task.target.path}")
 
 
-def task_sib200_retrieval(ctx, spec):
-    from mmbert.eval.retrieval import sib200_retrieval
+def run_qa(ctx: _Ctx, task: Task) -> dict:
+    """extractive-qa on SQuAD v1.1 files: span head fine-tuned on train, SQuAD EM / F1 per language."""
+    from mmbert.eval.qa import MAX_ANSWER_LEN, finetune_qa, load_squad
 
-    langs = _langs(spec, D.sib200_languages(ctx.root))
-    res = sib200_retrieval(ctx.bb, ctx.root, languages=langs, max_len=spec.max_len, progress=ctx.progress)
-    return _retrieval_result(res, "zero-shot, mean-pooled, test sentences aligned with eng_Latn by index_id")
+    root, p = _root(ctx, task), task.protocol
+
+    def paragraphs(ex: list, split: TF.Split) -> list:
+        if split.paragraphs is None:
+            return ex
+        a, b = split.paragraphs
+        return [e for e in ex if e.paragraph >= a and (b is None or e.paragraph < b)]
+
+    evals_files = _by_language(task, root, task.eval.path, "eval")
+    langs = list(evals_files)
+    train_files = [f for l in (langs if p.transfer != "zero-shot" else [""])
+                   for f in _paths(task, root, task.train.path.replace("{lang}", l), "train")]
+    full_train = {f: load_squad(f) for f in train_files}
+    train_ex = _cap([e for f in train_files for e in paragraphs(full_train[f], task.train)], p.max_train)
+    if not train_ex:
+        raise D.EvalDataError(f"{train_files[0]}: no questions left to fine-tune on after `paragraphs: "
+                              f"{_range(task.train.paragraphs)}` / max_train; fix the range")
+    pivot = next(iter(full_train.values()))
+    tests = {}
+    for l, files in evals_files.items():
+        ex = [e for f in files for e in load_squad(f)]
+        if task.parallel and [(e.id, e.paragraph) for e in ex] != [(e.id, e.paragraph) for e in pivot]:
+            raise D.EvalDataError(f"{files[0]}: question ids / paragraphs differ from {train_files[0].name}; the "
+                                  f"files of a `parallel: true` task must hold the same questions in the same "
+                                  f"paragraphs")
+        test = _cap(paragraphs(ex, task.eval), p.max_eval)
+        if not test:
+            raise D.EvalDataError(f"{files[0]}: no questions left to evaluate after `paragraphs: "
+                                  f"{_range(task.eval.paragraphs)}`; fix the range")
+        tests[l] = test
+    stride = p.stride if p.stride is not None else p.max_len // 2
+    r = finetune_qa(ctx.bb, train_ex, tests, seeds=_seeds(ctx, task), epochs=p.epochs, max_len=p.max_len,
+                    stride=stride, lr=p.lr, batch_size=p.batch_size, cache_dir=ctx.cache, progress=ctx.progress,
+                    desc=task.name)
+    text = _describe(task, stride=stride) or (f"fine-tune on {_span(task.train)}, test {_span(task.eval)}; span "
+                                              f"head, windows of {p.max_len} tokens with stride {stride}, answers ≤ "
+                                              f"{MAX_ANSWER_LEN} tokens")
+    text += ((f"; first {p.max_train} training questions" if p.max_train is not None else "")
+             + (f"; first {p.max_eval} held-out questions per language" if p.max_eval is not None else ""))
+    return {"metric": TF.METRIC_NAMES["squad"], "protocol": text, **r}
 
 
-def task_xquad_retrieval(ctx, spec):
-    from mmbert.eval.retrieval import xquad_retrieval
-
-    langs = _langs(spec, D.xquad_languages(ctx.root))
-    res = xquad_retrieval(ctx.bb, ctx.root, languages=langs, max_len=spec.max_len, progress=ctx.progress)
-    langs_out = {l: {"mean": v["q2p"], "std": 0.0, **v} for l, v in res.items()}
-    return {"metric": "accuracy@1 question → English paragraph", "languages": langs_out,
-            "protocol": "zero-shot, mean-pooled; each language's questions against the 240 English paragraphs",
-            "average": {"mean": sum(v["q2p"] for v in res.values()) / max(1, len(res)), "std": 0.0}}
-
-
-def task_xquad(ctx, spec):
-    from mmbert.eval.qa import TRAIN_PARAGRAPHS, xquad_qa
-
-    return xquad_qa(ctx.bb, ctx.root, languages=_langs(spec, D.xquad_languages(ctx.root)), seeds=ctx.seeds,
-                    epochs=spec.epochs, max_len=spec.max_len, train_paragraphs=spec.train_rows or TRAIN_PARAGRAPHS,
-                    max_train=spec.max_train, max_eval=spec.max_eval, cache_dir=ctx.cache, progress=ctx.progress)
-
-
-def task_mlm(ctx, spec):
+def run_mlm(ctx: _Ctx, task: Task) -> dict:
     from mmbert.eval.backbone import load_mlm_model
     from mmbert.eval.mlm import evaluate_mlm, spread_subset
 
     if ctx.shards_root is None:
         raise _Skip("no --shards given (held-out token shards made with the model's tokenizer)")
     model = load_mlm_model(ctx.model_path, device=ctx.bb.device)
-    langs = list(spec.languages) if spec.languages is not None else None
-    if langs is None and spec.max_languages is not None:
+    p = task.protocol
+    langs = list(task.languages) if task.languages is not None else None
+    if langs is None and p.max_languages is not None:
         from mmbert.data.shards import ShardIndex
 
         index = ShardIndex.load(ctx.shards_root)
         held = {l: index.tokens(l, "train") if index.has(l, "train") else 0
                 for l in index.languages if index.has(l, "heldout")}
-        langs = spread_subset(held, spec.max_languages)
-    res = evaluate_mlm(model, ctx.shards_root, langs, max_tokens_per_lang=spec.max_eval or 8192,
+        langs = spread_subset(held, p.max_languages)
+    res = evaluate_mlm(model, ctx.shards_root, langs, max_tokens_per_lang=p.max_tokens or 8192,
                        progress=ctx.progress)
     langs = {l: {"mean": v["accuracy"], "std": 0.0, **v} for l, v in res["languages"].items()}
-    return {"metric": "masked-token accuracy (15% masking, seed 0)", "protocol": "held-out shards",
+    return {"metric": "masked-token accuracy (15% masking, seed 0)", "protocol": _describe(task) or "held-out shards",
             "languages": langs, "tiers": res["tiers"],
             "average": {"mean": res["macro"]["accuracy"], "std": 0.0, "loss": res["macro"]["loss"]}}
 
 
-class _Skip(Exception):
-    pass
-
-
-TASKS: dict[str, tuple[Callable[[_Ctx, TaskSpec], dict], str | None]] = {
-    # name: (runner, data folder it needs)
-    "mlm": (task_mlm, None),
-    "sib200": (task_sib200, "sib200"),
-    "sib200-retrieval": (task_sib200_retrieval, "sib200"),
-    "tatoeba": (task_tatoeba, "tatoeba"),
-    "xnli": (task_xnli, "xnli"),
-    "pawsx": (task_pawsx, "pawsx"),
-    "wikiann": (task_wikiann, "wikiann"),
-    "udpos": (task_udpos, "ud"),
-    "sst2": (task_sst2, "glue/sst2"),
-    "nusax": (task_nusax, "nusax"),
-    "xquad-retrieval": (task_xquad_retrieval, "xquad"),
-    "xquad": (task_xquad, "xquad"),
+RUNNERS: dict[str, Callable[[_Ctx, Task], dict]] = {
+    "sequence-classification": run_classification,
+    "pair-classification": run_classification,
+    "token-classification": run_classification,
+    "multiple-choice": run_classification,
+    "extractive-qa": run_qa,
+    "bitext-retrieval": run_bitext,
+    "mlm": run_mlm,
 }
 
 
@@ -352,22 +584,33 @@ TASKS: dict[str, tuple[Callable[[_Ctx, TaskSpec], dict], str | None]] = {
 def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: str | os.PathLike | None = None,
               out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None,
               shards_root: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
-              task_specs: Sequence[TaskSpec] | None = None, device: str | None = None,
+              task_specs: Sequence[TaskSpec | Task | InvalidTask] | None = None,
+              task_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str | None = None,
               tokenizer: str | os.PathLike | None = None, progress: bool = True, plots: bool = True) -> dict:
-    """Run a suite on one model directory; write results.json, results.md, plots/; return the results.
+    """Run a suite (or task files) on one model directory; write results.json, results.md, plots/; return
+    the results.
 
-    seeds: fine-tuning seeds (default: (0,) for quick, (0, 1, 2) for full); results are mean ± std.
-    tasks: run only these task names of the suite; task_specs: replace the suite entirely.
-    tokenizer: tokenizer directory for a model directory that has none (e.g. a training checkpoint).
+    seeds: fine-tuning seeds (default: (0,) for quick and task files, (0, 1, 2) for full); results are
+    mean ± std; a task's own `protocol.seeds` wins. tasks: run only these task names.
+    task_file: one or more task files (docs/eval.md) run instead of the suite; task_specs: Task /
+    TaskSpec objects run instead of the suite. tokenizer: tokenizer directory for a model directory
+    that has none (e.g. a training checkpoint).
     """
     t_start, c_start = time.perf_counter(), time.process_time()
-    specs = list(task_specs) if task_specs is not None else suite_tasks(suite)
+    if task_file is not None:
+        files = [task_file] if isinstance(task_file, (str, os.PathLike)) else list(task_file)
+        specs: list = [t for f in files for t in TF.load_task_file(f, data_dir=data_dir)]
+        suite = ",".join(str(f) for f in files)
+    elif task_specs is not None:
+        specs = [s.to_task() if isinstance(s, TaskSpec) else s for s in task_specs]
+    else:
+        specs = suite_tasks(suite)
     if tasks is not None:
-        unknown = set(tasks) - set(TASKS)
+        unknown = set(tasks) - {s.name for s in specs}
         if unknown:
-            raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {sorted(TASKS)}")
+            raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {sorted(s.name for s in specs)}")
         specs = [s for s in specs if s.name in tasks]
-    seeds = tuple(seeds) if seeds is not None else ((0,) if suite == "quick" else (0, 1, 2))
+    seeds = tuple(seeds) if seeds is not None else ((0, 1, 2) if suite == "full" else (0,))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -379,9 +622,8 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
                         role="the model's tokenizer")
     bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
     root = D.resolve_data_dir(data_dir)
-    have = D.available(root)
     log = lambda msg: tqdm.write(msg, file=sys.stderr) if progress else None  # noqa: E731
-    if not root.is_dir():
+    if not root.is_dir() and any(isinstance(s, Task) and s.base is None and s.type != "mlm" for s in specs):
         log(f"eval data directory {root} not found: data tasks skipped "
             f"(pass --data-dir or set ${D.ENV_VAR})")
     ctx = _Ctx(bb=bb, root=root, seeds=seeds, cache=out / "cache", progress=progress,
@@ -391,21 +633,24 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         "data_dir": str(root), "device": str(device), "torch": torch.__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": {}}
     for spec in tqdm(specs, desc=f"eval {suite}", disable=not progress):
-        fn, folder = TASKS[spec.name]
         t0, c0 = time.perf_counter(), time.process_time()
-        if folder is not None and not have[folder]:
-            r = {"skipped": f"data folder {folder}/ absent"}
-            if root.is_dir():
-                log(f"{spec.name}: skipped, {root / folder} not found")
+        if isinstance(spec, InvalidTask):
+            r = {"error": spec.error}
+            log(f"error: {spec.error}")
+        elif spec.requires is not None and not (_root(ctx, spec) / spec.requires).is_dir():
+            r = {"skipped": f"data folder {spec.requires}/ absent"}
+            if _root(ctx, spec).is_dir():
+                log(f"{spec.name}: skipped, {_root(ctx, spec) / spec.requires} not found")
         else:
             try:
-                r = fn(ctx, spec)
+                r = RUNNERS[spec.type](ctx, spec)
             except _Skip as e:
                 r = {"skipped": str(e)}
                 log(f"{spec.name}: skipped, {e}")
-            except (D.EvalDataError, D.EvalDataMissing) as e:
-                r = {"error": str(e)}
-                log(f"{spec.name}: error: {e}")
+            except (D.EvalDataError, D.EvalDataMissing, TaskError) as e:
+                msg = str(e) if str(e).startswith("task ") else f"task {spec.name!r}: {e}"
+                r = {"error": msg}
+                log(f"error: {msg}")
         r["seconds"] = round(time.perf_counter() - t0, 1)
         # CPU time of this process (all its threads): on a shared machine, the wall clock on an idle one
         # lies between cpu_seconds / threads and cpu_seconds

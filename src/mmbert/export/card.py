@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, published_name
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def write_card_files(path: str | Path, config: dict[str, Any], info: CardInfo | 
     path = Path(path)
     info = info or CardInfo()
     files = sentence_transformers_files(config, info.pooling)
-    files["README.md"] = render_card(info, config, path.resolve().name)
+    files["README.md"] = render_card(info, config, published_name(path.resolve()))
     for name, text in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path / name, text)

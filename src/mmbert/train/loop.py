@@ -515,8 +515,10 @@ def _progress(enabled: bool, total: int, initial: int, track: str):
         return None
     from tqdm.auto import tqdm
 
+    # smoothing=0: the ETA uses the average rate since this launch, not the last few steps (which swing
+    # with batch-size warm-up, periodic evaluation and checkpoints, giving estimates off by hours)
     return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=f"pretrain[{track}]",
-                dynamic_ncols=True)
+                dynamic_ncols=True, smoothing=0)
 
 
 def _evaluate(model, data: Path, recipe: Recipe, phases: Sequence[Phase], track: str, p: Phase,
@@ -536,7 +538,7 @@ def _evaluate(model, data: Path, recipe: Recipe, phases: Sequence[Phase], track:
     if not langs:
         return
     tiers = [(ph.name, ph.languages if isinstance(ph.languages, str) else list(ph.languages))
-             for ph in recipe.phases] + [("rest", "all")]
+             for ph in recipe.phases] + [("decay-only", "all")]  # the tier names the demo report uses
     devices = [d.device.index] if d.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         res = evaluate_mlm(model, data, langs, max_tokens_per_lang=recipe.eval_tokens_per_lang, seed=0,

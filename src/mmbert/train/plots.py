@@ -11,6 +11,7 @@ throughput.png  training tokens/s over tokens
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -87,8 +88,13 @@ def make_plots(run: str | os.PathLike) -> list[Path]:
 
     if evals:
         tracks = sorted({r["track"] for r in evals}, key=lambda t: (t != "main", t))
-        fig, axes = plt.subplots(1, len(tracks), figsize=(5 * len(tracks), 4.5), squeeze=False, sharey=True)
-        for ax, track in zip(axes[0], tracks):
+        # at most two panels a row, so the figure stays readable at a page's width (≈1000 px)
+        ncols = min(2, len(tracks))
+        nrows = math.ceil(len(tracks) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False, sharey=True)
+        for ax in axes.flat[len(tracks):]:
+            ax.set_visible(False)
+        for ax, track in zip(axes.flat, tracks):
             series: dict[str, list[tuple[float, float]]] = defaultdict(list)
             tier_of = {}
             for r in evals:
@@ -106,8 +112,9 @@ def make_plots(run: str | os.PathLike) -> list[Path]:
                     ax.plot(xs, ys, lw=0.4, alpha=0.35, color=colors.get(tier_of[lang], "grey"))
             ax.set_title(f"held-out MLM loss (15% mask) — {track}")
             ax.legend(fontsize=8, title="tier")
-        axes[0][0].set_ylabel("loss")
-        finish(fig, list(axes[0]), "heldout.png")
+        for row in axes:
+            row[0].set_ylabel("loss")
+        finish(fig, list(axes.flat[:len(tracks)]), "heldout.png")
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     for key, ax in zip(("lr", "mask_rate", "temperature", "seq_len"), axes.flat):
