@@ -110,6 +110,103 @@ def test_unknown_language_and_missing_tokenizer(setup, tmp_path):
         prepare_shards(corpus, tmp_path / "nope", tmp_path / "s", progress=False)
 
 
+# ----------------------------------------------------------------------------- streaming prepare
+def _old_prepare(corpus_dir, tok, out, heldout_fraction):
+    """The previous implementation, kept as the oracle: a language's documents in one list,
+    tokenized whole, split by position."""
+    from mmbert.corpus.byo import open_corpus
+    from mmbert.data.shards import ShardWriter
+
+    corpus = open_corpus(corpus_dir)
+    for lang in corpus.languages:
+        docs = list(corpus.documents(lang))
+        held = set(heldout_indices(len(docs), heldout_fraction))
+        if not docs:
+            continue
+        with ShardWriter(out, lang, "train", "uint16") as tr:
+            hw = ShardWriter(out, lang, "heldout", "uint16") if held else None
+            for i, ids in enumerate(tok.encode_batch(docs, add_special_tokens=False)):
+                (hw if i in held else tr).add(ids)
+            if hw:
+                hw.close()
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.suffix in (".tokens", ".offsets")}
+
+
+@pytest.fixture(scope="module")
+def big_corpus(setup):
+    """Several files per language, long single-line documents with runs of spaces, digits, emoji."""
+    root, corpus = setup
+    big = root / "big"
+    rng = np.random.default_rng(0)
+    words = ["Würde", "frei", "12345", "  ", "😀", "gleich", "Rechten", "<mask>", " <mask>", "x" * 30, "\t", "a", "\n"]
+    for lang, n_files in (("deu_Latn", 3), ("rus_Cyrl", 2)):
+        (big / lang).mkdir(parents=True)
+        for f in range(n_files):
+            docs = [" ".join(rng.choice(words, size=int(rng.integers(1, 400)))) for _ in range(int(rng.integers(5, 30)))]
+            (big / lang / f"{f}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n"
+                                                           for d in docs), encoding="utf-8")
+    return root, big
+
+
+def test_long_documents_cut_before_spaces_give_the_same_ids(setup):
+    from mmbert.data.prepare import safe_cut_before, split_document
+
+    root, _ = setup
+    tok = load_tokenizer(root / "tok")
+    assert safe_cut_before(tok) == " "
+    text = "Alle  Menschen 1234 sind😀 frei <mask> und  gleich an Würde und Rechten geboren. " * 40
+    pieces = split_document(text, 37, " ")
+    assert len(pieces) > 20 and "".join(pieces) == text
+    assert [i for p in pieces for i in tok.encode(p, add_special_tokens=False)] == tok.encode(text, add_special_tokens=False)
+    assert split_document("ohne_leerzeichen" * 10, 7, " ") == ["ohne_leerzeichen" * 10]  # no cut: whole
+
+
+def test_streaming_output_identical_to_the_one_list_implementation(big_corpus, tmp_path, monkeypatch):
+    """Tiny pieces (every long document cut many times) and tiny copy slices: the shards are byte
+    for byte those of tokenizing each language's documents in one list."""
+    import mmbert.data.prepare as P
+
+    root, big = big_corpus
+    _old_prepare(big, load_tokenizer(root / "tok"), tmp_path / "old", 0.1)
+    monkeypatch.setattr(P, "COPY_TOKENS", 50)
+    monkeypatch.setattr(P, "BATCH_CHARS", 300)
+    prepare_shards(big, root / "tok", tmp_path / "new", workers=1, heldout_fraction=0.1, progress=False,
+                   piece_chars=40)
+    old, new = _files(tmp_path / "old"), _files(tmp_path / "new")
+    assert old == new and len(old) == 8
+    assert not list((tmp_path / "new").rglob(".parts"))  # parts removed once a language is split
+
+
+def test_resume_after_a_kill_redoes_only_what_was_not_finished(big_corpus, tmp_path, monkeypatch):
+    import mmbert.data.prepare as P
+
+    root, big = big_corpus
+    prepare_shards(big, root / "tok", tmp_path / "clean", workers=1, heldout_fraction=0.1, progress=False)
+    real_split, real_tok = P._split_language, P._tokenize_file
+
+    def killed(lang, nfiles, args):  # the kill: after every file was tokenized, while splitting rus_Cyrl
+        if lang == "rus_Cyrl":
+            raise KeyboardInterrupt
+        return real_split(lang, nfiles, args)
+
+    monkeypatch.setattr(P, "_split_language", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards(big, root / "tok", tmp_path / "run", workers=1, heldout_fraction=0.1, progress=False)
+    assert (tmp_path / "run" / "deu_Latn" / ".done.json").is_file()
+    assert not (tmp_path / "run" / "rus_Cyrl" / ".done.json").exists()
+    monkeypatch.setattr(P, "_split_language", real_split)
+    encoded = []
+    monkeypatch.setattr(P._STATE["tok"].__class__, "encode_batch",
+                        lambda self, texts, add_special_tokens=True: encoded.append(len(texts)) or
+                        [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)])
+    prepare_shards(big, root / "tok", tmp_path / "run", workers=1, heldout_fraction=0.1, progress=False)
+    assert encoded == []  # deu_Latn was done; rus_Cyrl's parts were done: nothing tokenized again
+    assert _files(tmp_path / "run") == _files(tmp_path / "clean")
+
+
 def test_shards_remember_their_tokenizer(setup, tmp_path):
     """A byte copy in the shard directory, its sha256 in index.json; a tokenizer swapped since (same
     vocabulary size) is an error naming both files at pretrain and eval time."""

@@ -81,7 +81,10 @@ class ShardWriter:
         self.offsets_path = self.dir / f"{split}.offsets"
         fd, self._tmp_tokens = tempfile.mkstemp(dir=self.dir, prefix=f".{split}.tokens.", suffix=".tmp")
         self._f = os.fdopen(fd, "wb")
-        self._offsets: list[int] = [0]
+        # offsets go to their own temp file as they come (memory stays flat for any number of docs)
+        fd, self._tmp_offsets = tempfile.mkstemp(dir=self.dir, prefix=f".{split}.offsets.", suffix=".tmp")
+        self._off_f = os.fdopen(fd, "wb")
+        self._off_f.write(np.zeros(1, np.uint64).tobytes())
         self._max = np.iinfo(self.dtype).max
         self.tokens = 0
         self.docs = 0
@@ -105,8 +108,31 @@ class ShardWriter:
         self._f.write(a.astype(self.dtype, copy=False).tobytes())
         self.tokens += int(a.size)
         self.docs += 1
-        self._offsets.append(self.tokens)
+        self._off_f.write(np.uint64(self.tokens).tobytes())
         return True
+
+    def add_many(self, ids: np.ndarray, lengths: np.ndarray) -> int:
+        """Append consecutive documents at once: `ids` holds them back to back, `lengths` their
+        sizes (empty ones are skipped, as in `add`). The same files as `add` per document;
+        returns the number of documents stored."""
+        if self.closed:
+            raise ShardError(f"ShardWriter for {self.lang}/{self.split} is already closed")
+        a, n = np.asarray(ids), np.asarray(lengths, dtype=np.uint64)
+        if a.ndim != 1 or int(n.sum()) != a.size:
+            raise ShardError(f"add_many: lengths sum to {int(n.sum())} but there are {a.size} ids")
+        if a.size:
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ShardError(f"token ids must be integers, got dtype {a.dtype}")
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi > self._max:
+                raise ShardError(f"token id out of range [{lo}, {hi}] for dtype {self.dtype.name}; "
+                                 f"write the shards with dtype='uint32' for vocabularies above 65,536")
+            self._f.write(a.astype(self.dtype, copy=False).tobytes())
+        n = n[n > 0]
+        self._off_f.write((self.tokens + np.cumsum(n, dtype=np.uint64)).astype(np.uint64).tobytes())
+        self.tokens += int(a.size)
+        self.docs += int(n.size)
+        return int(n.size)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -118,11 +144,10 @@ class ShardWriter:
         if self.closed:
             return self.counts
         self._f.close()
+        self._off_f.close()
         self.closed = True
-        fd, tmp_off = tempfile.mkstemp(dir=self.dir, prefix=f".{self.split}.offsets.", suffix=".tmp")
+        tmp_off = self._tmp_offsets
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(np.asarray(self._offsets, dtype=np.uint64).tobytes())
             os.replace(self._tmp_tokens, self.tokens_path)
             os.replace(tmp_off, self.offsets_path)
         except BaseException:
@@ -135,8 +160,10 @@ class ShardWriter:
         """Drop what was written; the final names are not touched."""
         if not self.closed:
             self._f.close()
+            self._off_f.close()
             self.closed = True
         Path(self._tmp_tokens).unlink(missing_ok=True)
+        Path(self._tmp_offsets).unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
         return self

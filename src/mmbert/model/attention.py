@@ -20,7 +20,17 @@ Backends (`plan.backend`)
   with a block-diagonal mask over the whole stream (O(N²)) and compiled FlexAttention (needs
   torch.compile per shape on CPU) — benchmarks/attention_backends.py, results in
   benchmarks/results/attention_backends_*.md.
+- "torch-varlen": torch's own FlashAttention-2 varlen kernel, `torch.nn.attention.varlen.varlen_attn`
+  (CUDA sm80+, fp16/bf16; nothing to install or build), window (w, w) on local layers. The CUDA
+  default when flash-attn is not usable: no host syncs per layer (the plan is built once), and it
+  is a registered custom op with a fake kernel, so torch.compile traces it without graph breaks.
+  The kernel has no attention dropout (torch hard-codes 0.0), so dropout_p > 0 is refused.
 - "flash": flash-attn's `flash_attn_varlen_func` (CUDA, fp16/bf16), window (w, w) on local layers.
+  Optional (`pip install flash-attn`, built from source); picked by "auto" only when that
+  *function* imports — the flash-attn-4 wheel installs a `flash_attn` namespace without it.
+
+Both CUDA kernels get two distinct cu_seqlens tensors for q and k (equal values): Dynamo refuses
+the same tensor passed twice to flash-attn's autograd function (a graph break per layer).
 
 The sliding window is symmetric and inclusive: token i attends to j iff |i − j| ≤ local_attention//2
 (transformers' `sliding_window_bidirectional_overlay`).
@@ -34,22 +44,41 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("eager", "sdpa", "varlen", "flash")
+BACKENDS = ("eager", "sdpa", "varlen", "torch-varlen", "flash")
+PACKED_BACKENDS = ("varlen", "torch-varlen", "flash")
 
 
 def flash_attn_available() -> bool:
+    """flash-attn's varlen *function* imports (not just a package named flash_attn) and CUDA is up."""
     try:
-        import flash_attn  # noqa: F401
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
     except Exception:
         return False
     return torch.cuda.is_available()
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """'auto' → flash on CUDA with half precision when flash-attn is installed, else varlen."""
+def torch_varlen_available(device: torch.device | None = None) -> bool:
+    """torch's FA2 varlen kernel can run here: the API exists, torch was built with flash
+    attention, and the GPU is Ampere (sm80) or newer."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except Exception:
+        return False
+    if not torch.cuda.is_available() or not torch.backends.cuda.is_flash_attention_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0) -> str:
+    """'auto' → on CUDA with half precision: flash when flash-attn's function imports, else
+    torch-varlen when torch's kernel runs on this GPU (and no attention dropout is asked for);
+    otherwise (CPU, fp32) varlen."""
     if name == "auto":
-        if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
-            return "flash"
+        if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            if flash_attn_available():
+                return "flash"
+            if dropout_p == 0 and torch_varlen_available(device):
+                return "torch-varlen"
         return "varlen"
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
@@ -77,6 +106,7 @@ class AttentionPlan:
     _masks: dict = field(default_factory=dict)
     # packed layout
     cu_seqlens: torch.Tensor | None = None  # [D+1] int32
+    cu_seqlens_k: torch.Tensor | None = None  # a distinct copy for the keys (CUDA kernels), same values
     max_seqlen: int = 0
     doc_ids: torch.Tensor | None = None  # [N] long
     buckets: list = field(default_factory=list)  # [(gather_idx [d, L], valid [d, L])]
@@ -98,6 +128,8 @@ class AttentionPlan:
                    max_seqlen=int(max_seqlen))
         if backend == "varlen":
             plan._build_varlen(device)
+        else:  # flash / torch-varlen: a second tensor for the keys, built once per forward
+            plan.cu_seqlens_k = plan.cu_seqlens.clone()
         return plan
 
     def _build_varlen(self, device: torch.device) -> None:
@@ -148,10 +180,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Attention
     scale = q.shape[-1] ** -0.5
     if plan.backend == "flash":
         return _flash(q, k, v, plan, local, dropout_p, scale)
+    if plan.backend == "torch-varlen":
+        return _torch_varlen(q, k, v, plan, local, dropout_p, scale)
     if plan.packed:
         if plan.backend != "varlen":
-            raise ValueError(f"attention backend {plan.backend!r} needs a padded batch; use 'varlen' or "
-                             f"'flash' for packed (cu_seqlens) input")
+            raise ValueError(f"attention backend {plan.backend!r} needs a padded batch; use one of "
+                             f"{', '.join(PACKED_BACKENDS)} for packed (cu_seqlens) input")
         return _varlen(q, k, v, plan, local, dropout_p, scale)
     # padded: [B, T, h, d] → [B, h, T, d]
     B, T = q.shape[:2]
@@ -206,6 +240,22 @@ def _flash(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: f
         raise ValueError("the flash backend runs on packed input; call the model without backend='flash' "
                          "on padded batches (it unpads automatically)")
     window = (plan.window, plan.window) if local else (-1, -1)
-    out = flash_attn_varlen_func(q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen, plan.max_seqlen,
+    out = flash_attn_varlen_func(q, k, v, plan.cu_seqlens, plan.cu_seqlens_k, plan.max_seqlen, plan.max_seqlen,
                                  dropout_p=dropout_p, softmax_scale=scale, causal=False, window_size=window)
+    return out.reshape(q.shape[0], -1)
+
+
+def _torch_varlen(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: float) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    if not plan.packed:
+        raise ValueError("the torch-varlen backend runs on packed input; call the model without "
+                         "backend='torch-varlen' on padded batches (it unpads automatically)")
+    if dropout_p > 0:
+        raise ValueError(f"torch-varlen has no attention dropout (got attention_dropout={dropout_p}); "
+                         f"set attention_dropout=0 or use backend 'flash' or 'varlen'")
+    # FA2 window (left, right): key j is seen by query i iff i - left <= j <= i + right, i.e. |i - j| <= w
+    window = (plan.window, plan.window) if local else (-1, -1)
+    out = varlen_attn(q, k, v, plan.cu_seqlens, plan.cu_seqlens_k, plan.max_seqlen, plan.max_seqlen,
+                      scale=scale, window_size=window)
     return out.reshape(q.shape[0], -1)

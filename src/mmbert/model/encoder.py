@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmbert.model.attention import AttentionPlan, attention, resolve_backend
+from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.config import EncoderConfig
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
@@ -233,7 +234,8 @@ class Encoder(PreTrainedMixin, nn.Module):
         """Hidden states in the input's layout, plus the layout (for heads that pool or unpad)."""
         dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
             input_ids.device.type) else self.embeddings.tok_embeddings.weight.dtype
-        backend = resolve_backend(backend or self.attn_backend, input_ids.device, dtype)
+        backend = resolve_backend(backend or self.attn_backend, input_ids.device, dtype,
+                                  self.config.attention_dropout if self.training else 0.0)
         layout = Layout.build(input_ids, attention_mask, cu_seqlens, max_seqlen, position_ids, backend,
                               self.config.local_attention // 2)
         x = self.embeddings(layout.tokens(input_ids))
@@ -269,7 +271,8 @@ class Layout:
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[0], device=dev) - torch.repeat_interleave(cu[:-1], lengths)
             if backend in ("eager", "sdpa"):
-                raise ValueError(f"backend {backend!r} runs padded batches; packed input needs 'varlen' or 'flash'")
+                raise ValueError(f"backend {backend!r} runs padded batches; packed input needs 'varlen', "
+                                 f"'torch-varlen' or 'flash'")
             return cls(AttentionPlan.for_packed(cu, max_seqlen, backend, window, dev), position_ids, None, None)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
@@ -345,10 +348,16 @@ class MaskedLM(PreTrainedMixin, nn.Module):
             return EncoderOutput(last_hidden_state=hidden, logits=self.decoder(self.head(hidden)))
         # sparse prediction: decode only the labelled positions
         keep = labels != -100
-        logits = self.decoder(self.head(hidden[keep]))
+        h = self.head(hidden[keep])
         targets = labels[keep]
-        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         n = int(targets.numel())
+        if torch.is_grad_enabled():
+            # training: chunked fused decoder + CE (model/loss.py), no [masked, vocab] logits kept;
+            # logits are not returned
+            loss_sum = linear_cross_entropy(h, self.decoder.weight, self.decoder.bias, targets)
+            return EncoderOutput(loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_labelled=n)
+        logits = self.decoder(h)
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         return EncoderOutput(logits=logits, loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_labelled=n)
 
 

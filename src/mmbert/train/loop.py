@@ -6,7 +6,8 @@
 
 `train()` runs the recipe's main phases (pretrain → mid) as the "main" track, then every decay
 variant as its own track that starts from the main track's final checkpoint. Each step: schedule
-values from the phase and the tokens seen in it (schedules.py) → micro-batches from the loader →
+values from the phase and the tokens seen in it (schedules.py) → micro-batches from the loader
+(made by a background thread while the previous step computed; same calls, same order) →
 `train_step` (accumulation, loss / global masked-token count, clip, StableAdamW). At marked points:
 metrics.jsonl, per-language held-out MLM eval, checkpoints (atomic, keep-last-K, phase ends kept),
 a Hugging Face export at each phase end. A non-finite loss stops the run with the last good
@@ -156,6 +157,28 @@ def flops_per_token(cfg: EncoderConfig, seq_len: int, mask_rate: float) -> float
     return 6.0 * (dense + decoder) + 12.0 * h * ctx
 
 
+def step_flops(cfg: EncoderConfig, micro_batches: Sequence[dict[str, Any]], masked_tokens: int) -> float:
+    """Training FLOPs this rank actually ran useful work for in one step, from the packed documents'
+    real lengths (padding segments excluded): 6·(non-embedding params) per real token, 6·h·V per
+    masked token (sparse decoder), and attention 12·h per attended (query, key) pair per layer —
+    n² pairs for a document of n tokens on a global layer, ≈ n·(2w+1) on a local one (half window
+    w). Counting global attention over the full seq_len instead overstates it whenever documents are
+    shorter than the row (at seq 8192, about a third of those FLOPs never run)."""
+    h, L = cfg.hidden_size, cfg.num_hidden_layers
+    dense = cfg.num_parameters(include_embeddings=False, head="mlm") - (cfg.vocab_size if cfg.decoder_bias else 0)
+    w = cfg.local_attention // 2
+    n_global = sum(cfg.is_global_layer(i) for i in range(L))
+    tokens = pairs = 0
+    for b in micro_batches:
+        n = np.diff(b["cu_seqlens"].numpy()).astype(np.float64)
+        if "doc_lang" in b:
+            n = n[b["doc_lang"].numpy() >= 0]  # drop the padding segments
+        tokens += n.sum()
+        local = np.where(n <= w, n * n, n * (2 * w + 1) - w * (w + 1))
+        pairs += n_global * (n * n).sum() + (L - n_global) * local.sum()
+    return 6.0 * dense * tokens + 6.0 * h * cfg.vocab_size * masked_tokens + 12.0 * h * pairs
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of known GPUs; $MMBERT_PEAK_FLOPS overrides (e.g. for a CPU)."""
     if os.environ.get("MMBERT_PEAK_FLOPS"):
@@ -204,6 +227,50 @@ class _Stream:
         """At a phase boundary: new language set, τ, mask rate, sequence length."""
         self.loader.set_phase(**self.params(p))
         self.phase = p
+
+    # The loader runs beside the step: while step k computes, a background thread makes step k+1's
+    # micro-batches (numpy, which releases the GIL for its array work). The calls reaching the
+    # loader, and their order, are exactly those of a synchronous loop, so batches, losses and
+    # resume are unchanged; the checkpoint stores the loader state taken right after the batches
+    # of the step it belongs to (`state_after`), not the prefetched position.
+    pending: Any = None  # ((phase name, rows), Future of (micro-batches, loader state after them))
+    state_after: dict[str, Any] | None = None
+    _pool: Any = None
+
+    def batches(self, p: Phase, rows: int) -> list[dict[str, Any]]:
+        """This step's micro-batches: the prefetched ones when they are for this (phase, rows),
+        else made now (first step, or after a phase switch)."""
+        if self.pending is not None and self.pending[0] == (p.name, rows):
+            micro, self.state_after = self.pending[1].result()
+            self.pending = None
+            return micro
+        self.drop_pending()
+        micro = self.step_batches(p, rows)
+        self.state_after = self.loader.state_dict()
+        return micro
+
+    def prefetch(self, p: Phase, rows: int) -> None:
+        """Start making the next step's micro-batches in the background."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmbert-loader")
+        self.pending = ((p.name, rows), self._pool.submit(lambda: (self.step_batches(p, rows),
+                                                                   self.loader.state_dict())))
+
+    def drop_pending(self) -> None:
+        """Discard a prefetch that will not be used and rewind the loader to before it."""
+        if self.pending is not None:
+            self.pending[1].exception()  # wait for it (an error in it does not matter: discarded)
+            self.pending = None
+            if self.state_after is not None:
+                self.loader.load_state_dict(self.state_after)
+
+    def close(self) -> None:
+        self.drop_pending()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def step_batches(self, p: Phase, rows: int) -> list[dict[str, Any]]:
         """The micro-batches of one step of `rows` GLOBAL rows (a multiple of world_size): chunks of
@@ -361,7 +428,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     # No probing of other counts mid-run: a changed count may round CPU reductions differently, and
     # exact resume needs the same arithmetic; on 2 shared cores the start count kept 97% of its
     # speed next to a busy process against 81% with probing (benchmarks/results/shared_cores_*)
-    cpu_threads = ThreadPolicy(threads, probe=False) if d.device.type == "cpu" else None
+    if d.device.type == "cpu":
+        ThreadPolicy(threads, probe=False)
     peak = peak_flops(d.device)
     inner = unwrap(model)
     total = sum(p.tokens for p in phases)
@@ -369,75 +437,86 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     bar = _progress(progress and d.is_main, total, done_before, track)
     last_loss = None
     applied: Phase | None = None
-    while state["phase"] < len(phases):
-        p = phases[state["phase"]]
-        if applied is not p:  # phase start (or resume inside it): θ, languages, τ, mask, seq len
-            inner.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
-            inner.set_attention_output_dropout(inner.config.attention_dropout if p.attention_output_dropout is None
-                                               else p.attention_output_dropout)
-            if stream.phase is not p:
-                stream.switch(p)
-            applied = p
-        t = state["phase_tokens"]
-        w = d.world_size  # global rows: the recipe's batch, in whole rows per rank
-        rows = batch_rows_at(p, t, granularity=w)
-        left_rows = math.ceil((p.tokens - t) / p.seq_len)
-        rows = min(rows, math.ceil(left_rows / w) * w)  # do not overshoot the phase's budget
-        lr = lr_at(p, t) * lr_scale  # exact when 1.0 (x * 1.0 == x)
-        set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
-        t0 = time.perf_counter()  # tokens/s below includes producing the batches
-        micro = stream.step_batches(p, rows)
-        stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
-        dt = time.perf_counter() - t0
-        if cpu_threads is not None:
-            cpu_threads.update(rows * p.seq_len, dt)
-        step_tokens = rows * p.seq_len
-        state["step"] += 1
-        state["phase_tokens"] += step_tokens
-        state["tokens"] += step_tokens
-        if stats.skipped and stats.num_items > 0:
-            raise _diverged(f"{track}/{p.name}: loss {stats.loss} / grad norm {stats.grad_norm} is not finite "
-                            f"at step {state['step']}", ck_root, init_from, lr_scale)
-        tps = step_tokens / dt
-        mfu = (flops_per_token(inner.config, p.seq_len, p.mask_rate) * tps / peak) if peak else None
-        last_loss = stats.loss
-        metrics.log({"type": "train", "track": track, "phase": p.name, "step": state["step"],
-                     "tokens": state["tokens"], "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
-                     "mask_rate": mask_rate_at(p, t), "temperature": temperature_at(p, t), "seq_len": p.seq_len,
-                     "batch_rows": rows, "masked_tokens": stats.num_items, "tokens_per_s": tps, "mfu": mfu,
-                     "theta_global": p.global_rope_theta})
-        if bar is not None:
-            bar.update(step_tokens)
-            if state["step"] % recipe.log_every_steps == 0:
-                bar.set_postfix(phase=p.name, loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
-                                mfu=f"{mfu:.1%}" if mfu is not None else "-")
-        phase_end = state["phase_tokens"] >= p.tokens
-        if phase_end:
-            state["phase"] += 1
-            state["phase_tokens"] = 0
-        crossed = lambda every: state["tokens"] // every > (state["tokens"] - step_tokens) // every  # noqa: E731
-        if do_eval and (phase_end or crossed(recipe.eval_every_tokens)):
-            _evaluate(inner, data, recipe, phases, track, p, state, metrics, d, counts)
-        if stop_at_step is not None and state["step"] >= stop_at_step:
+    try:
+        while state["phase"] < len(phases):
+            p = phases[state["phase"]]
+            if applied is not p:  # phase start (or resume inside it): θ, languages, τ, mask, seq len
+                inner.set_rope_theta(p.global_rope_theta, p.local_rope_theta)
+                inner.set_attention_output_dropout(inner.config.attention_dropout if p.attention_output_dropout is None
+                                                   else p.attention_output_dropout)
+                if stream.phase is not p:
+                    stream.switch(p)
+                applied = p
+            t = state["phase_tokens"]
+            rows = _step_rows(p, t, d.world_size)
+            lr = lr_at(p, t) * lr_scale  # exact when 1.0 (x * 1.0 == x)
+            set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
+            t0 = time.perf_counter()  # tokens/s below includes waiting for the batches
+            micro = stream.batches(p, rows)
+            t_next = t + rows * p.seq_len
+            if t_next < p.tokens and (stop_at_step is None or state["step"] + 1 < stop_at_step):
+                stream.prefetch(p, _step_rows(p, t_next, d.world_size))  # overlaps the step below
+            stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
+            dt = time.perf_counter() - t0
+            step_tokens = rows * p.seq_len
+            state["step"] += 1
+            state["phase_tokens"] += step_tokens
+            state["tokens"] += step_tokens
+            if stats.skipped and stats.num_items > 0:
+                raise _diverged(f"{track}/{p.name}: loss {stats.loss} / grad norm {stats.grad_norm} is not finite "
+                                f"at step {state['step']}", ck_root, init_from, lr_scale)
+            tps = step_tokens / dt
+            # this rank's useful FLOPs (its own documents and masked tokens) over its own peak
+            masked_here = sum(int(b["num_masked"]) for b in micro)
+            mfu = (step_flops(inner.config, micro, masked_here) / dt / peak) if peak else None
+            last_loss = stats.loss
+            metrics.log({"type": "train", "track": track, "phase": p.name, "step": state["step"],
+                         "tokens": state["tokens"], "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
+                         "mask_rate": mask_rate_at(p, t), "temperature": temperature_at(p, t), "seq_len": p.seq_len,
+                         "batch_rows": rows, "masked_tokens": stats.num_items, "tokens_per_s": tps, "mfu": mfu,
+                         "theta_global": p.global_rope_theta})
             if bar is not None:
-                bar.close()
-            return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss, "stopped": True}
-        if phase_end or crossed(recipe.checkpoint_every_tokens):
-            try:
-                ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer,
-                                     train_state={**state, "lr_scale": lr_scale},
-                                     loader_state=stream.loader.state_dict(), run_config=run_config,
-                                     keep_last=keep_last, keep=phase_end, write=d.is_main)
-            except ckpt.NonFiniteWeights as e:
-                raise _diverged(f"{track}/{p.name}: {e}", ck_root, init_from, lr_scale) from None
-            # kill here (phase end): the export is re-made from this checkpoint on resume
+                bar.update(step_tokens)
+                if state["step"] % recipe.log_every_steps == 0:
+                    bar.set_postfix(phase=p.name, loss=f"{stats.loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+                                    mfu=f"{mfu:.1%}" if mfu is not None else "-")
+            phase_end = state["phase_tokens"] >= p.tokens
             if phase_end:
-                _export(model, inner, out / "export" / p.name, d, tokenizer,
-                        card=_phase_card(recipe, phases[:state["phase"]], counts, state["tokens"]))
-            barrier(d)
-    if bar is not None:
-        bar.close()
-    return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss}
+                state["phase"] += 1
+                state["phase_tokens"] = 0
+            crossed = lambda every: state["tokens"] // every > (state["tokens"] - step_tokens) // every  # noqa: E731
+            if do_eval and (phase_end or crossed(recipe.eval_every_tokens)):
+                _evaluate(inner, data, recipe, phases, track, p, state, metrics, d, counts)
+            if stop_at_step is not None and state["step"] >= stop_at_step:
+                if bar is not None:
+                    bar.close()
+                return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss, "stopped": True}
+            if phase_end or crossed(recipe.checkpoint_every_tokens):
+                try:
+                    ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer,
+                                         train_state={**state, "lr_scale": lr_scale},
+                                         loader_state=stream.state_after, run_config=run_config,
+                                         keep_last=keep_last, keep=phase_end, write=d.is_main)
+                except ckpt.NonFiniteWeights as e:
+                    raise _diverged(f"{track}/{p.name}: {e}", ck_root, init_from, lr_scale) from None
+                # kill here (phase end): the export is re-made from this checkpoint on resume
+                if phase_end:
+                    _export(model, inner, out / "export" / p.name, d, tokenizer,
+                            card=_phase_card(recipe, phases[:state["phase"]], counts, state["tokens"]))
+                barrier(d)
+        if bar is not None:
+            bar.close()
+        return {"step": state["step"], "tokens": state["tokens"], "loss": last_loss}
+    finally:
+        stream.close()  # the background loader thread
+
+
+def _step_rows(p: Phase, t: int, w: int) -> int:
+    """Global rows of the step starting at `t` tokens into phase p: the recipe's batch (warm-up
+    included) in whole rows per rank, not overshooting the phase's budget."""
+    rows = batch_rows_at(p, t, granularity=w)
+    left_rows = math.ceil((p.tokens - t) / p.seq_len)
+    return min(rows, math.ceil(left_rows / w) * w)
 
 
 def _progress(enabled: bool, total: int, initial: int, track: str):

@@ -10,6 +10,12 @@ following its schedule — the convention of ModernBERT's DecoupledAdamW, where 
 8e-5 are meaningful per step. Norm weights and biases (every parameter with fewer than two
 dimensions, which includes the embedding LayerNorm) get no weight decay; embedding and projection
 matrices do.
+
+Implementation: `triton=None` lets torch-optimi pick its fused Triton kernels where they run (CUDA
+with bf16 support and Triton installed: one kernel per parameter, no host syncs for the update
+clipping), else its foreach path, else the per-tensor loop — which is what runs on CPU (Triton
+kernels are CUDA/XPU only), so CPU numerics are unchanged. benchmarks/gpu_check.py records the
+implementation chosen on the GPU.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: 
     schedule will reach (the reference for fully decoupled decay), default `lr`."""
     return StableAdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
                        weight_decay=weight_decay, decouple_lr=True, max_lr=max_lr or lr,
-                       foreach=None, triton=False)
+                       foreach=None, triton=None)
 
 
 def set_lr_and_weight_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -10,6 +10,24 @@ CPU — or returns a one-process `Dist` when not launched by torchrun. `parallel
 built model: FSDP2 shards each encoder layer and the root (tied embedding/decoder stay in the root
 group), DDP replicates, and torch.compile (optional) compiles each layer before wrapping, so the
 parameter names seen by checkpoints stay the single-device names.
+
+Precision is the same model under DDP and FSDP2. DDP keeps fp32 parameters and the loop's bf16
+autocast rounds matmul inputs; the residual stream, the LayerNorms and the RoPE cos/sin tables stay
+fp32. FSDP2 with bf16 parameters (`param_dtype`, default bf16 on CUDA) is set up to compute the
+same thing:
+- layers: `MixedPrecisionPolicy(param_dtype=bf16, cast_forward_inputs=False)` — the bf16 copies are
+  what autocast would make of the fp32 weights anyway, and the layer inputs (the fp32 residual
+  stream and RoPE tables) are NOT cast (FSDP2's default `cast_forward_inputs=True` casts every
+  floating-point argument of every layer to bf16, a different model from DDP's);
+- each layer's LayerNorms: their own small group with fp32 parameters (a gain of 1.003 is 1.0 in
+  bf16, whose spacing at 1 is 2⁻⁷, so bf16 copies would silently drop the norms' updates; autocast
+  runs layer_norm in fp32 with fp32 weights under DDP). One extra all-gather of 2·hidden floats
+  per layer;
+- the root (embeddings, final norm, MLM head, tied decoder): fp32 parameters, like DDP — the
+  embedding lookup, which autocast does not touch, returns the fp32 rows the residual stream
+  starts from. Costs an fp32 rather than bf16 all-gather of the embedding matrix.
+Gradients are reduced in fp32 (`reduce_dtype`). tests/train/test_precision.py checks the dtypes at
+every layer entry and equal losses under both modes (gloo, CPU, bf16 autocast).
 """
 
 from __future__ import annotations
@@ -55,8 +73,11 @@ def init_distributed(device: str | None = None) -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def parallelize(model: nn.Module, d: Dist, *, mode: str = "auto", compile: bool = False) -> nn.Module:
-    """Move to the device and wrap. mode: "auto" (DDP when world_size > 1), "none", "ddp", "fsdp"."""
+def parallelize(model: nn.Module, d: Dist, *, mode: str = "auto", compile: bool = False,
+                param_dtype: torch.dtype | None | str = "auto") -> nn.Module:
+    """Move to the device and wrap. mode: "auto" (DDP when world_size > 1), "none", "ddp", "fsdp".
+    param_dtype (FSDP2 only): dtype of the all-gathered layer weights; "auto" = bf16 on CUDA (the
+    loop autocasts to bf16 there), None = fp32 (CPU default)."""
     if mode not in ("auto", "none", "ddp", "fsdp"):
         raise ValueError(f"unknown parallel mode {mode!r}; use auto, none, ddp or fsdp")
     if mode == "auto":
@@ -71,12 +92,17 @@ def parallelize(model: nn.Module, d: Dist, *, mode: str = "auto", compile: bool 
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if d.device.type == "cuda" else None
-        kw = {"mp_policy": mp} if mp is not None else {}
+        if param_dtype == "auto":
+            param_dtype = torch.bfloat16 if d.device.type == "cuda" else None
+        full = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        half = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
         for layer in layers:
-            fully_shard(layer, **kw)
-        fully_shard(model, **kw)
+            if param_dtype is not None:
+                norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm) and any(True for _ in m.parameters())]
+                if norms:
+                    fully_shard(norms, mp_policy=full)
+            fully_shard(layer, mp_policy=half)
+        fully_shard(model, mp_policy=full)
         return model
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
