@@ -233,3 +233,22 @@ def test_checkpoint_without_tokenizer_needs_tokenizer_flag(ours_dir, fixture_dat
     res = run_suite(ckpt, "full", data_dir=fixture_data, out_dir=tmp_path / "out", tokenizer=ours_dir,
                     task_specs=[TaskSpec("tatoeba", max_eval=5)], progress=False)
     assert "average" in res["tasks"]["tatoeba"]
+
+
+def test_bare_tokenizer_json_specials_come_from_its_tokens_not_mmbert_ids(tmp_path):
+    """A directory with only tokenizer.json (no tokenizer_config): the harness names the specials by
+    the config's ids or the file's own special tokens — a BERT-style [MASK] at the end of the
+    vocabulary — never by mmBERT's ids 0–4, which are ordinary words here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mmbert.eval.backbone import load_tokenizer
+
+    vocab = {w: i for i, w in enumerate(["the", "cat", "sat", "on", "mat", "[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                         "[MASK]"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    t = load_tokenizer(tmp_path, config={})
+    assert (t.mask_token_id, t.pad_token_id, t.cls_token_id, t.sep_token_id, t.unk_token_id) == (9, 5, 7, 8, 6)
+    # the config's ids win where it names them
+    assert load_tokenizer(tmp_path, config={"pad_token_id": 0}).pad_token_id == 0

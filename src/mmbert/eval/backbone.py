@@ -56,31 +56,46 @@ def _read_config(path: Path) -> dict:
 
 
 def load_tokenizer(path: str | os.PathLike, config: dict | None = None):
-    """The directory's tokenizer: AutoTokenizer, or a bare tokenizer.json wrapped as a fast tokenizer."""
+    """The directory's tokenizer: AutoTokenizer, or a bare tokenizer.json wrapped as a fast tokenizer.
+    Special tokens it does not name are taken from the config's ids, else from the file's own special
+    tokens by their usual names — never from a guessed id (mmBERT's 0–4 are words in other vocabularies)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
     config = config if config is not None else _read_config(path)
     try:
         with _quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(path))
+            return _name_specials(AutoTokenizer.from_pretrained(str(path)), config)
     except Exception as e:  # noqa: BLE001 - fall back to a bare tokenizer.json below
         err = e
     tj = path / "tokenizer.json"
     if tj.is_file():
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(tj))
-        # mmBERT / Gemma 2 convention for ids when the file does not name its specials
-        names = {}
-        for key, default in (("pad", 0), ("unk", 3), ("mask", 4), ("cls", 2), ("sep", 1)):
-            tid = config.get(f"{key}_token_id", default)
-            tokname = tok.id_to_token(tid) if tid is not None else None
-            if tokname is not None:
-                names[f"{key}_token"] = tokname
-        return PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+        return _name_specials(PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(tj))), config)
     raise BackboneError(f"{path} has no usable tokenizer ({type(err).__name__}: {err}); save the "
                         f"tokenizer into the model directory (tokenizer.json)")
+
+
+_SPECIAL_NAMES = (("pad", ("<pad>", "[PAD]")), ("unk", ("<unk>", "[UNK]")), ("mask", ("<mask>", "[MASK]")),
+                  ("bos", ("<bos>", "[CLS]", "<s>")), ("eos", ("<eos>", "[SEP]", "</s>")))
+
+
+def _name_specials(tok, config: dict):
+    """Fill the special-token roles a transformers tokenizer leaves unset (resolution order in
+    mmbert.tokenizer.resolve_special_ids: config ids, the tokenizer's own roles, its usual names)."""
+    from mmbert.tokenizer import resolve_special_ids
+
+    vocab = tok.get_vocab()
+    named = {f"{role}_id": next(vocab[c] for c in cands if c in vocab)
+             for role, cands in _SPECIAL_NAMES if any(c in vocab for c in cands)}
+    ids = resolve_special_ids(config, tok, named)
+    missing = {f"{role}_token": tok.convert_ids_to_tokens(tid) for role, tid in
+               (("pad", ids.pad), ("unk", ids.unk), ("mask", ids.mask), ("cls", ids.cls), ("sep", ids.sep))
+               if tid is not None and getattr(tok, f"{role}_token") is None}
+    if missing:
+        tok.add_special_tokens(missing)  # existing tokens: no new ids
+    return tok
 
 
 @dataclass
