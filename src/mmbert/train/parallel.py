@@ -127,5 +127,10 @@ def barrier(d: Dist) -> None:
 
 
 def cleanup(d: Dist) -> None:
+    """Leave the process group once every rank is here: a barrier first, so no rank tears down gloo
+    while a peer still has collectives in flight (FSDP2's last reduce-scatters) — without it a fast
+    rank's exit aborted its slower peer ("terminate called without an active exception") on a busy
+    machine."""
     if d.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
