@@ -370,14 +370,9 @@ def _save_random_init(config, tok_dir: Path, path: Path, seed: int) -> None:
 
 
 def _machine(torch) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from mmbert.inference import cpu_model
+
+    cpu = cpu_model()
     mem = None
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+# module level: FastAPI resolves the route functions' string annotations (`request: Request`) here
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -249,8 +250,8 @@ class Engine:
             if blank is not None:
                 raise APIError(422, f"`{field_name}[{blank}]` is empty; every input needs some text", param=field_name)
             if self.tokenizer is None:
-                raise APIError(422, f"the served model directory has no tokenizer files, so texts cannot be "
-                                    f"encoded; send token ids or serve a directory with tokenizer.json",
+                raise APIError(422, "the served model directory has no tokenizer files, so texts cannot be "
+                                    "encoded; send token ids or serve a directory with tokenizer.json",
                                param=field_name)
             ids = [list(x) for x in self.tokenizer.encode_batch(items)]
         elif all(isinstance(x, list) for x in items):
@@ -341,11 +342,6 @@ class TEIRequest(BaseModel):
 
 
 def create_app(engine: Engine):
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
     @asynccontextmanager
     async def lifespan(app):
         engine.batcher.start()

@@ -740,7 +740,6 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
     w("")
 
     # ---- the models' scores
-    seeds_all = all_seeds
     for metric, title in METRICS.items():
         scale, digits = (1.0, 3) if metric == "loss" else (100.0, 2)
         w(f"## Scores: {title}\n")
