@@ -13,9 +13,10 @@
 # two at a time on an idle machine); scoring ≈ 15 min; corpus + tokenizer + shards ≈ 3 min, set-up
 # ≈ 2 min. The five derived arms (time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau)
 # train the decay-all track only (3.09M tokens, ≈ 11 CPU-minutes a run): 15 more runs ≈ 165
-# CPU-minutes, ≈ 85 min two at a time, plus ≈ 6 min of scoring — an estimate from the base arms'
-# per-token cost, not yet measured: the whole study is ≈ 2¾ h from scratch, ≈ 1½ h when the base
-# arms' runs exist.
+# CPU-minutes, ≈ 85 min two at a time, plus ≈ 6 min of scoring. Measured on 2026-11-30 (AMD EPYC Zen 4,
+# 2 cores, other work on the machine): the time-shuffled arm's three runs took 808–825 CPU-s each
+# and 58 min wall two-then-one at a time, scoring included. The whole study is ≈ 2¾ h from
+# scratch, ≈ 1 h when the base and time-shuffled arms' runs exist.
 # Outputs: out/ (ignored: corpus, shards, runs, checkpoints), runs/study/*.json (the run logs the
 # page is built from; commit them), docs/reproduction.md and docs/reproduction_files/*.png.
 set -euo pipefail
