@@ -99,6 +99,14 @@ class ShardWriter:
             raise ShardError(f"a document must be a 1-D array of token ids, got shape {a.shape}")
         if a.size == 0:
             return False
+        self._write_ids(a)
+        self.tokens += int(a.size)
+        self.docs += 1
+        self._off_f.write(np.uint64(self.tokens).tobytes())
+        return True
+
+    def _write_ids(self, a: np.ndarray) -> None:
+        """Check a non-empty id array (integers within the dtype) and append it to the tokens file."""
         if not np.issubdtype(a.dtype, np.integer):
             raise ShardError(f"token ids must be integers, got dtype {a.dtype}")
         lo, hi = int(a.min()), int(a.max())
@@ -106,10 +114,6 @@ class ShardWriter:
             raise ShardError(f"token id out of range [{lo}, {hi}] for dtype {self.dtype.name}; "
                              f"write the shards with dtype='uint32' for vocabularies above 65,536")
         self._f.write(a.astype(self.dtype, copy=False).tobytes())
-        self.tokens += int(a.size)
-        self.docs += 1
-        self._off_f.write(np.uint64(self.tokens).tobytes())
-        return True
 
     def add_many(self, ids: np.ndarray, lengths: np.ndarray) -> int:
         """Append consecutive documents at once: `ids` holds them back to back, `lengths` their
@@ -121,13 +125,7 @@ class ShardWriter:
         if a.ndim != 1 or int(n.sum()) != a.size:
             raise ShardError(f"add_many: lengths sum to {int(n.sum())} but there are {a.size} ids")
         if a.size:
-            if not np.issubdtype(a.dtype, np.integer):
-                raise ShardError(f"token ids must be integers, got dtype {a.dtype}")
-            lo, hi = int(a.min()), int(a.max())
-            if lo < 0 or hi > self._max:
-                raise ShardError(f"token id out of range [{lo}, {hi}] for dtype {self.dtype.name}; "
-                                 f"write the shards with dtype='uint32' for vocabularies above 65,536")
-            self._f.write(a.astype(self.dtype, copy=False).tobytes())
+            self._write_ids(a)
         n = n[n > 0]
         self._off_f.write((self.tokens + np.cumsum(n, dtype=np.uint64)).astype(np.uint64).tobytes())
         self.tokens += int(a.size)

@@ -173,19 +173,26 @@ def task_loss_fn(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torc
     return loss_sum, (labels != -100).sum()
 
 
-def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    rows = [data.ids[i] for i in index]
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] ids and attention mask of ragged token rows (every fine-tuning collate)."""
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
-    per_token = data.word_starts is not None
-    labels = (torch.full((len(rows), T), -100, dtype=torch.long) if per_token
-              else torch.tensor([data.labels[i] for i in index], dtype=torch.long))
-    for j, (i, r) in enumerate(zip(index, rows)):
+    for j, r in enumerate(rows):
         ids[j, :len(r)] = torch.as_tensor(r)
         mask[j, :len(r)] = 1
-        if per_token:
-            labels[j, :len(r)] = torch.as_tensor(data.labels[i])
+    return ids, mask
+
+
+def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    rows = [data.ids[i] for i in index]
+    ids, mask = pad_rows(rows, pad_id)
+    if data.word_starts is None:
+        labels = torch.tensor([data.labels[i] for i in index], dtype=torch.long)
+    else:  # a label per token, -100 on padding
+        labels = torch.full(ids.shape, -100, dtype=torch.long)
+        for j, i in enumerate(index):
+            labels[j, :len(rows[j])] = torch.as_tensor(data.labels[i])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -287,13 +294,7 @@ def encode_choices(bb: Backbone, examples: Sequence[ChoiceExample], *, max_len: 
 
 def choice_collate(data: ChoiceSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """[B questions × k choices] pairs, right-padded, as B·k rows; labels = the right choice per question."""
-    rows = [r for i in index for r in data.ids[i]]
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.as_tensor(r)
-        mask[j, :len(r)] = 1
+    ids, mask = pad_rows([r for i in index for r in data.ids[i]], pad_id)
     return {"input_ids": ids, "attention_mask": mask, "num_choices": torch.tensor(len(data.ids[index[0]])),
             "labels": torch.tensor([data.labels[i] for i in index], dtype=torch.long)}
 

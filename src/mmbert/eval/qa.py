@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from mmbert.eval import data as D
 from mmbert.eval.backbone import Backbone
-from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune
+from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune, pad_rows
 from mmbert.eval.metrics import mean_std, squad_scores
 
 TRAIN_PARAGRAPHS = 120  # XQuAD: paragraphs [0, 120) of the English file train, [120, 240) are tested
@@ -251,13 +251,7 @@ def build_features(bb: Backbone, examples: Sequence[QAExample], *, max_len: int 
 # ----------------------------------------------------------------------------- model
 def qa_collate(data: QAFeatures, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch of windows + start/end targets (finetune's collate_fn)."""
-    rows = [data.ids[i] for i in index]
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.as_tensor(r)
-        mask[j, :len(r)] = 1
+    ids, mask = pad_rows([data.ids[i] for i in index], pad_id)
     return {"input_ids": ids, "attention_mask": mask,
             "start_positions": torch.tensor([data.start[i] for i in index], dtype=torch.long),
             "end_positions": torch.tensor([data.end[i] for i in index], dtype=torch.long)}
