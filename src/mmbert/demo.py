@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mmbert.tokenizer import VOCAB_SIZE
 from mmbert.utils import atomic_write
 
 STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
@@ -164,11 +165,13 @@ def _training_progress(run: Path, rec, t_start: float) -> Callable[[], tuple[flo
 
 # ----------------------------------------------------------------------------- the run
 def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike = "out/corpus",
-             data_dir: str | os.PathLike | None = None, seed: int = 0, vocab_size: int = 32768,
-             recipe: str = "cpu-demo", preset: str | None = "tiny", density: float = 0.7, eval_suite: str = "quick",
+             data_dir: str | os.PathLike | None = None, seed: int = 0, vocab_size: int = VOCAB_SIZE,
+             recipe: str = "cpu-demo", preset: str | None = None, density: float = 0.7, eval_suite: str = "quick",
              sources: list[str] | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
              heartbeat: float = 60.0) -> Path:
     """Run every stage into `out`; returns the path of report.md.
+
+    preset: the model preset (None: the recipe's). density: TIES density for merging the decay variants.
 
     progress: show the overall line; nested bars only when stderr is a terminal.
     log: where lines go (default: tqdm.write, which keeps bars intact).

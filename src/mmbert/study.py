@@ -59,13 +59,15 @@ CAPPED_ARMS = tuple(a for a, (_, how) in DERIVED_ARMS.items() if how == "capped"
 RECIPE_MODELS = ("mid", "decay-eng", "decay-cont", "decay-all", "ties-merge")
 TIERS = ("pretrain", "mid", "decay-only")  # the phase of the recipe arm that introduced a language
 ENGLISH = "eng_Latn"
+LOGS = Path("runs/study")  # the committed JSON run logs the results page is written from
+PAGE = Path("docs/reproduction.md")  # the results page (plots beside it)
 
 
 @dataclass
 class StudyConfig:
     shards: Path  # token shards with a held-out split (`mmbert data prepare`)
     out: Path = Path("out/study")  # training runs and scratch (ignored by git)
-    logs: Path = Path("runs/study")  # small JSON logs (committed)
+    logs: Path = LOGS  # small JSON logs (committed)
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = ARMS
     jobs: int = 2  # training runs at a time
@@ -118,7 +120,7 @@ def _train_one(cfg: StudyConfig, arm: str, seed: int, log: Callable[[str], None]
         return
     run.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mmbert", "pretrain", "--recipe", cfg.recipe(arm), "--preset", "tiny", "--seed",
-           str(seed), "--data", str(cfg.shards_for(arm)), "--out", str(run), "--threads", str(cfg.threads),
+           str(seed), "--shards", str(cfg.shards_for(arm)), "--out", str(run), "--threads", str(cfg.threads),
            "--no-eval"]
     if (run / "run.json").is_file():
         cmd.append("--resume")
@@ -547,7 +549,7 @@ def _reading(r: dict, better: str, worse: str) -> str:
     return f"{better} better" if r["estimate"] > 0 else f"{worse} better"
 
 
-def write_report(logs: Path, out_md: Path, log: Callable[[str], None] = print) -> Path:
+def write_report(logs: Path = LOGS, out_md: Path = PAGE, log: Callable[[str], None] = print) -> Path:
     """The results page and its plots, from the logs alone."""
     data = load_logs(logs)
     text, plots = render(data, out_md.parent / (out_md.stem + "_files"), logs, out_md.parent)

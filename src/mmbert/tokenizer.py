@@ -352,7 +352,11 @@ def train_tokenizer_from_texts(texts: Iterable[str], vocab_size: int, *, min_fre
     return Tokenizer(hf, SpecialIds(pad=0, eos=1, bos=2, unk=3, mask=4))
 
 
-def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int, out_dir: str | os.PathLike | None = None, *,
+VOCAB_SIZE = 32768  # default vocabulary size of `mmbert tokenizer train` and `mmbert demo`
+
+
+def train_tokenizer(corpus_dir: str | os.PathLike, vocab_size: int = VOCAB_SIZE,
+                    out_dir: str | os.PathLike | None = None, *,
                     temperature: float = 0.3, max_chars: int = 30_000_000, seed: int = 0,
                     languages: Sequence[str] | None = None, fertility_chars: int = 20_000,
                     progress: bool = True) -> Tokenizer:

@@ -395,3 +395,20 @@ def storage_problem(exc: BaseException, default_path: str | os.PathLike | None =
             return f"cannot {verb} {path or default_path or 'the output'}: {note}{what}; {fix}"
         e = e.__cause__ or e.__context__
     return None
+
+
+# ----------------------------------------------------------------------------- dtype names
+# One dtype vocabulary for the CLI and the library: the short name is canonical (and the one help
+# texts show); the torch name is accepted too, in any case.
+DTYPE_NAMES = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+               "fp16": "fp16", "float16": "fp16"}
+
+
+def canonical_dtype(name: str, allowed: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")) -> str:
+    """`name` in any spelling of DTYPE_NAMES → its canonical name, if among `allowed`; else ValueError
+    naming the choices and their spellings."""
+    canon = DTYPE_NAMES.get(str(name).lower())
+    if canon not in allowed:
+        names = ", ".join(f"{a} ({'/'.join(k for k, v in DTYPE_NAMES.items() if v == a)})" for a in allowed)
+        raise ValueError(f"unknown dtype {name!r}; choose one of: {names}")
+    return canon

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from mmbert.data.shards import ShardIndex
 from mmbert.utils import atomic_write
 
 
@@ -312,3 +313,25 @@ def report_plans(plans: Sequence[SamplingPlan], out_dir: str | os.PathLike, *, p
         paths += pl.save(out / f"sampling_{i}_{stem}")
     paths.append(plot_plans(plans, out / "sampling.png"))
     return paths
+
+
+# mmBERT's three phases as (name, languages, τ): tier and temperature only, no budget
+PLAN_PHASES = (("pretrain", "top:60", 0.7), ("mid", "top:110", 0.5), ("decay", "all", 0.3))
+
+
+def plan_shards(shards: str | os.PathLike, out_dir: str | os.PathLike,
+                phases: Sequence[Sequence[str | float]] = PLAN_PHASES, epoch_cap: float | None = None,
+                print_fn=print) -> list[Path]:
+    """`mmbert sampling-plan`: plan each phase (NAME, LANGUAGES, TAU[, BUDGET_TOKENS]; LANGUAGES = all |
+    top:K | min:X | a,b,c, numbers as numbers or strings) on the training tokens of `shards`, then
+    `report_plans` into `out_dir`."""
+    index = ShardIndex.load(shards)
+    counts = {l: index.tokens(l) if index.has(l) else 0 for l in index.languages}
+    plans = []
+    for ph in phases:
+        if len(ph) not in (3, 4):
+            raise ValueError(f"--phase takes NAME LANGUAGES TAU [BUDGET], got {' '.join(map(str, ph))!r}")
+        name, langs = str(ph[0]), str(ph[1])
+        plans.append(plan_phase(counts, langs if langs == "all" or ":" in langs else langs.split(","), float(ph[2]),
+                                budget=float(ph[3]) if len(ph) == 4 else None, epoch_cap=epoch_cap, name=name))
+    return report_plans(plans, out_dir, print_fn=print_fn)

@@ -583,7 +583,8 @@ RUNNERS: dict[str, Callable[[_Ctx, Task], dict]] = {
 
 # ----------------------------------------------------------------------------- the runner
 def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: str | os.PathLike | None = None,
-              out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None,
+              out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None, seed: int = 0,
+              num_seeds: int | None = None,
               shards_root: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
               task_specs: Sequence[TaskSpec | Task | InvalidTask] | None = None,
               task_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str | None = None,
@@ -591,8 +592,8 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     """Run a suite (or task files) on one model directory; write results.json, results.md, plots/; return
     the results.
 
-    seeds: fine-tuning seeds (default: (0,) for quick and task files, (0, 1, 2) for full); results are
-    mean ± std; a task's own `protocol.seeds` wins. tasks: run only these task names.
+    seeds: fine-tuning seeds (default: `num_seeds` of them from `seed` on: 1 for quick and task files,
+    3 for full); results are mean ± std; a task's own `protocol.seeds` wins. tasks: run only these task names.
     task_file: one or more task files (docs/eval.md) run instead of the suite; task_specs: Task /
     TaskSpec objects run instead of the suite. tokenizer: tokenizer directory for a model directory
     that has none (e.g. a training checkpoint).
@@ -611,7 +612,11 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         if unknown:
             raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {sorted(s.name for s in specs)}")
         specs = [s for s in specs if s.name in tasks]
-    seeds = tuple(seeds) if seeds is not None else ((0, 1, 2) if suite == "full" else (0,))
+    if num_seeds is None:
+        num_seeds = 3 if suite == "full" else 1
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be ≥ 1, got {num_seeds}")
+    seeds = tuple(seeds) if seeds is not None else tuple(range(seed, seed + num_seeds))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -255,6 +255,19 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
     return model.eval()
 
 
+def export_hf(model: str | Path, out_dir: str | Path, *, head: str = "mlm", dtype: str = "fp32") -> torch.nn.Module:
+    """`mmbert export`: load `model` (ours, a transformers ModernBERT directory or a hub id) with `head`
+    and write it to `out_dir` as a Hugging Face directory with weights in `dtype` (fp32, bf16, fp16;
+    torch spellings accepted). Returns the model as written."""
+    from mmbert.utils import canonical_dtype
+
+    torch_dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[
+        canonical_dtype(dtype, ("fp32", "bf16", "fp16"))])
+    model = from_pretrained(model, head=head, dtype=torch_dtype)
+    save_pretrained(model, out_dir)
+    return model
+
+
 # ----------------------------------------------------------------------------- writing directories
 # files that must come from one save: a new save never keeps an old one beside its own
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

@@ -666,7 +666,7 @@ def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None, card: Any 
 
 # ------------------------------------------------------------------ the CLI's library call
 
-def pretrain(recipe: str, data: str | os.PathLike, out: str | os.PathLike, *, preset: str | None = None,
+def pretrain(data: str | os.PathLike, out: str | os.PathLike, *, recipe: str = "cpu-demo", preset: str | None = None,
              dry_run: bool = False, threads: int | None = None, **kwargs: Any) -> dict[str, Any] | str:
     """`mmbert pretrain`: resolve a named recipe (or recipe .json) and a model preset, size the
     vocabulary from the shards, then `train()`. dry_run returns the recipe's phase table and the
