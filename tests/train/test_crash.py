@@ -207,7 +207,7 @@ def test_divergence_is_one_line_and_lr_scale_continues_it(reference, shards, tmp
                                                                  else 1.0)
     assert C.read_state(out / "checkpoints" / "main" / "step_00000032")["lr_scale"] == 0.5
     # the CLI: bad scale is one line
-    rc = main(["pretrain", "--data", str(shards), "--out", str(out), "--resume", "--lr-scale", "-1"])
+    rc = main(["pretrain", "--shards", str(shards), "--out", str(out), "--resume", "--lr-scale", "-1"])
     assert rc == 1 and "--lr-scale must be a positive number" in capsys.readouterr().err
 
 
@@ -222,7 +222,7 @@ def test_a_second_writer_is_refused_naming_the_holder(shards, tmp_path, capsys):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked, match=rf"another mmbert process \(pid {holder.pid} on host "):
             train(tiny_recipe(), tiny_config(), shards, out, **KW)
-        rc = main(["pretrain", "--data", str(shards), "--out", str(out), "--resume"])
+        rc = main(["pretrain", "--shards", str(shards), "--out", str(out), "--resume"])
         err = capsys.readouterr().err
         assert rc == 1 and f"pid {holder.pid}" in err and err.count("error:") == 1
     finally:

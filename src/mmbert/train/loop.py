@@ -1,8 +1,8 @@
 """The pretraining loop: one readable function per track of phases.
 
-    mmbert pretrain --recipe cpu-demo --data out/shards --out out/run            # CPU, ≈15 min
+    mmbert pretrain --recipe cpu-demo --shards out/shards --out out/run            # CPU, ≈15 min
     torchrun --nproc_per_node 8 -m mmbert.cli pretrain --recipe mmbert --preset mmbert-base \
-        --data /data/shards --out /runs/mmbert [--parallel fsdp] [--compile] [--resume]
+        --shards /data/shards --out /runs/mmbert [--parallel fsdp] [--compile] [--resume]
 
 `train()` runs the recipe's main phases (pretrain → mid) as the "main" track, then every decay
 variant as its own track that starts from the main track's final checkpoint. Each step: schedule

@@ -1,7 +1,7 @@
 """Training recipes as data: a `Recipe` is a list of `Phase` records plus named decay variants.
 
     python -c "from mmbert.train.recipe import get_recipe; print(get_recipe('mmbert').describe())"
-    mmbert pretrain --recipe cpu-demo --data out/shards --out out/run
+    mmbert pretrain --recipe cpu-demo --shards out/shards --out out/run
 
 A phase says everything that changes at its boundary: token budget, sequence length, language set
 (an explicit list or a tier spec resolved against the shard index), sampling temperature τ, mask
