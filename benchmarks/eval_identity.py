@@ -53,13 +53,13 @@ RUN = textwrap.dedent('''
              T("xquad-retrieval", max_len=128, languages=("en", "de", "zh")),
              T("xquad", epochs=1, max_len=128, max_train=64, max_eval=20, languages=("en", "de", "th"))]
     kw = dict(progress=False, plots=False)
-    runs = {"fixture": run_suite(model, "full", data_dir=fx, out_dir=out / "fixture", seeds=(0, 1), shards_root=shards,
+    runs = {"fixture": run_suite(model, "full", data_dir=fx, out_dir=out / "fixture", seeds=(0, 1), shards=shards,
                                  task_specs=tiny, **kw),
-            "quick": run_suite(model, "quick", data_dir=real, out_dir=out / "quick", shards_root=shards, **kw),
+            "quick": run_suite(model, "quick", data_dir=real, out_dir=out / "quick", shards=shards, **kw),
             "real-small": run_suite(model, "full", data_dir=real, out_dir=out / "real-small", seeds=(0,),
                                     task_specs=small, **kw),
-            "full-fixture": run_suite(model, "full", data_dir=fx, out_dir=out / "full-fixture", shards_root=shards, **kw),
-            "quick-fixture": run_suite(model, "quick", data_dir=fx, out_dir=out / "quick-fixture", shards_root=shards,
+            "full-fixture": run_suite(model, "full", data_dir=fx, out_dir=out / "full-fixture", shards=shards, **kw),
+            "quick-fixture": run_suite(model, "quick", data_dir=fx, out_dir=out / "quick-fixture", shards=shards,
                                        **kw)}
     (out / "all.json").write_text(json.dumps(runs, default=str))
 ''')

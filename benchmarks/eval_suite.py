@@ -92,7 +92,7 @@ def main() -> int:
             load.append(os.getloadavg()[0])
             tag = f"-{args.tasks.replace(',', '+')}" if args.tasks else ""
             res = run_suite(path, suite, data_dir=args.data_dir, out_dir=out / f"{suite}-{name}{tag}", seeds=seeds,
-                            shards_root=args.shards, progress=True,
+                            shards=args.shards, progress=True,
                             tokenizer=args.tokenizer if name == "trained" else None,
                             tasks=args.tasks.split(",") if args.tasks else None)
             load.append(os.getloadavg()[0])

@@ -66,7 +66,8 @@ def test_version(capsys):
 
 
 def test_one_dtype_vocabulary_across_subcommands(capsys):
-    """Every --dtype flag takes both spellings (fp32/float32, bf16/bfloat16) and names them when wrong."""
+    """Every --dtype flag takes both spellings (fp32/float32, bf16/bfloat16), shows the short one in
+    --help, and names them all when wrong."""
     leaves = dict(leaf_parsers(build_parser()))
     flags = [(name, a) for name, p in leaves.items() for a in p._actions
              if a.dest in ("dtype", "peer_dtypes")]
@@ -77,3 +78,5 @@ def test_one_dtype_vocabulary_across_subcommands(capsys):
         assert a.type("bf16") == a.type("bfloat16") == "bf16"
         with pytest.raises(argparse.ArgumentTypeError, match="fp32/float32"):
             a.type("float64")
+        # --help spells them one way (the canonical names); the error above lists every spelling
+        assert "float" not in f"{a.metavar} {a.help}", f"`mmbert {name}` {a.option_strings} help names torch spellings"

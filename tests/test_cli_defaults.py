@@ -144,7 +144,7 @@ def test_shard_folder_flag_and_its_hidden_alias(tmp_path, monkeypatch, capsys):
     calls = record(monkeypatch, "mmbert.train.loop:pretrain", "plan")
     for flag in ("--shards", "--data"):  # --data: the old spelling, still accepted
         assert main(["pretrain", flag, "s", "--out", str(tmp_path / flag), "--no-eval"]) == 0
-        assert calls[-1][1] == {"data": "s", "out": str(tmp_path / flag), "eval": False}
+        assert calls[-1][1] == {"shards": "s", "out": str(tmp_path / flag), "eval": False}
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     out = capsys.readouterr().out

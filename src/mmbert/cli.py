@@ -55,7 +55,7 @@ def command(fn: Callable[[argparse._SubParsersAction], None]):
 # existing flag names, aliases and error lines without a new dependency.)
 
 def resolve(target: str) -> Any:
-    """"package.module:name" → the object."""
+    """The object a "package.module:name" target names."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -244,7 +244,7 @@ def _add_pretrain(sub):
     f.add("--recipe")
     f.add("--preset", help="model preset (default: the recipe's)")
     f.add("--seed", type=int)
-    f.add("--shards", param="data", hidden=("--data",), required=True)
+    f.add("--shards", hidden=("--data",), required=True)
     f.add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     f.add("--phase", param="phases", nargs="+", metavar="NAME",
           help="run only these variants (or main phases); the main phases they branch from run first "
@@ -477,7 +477,7 @@ def _add_eval(sub):
           help="YAML/JSON task file (schema: docs/eval.md), run instead of --suite; repeatable (default: none)")
     f.add("--num-seeds", type=int,
           help="fine-tuning seeds --seed … --seed+K-1 (default: 1 for quick and task files, 3 for full)")
-    f.add("--shards", param="shards_root", help="token shards with a held-out split (the per-language MLM task; "
+    f.add("--shards", help="token shards with a held-out split (the per-language MLM task; "
                                                 "default: none, the task is skipped)")
     f.add("--tasks", type=lambda s: s.split(","), help="comma-separated subset of the suite's tasks (default: all)")
     f.add("--device", help="cpu, cuda … (default: cuda if available)")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mmbert.merge import DECAY_TIES_DENSITY
 from mmbert.tokenizer import VOCAB_SIZE
 from mmbert.utils import atomic_write
 
@@ -166,7 +167,7 @@ def _training_progress(run: Path, rec, t_start: float) -> Callable[[], tuple[flo
 # ----------------------------------------------------------------------------- the run
 def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike = "out/corpus",
              data_dir: str | os.PathLike | None = None, seed: int = 0, vocab_size: int = VOCAB_SIZE,
-             recipe: str = "cpu-demo", preset: str | None = None, density: float = 0.7, eval_suite: str = "quick",
+             recipe: str = "cpu-demo", preset: str | None = None, density: float = DECAY_TIES_DENSITY, eval_suite: str = "quick",
              sources: list[str] | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
              heartbeat: float = 60.0) -> Path:
     """Run every stage into `out`; returns the path of report.md.
@@ -294,7 +295,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
             from mmbert.eval.runner import format_markdown, run_suite
 
             res = run_suite(model_dir, eval_suite, data_dir=root, out_dir=out / "eval" / sub, seeds=(seed,),
-                            shards_root=shards, progress=bars)
+                            shards=shards, progress=bars)
             # paths relative to the output directory: the folder can be moved or shared
             res.update(model=os.path.relpath(model_dir, out), data_dir=os.path.relpath(root, out))
             atomic_write(out / "eval" / sub / "results.json", json.dumps(res, indent=2, ensure_ascii=False))

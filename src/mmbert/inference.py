@@ -49,13 +49,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmbert.threads import default_threads
-from mmbert.utils import atomic_write
+from mmbert.utils import DTYPE_NAMES, atomic_write
 
 log = logging.getLogger("mmbert")
 
 POOLINGS = ("mean", "first", "none")
-DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16}
+# inference runs in fp32 or bf16 (any spelling of utils.DTYPE_NAMES); "auto" is resolved per device
+# (resolve_dtype)
+DTYPES = {name: {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[canon]
+          for name, canon in DTYPE_NAMES.items() if canon != "fp16"}
 
 
 # ----------------------------------------------------------------------------- hardware

@@ -55,6 +55,8 @@ from mmbert.model.config import EncoderConfig
 from mmbert.utils import RunLock, atomic_write, publish_dir
 
 MERGE_METHODS = ("ties", "linear", "ema")
+# TIES density for merging a recipe's decay variants: `mmbert demo` and the study use this one value
+DECAY_TIES_DENSITY = 0.7
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

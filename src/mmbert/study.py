@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mmbert.eval.metrics import mean_std
+from mmbert.merge import DECAY_TIES_DENSITY
 from mmbert.utils import atomic_write
 
 BASE_ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
@@ -73,7 +74,7 @@ class StudyConfig:
     jobs: int = 2  # training runs at a time
     threads: int = 1  # torch threads per training run / per evaluation
     data_dir: Path | None = None  # evaluation data (SIB-200); None = $MMBERT_EVAL_DATA or ../shared/data/eval
-    density: float = 0.7  # TIES density (as `mmbert demo`)
+    density: float = DECAY_TIES_DENSITY  # as `mmbert demo`
     mlm_tokens_per_lang: int = 8192  # held-out tokens scored per language (decay-only ones have ~50–500)
     sib: bool = True
     # the repetition-regime shards keep at most this many training tokens per language (whole

@@ -173,7 +173,7 @@ def test_evaluate_mlm_transformers_dense_logits(bert_dir, tmp_path):
 
 def test_run_suite_with_shards_runs_mlm(ours_dir, tmp_path):
     shards = _shards(tmp_path / "shards", load_mlm_model(ours_dir).config.vocab_size)
-    res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards_root=shards,
+    res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards=shards,
                     task_specs=[dataclasses.replace(TaskSpec("mlm"), max_eval=100)], progress=False)
     r = res["tasks"]["mlm"]
     assert set(r["languages"]) == {"deu_Latn", "eng_Latn", "yor_Latn"} and "tiers" in r
@@ -214,7 +214,7 @@ def test_spread_subset_spans_the_size_ranking():
 
 def test_mlm_task_language_cap(ours_dir, tmp_path):
     shards = _shards(tmp_path / "shards", load_mlm_model(ours_dir).config.vocab_size)
-    res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards_root=shards,
+    res = run_suite(ours_dir, "quick", data_dir=tmp_path / "none", out_dir=tmp_path / "out", shards=shards,
                     task_specs=[TaskSpec("mlm", max_eval=100, max_languages=2)], progress=False)
     assert set(res["tasks"]["mlm"]["languages"]) == {"deu_Latn", "yor_Latn"}  # largest and smallest by train tokens
 

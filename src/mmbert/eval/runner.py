@@ -585,7 +585,7 @@ RUNNERS: dict[str, Callable[[_Ctx, Task], dict]] = {
 def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: str | os.PathLike | None = None,
               out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None, seed: int = 0,
               num_seeds: int | None = None,
-              shards_root: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
+              shards: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
               task_specs: Sequence[TaskSpec | Task | InvalidTask] | None = None,
               task_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str | None = None,
               tokenizer: str | os.PathLike | None = None, progress: bool = True, plots: bool = True) -> dict:
@@ -620,11 +620,11 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if shards_root is not None:  # the MLM task reads token ids: they must be the model tokenizer's
+    if shards is not None:  # the MLM task reads token ids: they must be the model tokenizer's
         from mmbert.data.shards import ShardIndex, check_tokenizer
 
         tp = Path(tokenizer or model_path)
-        check_tokenizer(ShardIndex.load(shards_root), tp / "tokenizer.json" if tp.is_dir() else tp,
+        check_tokenizer(ShardIndex.load(shards), tp / "tokenizer.json" if tp.is_dir() else tp,
                         role="the model's tokenizer")
     if str(device) == "cpu":
         ThreadPolicy()  # threads = the cores other processes leave free (at most the current count)
@@ -635,7 +635,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         log(f"eval data directory {root} not found: data tasks skipped "
             f"(pass --data-dir or set ${D.ENV_VAR})")
     ctx = _Ctx(bb=bb, root=root, seeds=seeds, cache=out / "cache", progress=progress,
-               model_path=Path(model_path), shards_root=Path(shards_root) if shards_root else None)
+               model_path=Path(model_path), shards_root=Path(shards) if shards else None)
     results: dict[str, Any] = {
         "model": str(model_path), "backbone": bb.name, "suite": suite, "seeds": list(seeds),
         "data_dir": str(root), "device": str(device), "torch": torch.__version__,

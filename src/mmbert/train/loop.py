@@ -666,7 +666,7 @@ def _export(model, inner, path: Path, d: Dist, tokenizer: Any = None, card: Any 
 
 # ------------------------------------------------------------------ the CLI's library call
 
-def pretrain(data: str | os.PathLike, out: str | os.PathLike, *, recipe: str = "cpu-demo", preset: str | None = None,
+def pretrain(shards: str | os.PathLike, out: str | os.PathLike, *, recipe: str = "cpu-demo", preset: str | None = None,
              dry_run: bool = False, threads: int | None = None, **kwargs: Any) -> dict[str, Any] | str:
     """`mmbert pretrain`: resolve a named recipe (or recipe .json) and a model preset, size the
     vocabulary from the shards, then `train()`. dry_run returns the recipe's phase table and the
@@ -675,7 +675,7 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, *, recipe: str = "
     from mmbert.train.recipe import get_recipe
 
     r = get_recipe(recipe)
-    index = ShardIndex.load(data)
+    index = ShardIndex.load(shards)
     config = EncoderConfig.from_preset(preset or r.preset, vocab_size=index.vocab_size)
     validate_recipe(r, max_position_embeddings=config.max_position_embeddings)
     if dry_run:
@@ -686,4 +686,4 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, *, recipe: str = "
             langs = resolve_languages(p.languages, counts)
             lines.append(f"{p.name}: {len(langs)} languages: {', '.join(langs[:12])}{' …' if len(langs) > 12 else ''}")
         return "\n".join(lines)
-    return train(r, config, data, out, threads=threads, **kwargs)
+    return train(r, config, shards, out, threads=threads, **kwargs)
