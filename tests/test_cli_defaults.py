@@ -78,6 +78,12 @@ def test_help_shows_every_default(monkeypatch):
         assert "--data " not in text  # hidden alias
 
 
+def target_of(command: str, flag: str) -> str:
+    """The library call `mmbert <command>`'s `flag` is bound to (so these tests follow a module move)."""
+    p = dict(leaves())[command]
+    return next(a.library[0][0] for a in p._actions if flag in a.option_strings)
+
+
 def record(monkeypatch, target: str, result=None):
     """Replace library function `module:name` by a recorder of its arguments (same signature)."""
     module, name = target.split(":")
@@ -94,7 +100,7 @@ def record(monkeypatch, target: str, result=None):
 
 
 def test_handlers_pass_only_what_the_user_set(monkeypatch, tmp_path):
-    calls = record(monkeypatch, "mmbert.merge:merge", tmp_path / "m")
+    calls = record(monkeypatch, target_of("merge", "--models"), tmp_path / "m")
     assert main(["merge", "--models", "a", "b", "--out", str(tmp_path / "m")]) == 0
     assert calls[-1] == ((), {"models": ["a", "b"], "out": str(tmp_path / "m")})
     main(["merge", "--models", "a", "b", "--out", str(tmp_path / "m"), "--method", "ties", "--base", "c",
@@ -102,17 +108,18 @@ def test_handlers_pass_only_what_the_user_set(monkeypatch, tmp_path):
     assert calls[-1][1] == {"models": ["a", "b"], "out": str(tmp_path / "m"), "method": "ties", "base": "c",
                             "density": 0.5, "lam": 2.0}
 
-    calls = record(monkeypatch, "mmbert.eval.runner:run_suite", {"seconds": 1.0, "tasks": {}})
+    calls = record(monkeypatch, target_of("eval", "--model"), {"seconds": 1.0, "tasks": {}})
     main(["eval", "--model", "m", "--out", str(tmp_path / "e"), "--seed", "3", "--tasks", "a,b"])
     assert calls[-1][1] == {"model_path": "m", "out_dir": str(tmp_path / "e"), "seed": 3, "tasks": ["a", "b"]}
 
 
 def test_dataclass_targets_get_the_library_defaults_and_typed_values(monkeypatch, tmp_path):
-    from mmbert.study import StudyConfig
+    from mmbert.cli import resolve
 
+    StudyConfig = resolve(target_of("study run", "--shards"))
     monkeypatch.chdir(tmp_path)  # the default --out (out/study) is locked while the command runs
 
-    calls = record(monkeypatch, "mmbert.study:run_study")
+    calls = record(monkeypatch, StudyConfig.__module__ + ":run_study")
     main(["study", "run", "--shards", str(tmp_path)])
     assert calls[-1][0] == (StudyConfig(shards=tmp_path),)
     main(["study", "run", "--shards", str(tmp_path), "--seeds", "4", "5", "--arms", "recipe", "--no-sib"])
@@ -141,7 +148,7 @@ def test_a_library_default_is_the_cli_default(monkeypatch, capsys, tmp_path):
 
 
 def test_shard_folder_flag_and_its_hidden_alias(tmp_path, monkeypatch, capsys):
-    calls = record(monkeypatch, "mmbert.train.loop:pretrain", "plan")
+    calls = record(monkeypatch, target_of("pretrain", "--shards"), "plan")
     for flag in ("--shards", "--data"):  # --data: the old spelling, still accepted
         assert main(["pretrain", flag, "s", "--out", str(tmp_path / flag), "--no-eval"]) == 0
         assert calls[-1][1] == {"shards": "s", "out": str(tmp_path / flag), "eval": False}
