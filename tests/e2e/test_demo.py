@@ -74,7 +74,7 @@ def test_demo_pipeline_end_to_end_report_and_reuse(tmp_path):
     """The whole pipeline on a tiny corpus and recipe with a tiny eval data directory; the report says
     what was trained and what it cost, puts floors and sample sizes beside the scores, reads them,
     and names no absolute path; a second run reuses every stage."""
-    from mmbert.demo import STAGES, run_demo, write_report
+    from mmbert.apps.demo import STAGES, run_demo, write_report
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
