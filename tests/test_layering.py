@@ -20,6 +20,7 @@ mmbert`, `from mmbert import X`): the root is the users' facade; import from the
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -40,12 +41,30 @@ LAYER_OF = {c: i for i, layer in enumerate(LAYERS) for c in layer}
 COMPONENT_OF_MODULE = {"mmbert.export.onnx": "export.onnx"}
 LAYER_OF["export.onnx"] = LAYER_OF["export"]
 
-# (importer component, imported component): known violations in files another part of issue 20 owns,
-# to be removed by that part / the lead after merging. Empty means the rules hold everywhere.
+# (importer component, imported component): known violations, each with its reason and owner, to be
+# removed once fixed. Empty: the rules hold everywhere.
 ALLOWED: set[tuple[str, str]] = set()
 
 # a function may be longer than this only with a `# long: <reason>` comment on the line before its def
 MAX_FUNCTION_LINES = 80
+# functions over the limit in files other parts of issue 20 own (they were split in parallel): to be
+# split by the owner named, or given a `# long:` reason; the lead shrinks this list after merging
+LONG_ALLOWED = {
+    "mmbert/train/loop.py:_run_track": "i20b (the loop's state on one object)",
+    "mmbert/train/plots.py:make_plots": "i20b (train/)",
+    "mmbert/eval/mlm.py:evaluate_mlm": "i20c (padding / special ids in eval/mlm.py)",
+    "mmbert/eval/runner.py:run_suite": "i20d (eval seeds computed in both cli and run_suite)",
+    "mmbert/corpus/build.py:build_corpus": "unowned in issue 20: lead",
+    "mmbert/data/prepare.py:prepare_shards": "unowned in issue 20: lead",
+    "mmbert/eval/taskfile.py:parse_task": "unowned in issue 20: lead",
+    "mmbert/merge.py:merge": "unowned in issue 20: lead",
+    "mmbert/serve.py:create_app": "unowned in issue 20: lead (FastAPI routes are closures over the engine)",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
 def _module_name(path: Path) -> str:
@@ -62,12 +81,13 @@ def _component(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
+@functools.lru_cache(maxsize=None)
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, imported module) for every import of the package in the file, at any depth; for
     `from a.b import c` both a.b and a.b.c are candidates, and the deepest one that is a module wins."""
     module = _module_name(path)
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "mmbert"]
         elif isinstance(node, ast.ImportFrom):
@@ -91,6 +111,7 @@ def _sources() -> list[Path]:
     return sorted(PKG.rglob("*.py"))
 
 
+@functools.lru_cache(maxsize=None)
 def _graph() -> dict[tuple[str, str], list[str]]:
     """(importer component, imported component) → ['file:line', ...], across components only."""
     edges: dict[tuple[str, str], list[str]] = {}
@@ -106,6 +127,17 @@ def _graph() -> dict[tuple[str, str], list[str]]:
 def test_every_component_has_a_layer():
     comps = {_component(_module_name(p)) for p in _sources()} - {None}
     assert not comps - set(LAYER_OF), f"add these to a layer in tests/test_layering.py: {comps - set(LAYER_OF)}"
+
+
+def _exists(module: str) -> bool:
+    base = SRC / Path(*module.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def test_every_import_of_the_package_names_a_module_that_exists():
+    stale = [f"{p.relative_to(SRC)}:{line} {target}" for p in _sources() for line, target in _imports(p)
+             if not _exists(target)]
+    assert not stale, f"imports of modules that do not exist (moved or renamed?): {stale}"
 
 
 def test_no_import_of_the_package_root_inside_the_package():
@@ -148,17 +180,29 @@ def test_model_imports_nothing_above_it():
     assert not above, f"model/ may import only the helpers below it: {above}"
 
 
+def test_long_allow_list_has_no_stale_entries():
+    """An entry whose function is gone or now short must leave LONG_ALLOWED (so the list only shrinks)."""
+    still_long = set()
+    for path in _sources():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                still_long.add(f"{path.relative_to(SRC)}:{node.name}")
+    assert not set(LONG_ALLOWED) - still_long, f"remove from LONG_ALLOWED: {set(LONG_ALLOWED) - still_long}"
+
+
 def test_functions_fit_on_a_screen():
     long = []
     for path in _sources():
         lines = path.read_text(encoding="utf-8").splitlines()
-        for node in ast.walk(ast.parse("\n".join(lines))):
+        for node in ast.walk(_tree(path)):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             n = node.end_lineno - node.lineno + 1
             before = lines[first - 2].strip() if first >= 2 else ""
-            if n > MAX_FUNCTION_LINES and not before.startswith("# long:"):
+            key = f"{path.relative_to(SRC)}:{node.name}"
+            if n > MAX_FUNCTION_LINES and not before.startswith("# long:") and key not in LONG_ALLOWED:
                 long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, (f"functions over {MAX_FUNCTION_LINES} lines: split them, or say why one must be long "
                       f"in a `# long: <reason>` comment on the line before its def: {long}")

@@ -181,7 +181,7 @@ def _add_export(sub):
     def run(args):
         import torch
 
-        import mmbert
+        from mmbert.export.hf import from_pretrained, save_pretrained
 
         if args.format == "onnx":
             from mmbert.export.onnx import export_onnx
@@ -196,8 +196,8 @@ def _add_export(sub):
                               for k in info["files"]))
             return
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        model = mmbert.from_pretrained(args.model, head=args.head, dtype=dtype)
-        model.save_pretrained(args.out)
+        model = from_pretrained(args.model, head=args.head, dtype=dtype)
+        save_pretrained(model, args.out)
         print(f"wrote {args.out} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype})")
         _push(args, args.out)
 
@@ -599,7 +599,7 @@ def _add_study(sub):
 
 
 def _version() -> str:
-    from mmbert import __version__
+    from mmbert.version import __version__
 
     return __version__
 

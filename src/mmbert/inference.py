@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmbert.export.hf import from_pretrained
 from mmbert.threads import default_threads
 from mmbert.utils import atomic_write
 
@@ -281,9 +282,7 @@ def _bare_encoder(model: nn.Module) -> nn.Module:
 def _load(model: Any, head: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    import mmbert
-
-    return mmbert.from_pretrained(model, head=head)
+    return from_pretrained(model, head=head)
 
 
 # ----------------------------------------------------------------------------- tokens and batches

@@ -53,6 +53,7 @@ from safetensors.torch import save_file
 
 from mmbert.model.config import EncoderConfig
 from mmbert.utils import RunLock, atomic_write, publish_dir
+from mmbert.version import __version__
 
 MERGE_METHODS = ("ties", "linear", "ema")
 WEIGHTS_NAME = "model.safetensors"
@@ -463,6 +464,4 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
 
 
 def _version() -> str:
-    from mmbert import __version__
-
     return __version__

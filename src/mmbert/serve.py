@@ -50,6 +50,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
+from mmbert.export.hf import from_pretrained
+from mmbert.inference import POOLINGS, _bare_encoder, encode, prepare, resolve_dtype
+from mmbert.version import __version__
+
 log = logging.getLogger(__name__)
 
 
@@ -188,16 +192,13 @@ class Engine:
     """The loaded model, its tokenizer, request validation and the batcher."""
 
     def __init__(self, cfg: ServeConfig):
-        import mmbert
-        from mmbert.inference import POOLINGS, _bare_encoder, prepare, resolve_dtype
-
         if cfg.pooling not in POOLINGS or cfg.pooling == "none":
             raise ValueError(f"unknown pooling {cfg.pooling!r} for serving; choose mean or first")
         for name in ("max_batch_tokens", "max_inputs"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(cfg, name)}")
         self.cfg = cfg
-        model = mmbert.from_pretrained(cfg.model, head="none")
+        model = from_pretrained(cfg.model, head="none")
         self.tokenizer = getattr(model, "tokenizer", None)
         self.config = model.config
         limit = self.config.max_position_embeddings
@@ -214,14 +215,10 @@ class Engine:
         self.batcher = Batcher(self._run_batch, cfg.max_batch_tokens)
 
     def _run_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        from mmbert.inference import encode
-
         return encode(self.encoder, ids, pooling=self.cfg.pooling, batch_tokens=self.cfg.max_batch_tokens,
                       max_length=self.max_length, truncate="error", dtype=self.dtype, threads=self.cfg.threads)
 
     def info(self) -> dict:
-        from mmbert import __version__
-
         return {"model_id": self.name, "model_path": str(self.cfg.model), "model_dtype": str(self.dtype).replace("torch.", ""),
                 "model_type": {"embedding": {"pooling": self.cfg.pooling}}, "dims": self.dims,
                 "pooling": self.cfg.pooling, "max_input_length": self.max_length,
