@@ -532,10 +532,13 @@ def _progress(enabled: bool, total: int, initial: int, track: str):
 
 def _evaluate(model, data: Path, recipe: Recipe, phases: Sequence[Phase], track: str, p: Phase,
               state: dict[str, Any], metrics: Metrics, d: Dist, counts: dict[str, int]) -> None:
-    """Per-language held-out MLM loss/accuracy (mmbert.eval.mlm).
+    """Per-language held-out MLM loss/accuracy (mmbert.eval.mlm), when that module is available.
     Runs under fork_rng so evaluating (or not) never changes the training stream."""
+    try:
+        from mmbert.eval.mlm import evaluate_mlm
+    except ImportError:
+        return
     from mmbert.data.shards import ShardIndex
-    from mmbert.eval.mlm import evaluate_mlm
 
     index = ShardIndex.load(data)
     langs = [lang for lang in index.languages if index.has(lang, "heldout")]
