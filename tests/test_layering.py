@@ -47,18 +47,17 @@ ALLOWED: set[tuple[str, str]] = set()
 
 # a function may be longer than this only with a `# long: <reason>` comment on the line before its def
 MAX_FUNCTION_LINES = 80
-# functions over the limit in files other parts of issue 20 own (they were split in parallel): to be
-# split by the owner named, or given a `# long:` reason; the lead shrinks this list after merging
+# Functions over the limit in files that other parts of issue 20 edit at the same time: each is to be
+# split by the owner named (or given a `# long:` reason). test_long_allow_list_has_no_stale_entries
+# fails once one is fixed, so after merging the lead deletes the entry it names.
 LONG_ALLOWED = {
-    "mmbert/train/loop.py:_run_track": "i20b (the loop's state on one object)",
-    "mmbert/train/plots.py:make_plots": "i20b (train/)",
-    "mmbert/eval/mlm.py:evaluate_mlm": "i20c (padding / special ids in eval/mlm.py)",
-    "mmbert/eval/runner.py:run_suite": "i20d (eval seeds computed in both cli and run_suite)",
-    "mmbert/corpus/build.py:build_corpus": "unowned in issue 20: lead",
-    "mmbert/data/prepare.py:prepare_shards": "unowned in issue 20: lead",
-    "mmbert/eval/taskfile.py:parse_task": "unowned in issue 20: lead",
-    "mmbert/merge.py:merge": "unowned in issue 20: lead",
-    "mmbert/serve.py:create_app": "unowned in issue 20: lead (FastAPI routes are closures over the engine)",
+    "mmbert/train/loop.py:_run_track": "i20b (split on its branch)",
+    "mmbert/train/plots.py:make_plots": "i20b (split on its branch)",
+    "mmbert/eval/mlm.py:evaluate_mlm": "i20c (shortened on its branch)",
+    "mmbert/eval/runner.py:run_suite": "i20d edits it (eval seeds): split after merging",
+    "mmbert/corpus/build.py:build_corpus": "lead: the corpus swap may move to utils.publish_dir (i20c) first",
+    "mmbert/data/prepare.py:prepare_shards": "lead: data/ is being edited by i17 / i20c",
+    "mmbert/eval/taskfile.py:parse_task": "lead: tier parsing may move here or out (i20c) first",
 }
 
 
