@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbert import EncoderConfig
-from mmbert.bench import machine_info
+from mmbert.apps.bench import machine_info
 from mmbert.inference import default_threads
 from mmbert.model import build_model
 from mmbert.model.attention import AttentionPlan, attention

@@ -1,6 +1,6 @@
 """ModernBERT-style efficiency benchmark: ours vs transformers ModernBertModel vs a 12-layer
 XLM-R-style model, same batches, tokens/s and MFU. Same as `mmbert bench`; the logic lives in
-src/mmbert/bench.py (method and FLOP counting in its docstring).
+src/mmbert/apps/bench.py (method and FLOP counting in its docstring).
 
     python benchmarks/efficiency.py --quick                       # ≤ 3 min
     python benchmarks/efficiency.py --json benchmarks/results/efficiency.json

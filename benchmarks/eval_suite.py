@@ -39,6 +39,7 @@ def stand_in_tokenizer(out: Path, data_dir: Path | None) -> Path:
 
 def random_model(out: Path, tokenizer_dir: Path, like: Path | None) -> Path:
     import mmbert
+    from mmbert.export.hf import save_pretrained
     from mmbert.model import build_model
     from mmbert.tokenizer import load_tokenizer
 
@@ -55,7 +56,7 @@ def random_model(out: Path, tokenizer_dir: Path, like: Path | None) -> Path:
     model = build_model(cfg, head="mlm")
     model.tokenizer = tok
     d = out / "random-init"
-    model.save_pretrained(d)
+    save_pretrained(model, d)
     return d
 
 

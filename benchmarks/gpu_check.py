@@ -497,7 +497,7 @@ def bf16_train():
     (auto → the CUDA default kernel). Target: losses within 1%."""
     from mmbert.model import EncoderConfig, build_model
     from mmbert.train.optim import build_optimizer
-    from mmbert.train.step import mlm_loss_fn, train_step
+    from mmbert.step import mlm_loss_fn, train_step
     cfg = EncoderConfig.from_preset("tiny", vocab_size=256000, hidden_size=384 if CUDA else 64,
                                     intermediate_size=576 if CUDA else 96, num_hidden_layers=6 if CUDA else 2,
                                     num_attention_heads=6 if CUDA else 1, local_attention=128)

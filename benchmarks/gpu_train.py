@@ -80,7 +80,8 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
     import transformers
 
     from mmbert import EncoderConfig
-    from mmbert.bench import padded, make_batches, set_lengths
+    from mmbert.apps.bench import make_batches, padded, set_lengths
+    from mmbert.export.hf import save_pretrained
     from mmbert.inference import pack
     from mmbert.model import build_model
 
@@ -88,11 +89,11 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
     cfg = EncoderConfig.from_preset(preset)
     ours = build_model(cfg, head="none").eval()
     with tempfile.TemporaryDirectory() as d:
-        ours.save_pretrained(d)
+        save_pretrained(ours, d)
         hf = transformers.ModernBertModel.from_pretrained(d, attn_implementation="sdpa",
                                                           dtype=torch.bfloat16).cuda().eval()
     ours = ours.to(device="cuda", dtype=torch.bfloat16)
-    # the CPU benchmark's documents and batching (mmbert.bench), so the two tables are comparable
+    # the CPU benchmark's documents and batching (mmbert.apps.bench), so the two tables are comparable
     lengths = set_lengths("normal256", n_docs, seed)
     batches = make_batches(lengths, cfg.vocab_size, batch_tokens, seed)
     total = sum(lengths)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mmbert.bench import cpu_model  # noqa: E402
+from mmbert.inference import cpu_model  # noqa: E402
 from mmbert.model.loss import default_chunk_rows, linear_cross_entropy  # noqa: E402
 
 

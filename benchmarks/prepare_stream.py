@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-whole", action="store_true", help="skip the uncut huge-document run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from mmbert.bench import cpu_model
+    from mmbert.inference import cpu_model
     from mmbert.tokenizer import train_tokenizer_from_texts
 
     rows, load0 = [], os.getloadavg()[0]

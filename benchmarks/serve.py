@@ -136,8 +136,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     import mmbert
-    from mmbert.bench import cpu_model
-    from mmbert.inference import encode, resolve_dtype
+    from mmbert.export.hf import save_pretrained
+    from mmbert.inference import cpu_model, encode, resolve_dtype
     from mmbert.model import EncoderConfig, build_model
 
     tmp = None
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
         tmp = tempfile.TemporaryDirectory()
         torch.manual_seed(args.seed)
         cfg = EncoderConfig.from_preset(args.preset, vocab_size=args.vocab_size)
-        build_model(cfg, head="none").save_pretrained(tmp.name)
+        save_pretrained(build_model(cfg, head="none"), tmp.name)
         model_dir = Path(tmp.name)
     else:
         model_dir = Path(args.model)

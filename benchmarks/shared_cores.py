@@ -42,7 +42,7 @@ def worker(mode: str, seconds: float) -> None:
     from mmbert.model import build_model
     from mmbert.threads import ThreadPolicy
     from mmbert.train.optim import build_optimizer
-    from mmbert.train.step import mlm_loss_fn, train_step
+    from mmbert.step import mlm_loss_fn, train_step
 
     from mmbert.threads import _others, allowed_cores, choose_threads
 

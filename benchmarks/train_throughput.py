@@ -7,7 +7,7 @@ Same model shape (preset, vocabulary), same documents in the same order, same ma
 optimizer (StableAdamW) and the same number of real (non-pad) tokens per optimizer step:
   ours      documents chunked + best-fit packed into rows of seq_len, one flat unpadded batch
             (cu_seqlens; varlen attention, or flash-attn on CUDA), sparse prediction (only masked
-            tokens are decoded), loss / masked-token count — `mmbert.train.step.train_step`.
+            tokens are decoded), loss / masked-token count — `mmbert.step.train_step`.
   hf        transformers ModernBertForMaskedLM as a user trains it: documents (truncated to seq_len)
             in padded batches, SDPA attention, default config (logits for every position).
   hf-sparse the same with `sparse_prediction=True` (ModernBERT's own training setting).
@@ -66,7 +66,7 @@ def main() -> None:
     from mmbert.data.packing import pack_documents
     from mmbert.model import build_model
     from mmbert.train.optim import build_optimizer
-    from mmbert.train.step import mlm_loss_fn, train_step
+    from mmbert.step import mlm_loss_fn, train_step
 
     dev = torch.device(args.device)
     amp = torch.bfloat16 if dev.type == "cuda" else None

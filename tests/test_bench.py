@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmbert.bench import build_systems, cosines, make_batches
+from mmbert.apps.bench import build_systems, cosines, make_batches
 
 pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")

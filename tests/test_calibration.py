@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmbert import inference
+from mmbert.export.hf import save_pretrained
 from mmbert.inference import (CALIBRATION_FORMAT, MIN_COSINE, calibrate_dtype, calibration_key, decide_dtype,
                               read_calibration, resolve_dtype)
 from mmbert.threads import ThreadPolicy, choose_threads, fixed_threads
@@ -159,7 +160,7 @@ def test_the_decision_is_visible_with_verbose(cache, tmp_path, caplog):
         "dtype": "bf16", "reason": "bf16 2.20x fp32, cosine 0.99990", "fp32_s": 0.1, "bf16_s": 0.045}}}))
     cfg = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                     num_attention_heads=2, local_attention=16, max_position_embeddings=64)
-    build_model(cfg, head="mlm").save_pretrained(tmp_path / "m")
+    save_pretrained(build_model(cfg, head="mlm"), tmp_path / "m")
     with caplog.at_level(logging.INFO, logger="mmbert"):
         vecs = inference.encode(str(tmp_path / "m"), [[5, 6, 7]])
     assert vecs.dtype == torch.float32 and np.isfinite(vecs.numpy()).all()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmbert import EncoderConfig
+from mmbert.export.hf import save_pretrained
 from mmbert.export.onnx import export_onnx, run_session, session
 from mmbert.inference import encode
 from mmbert.model import build_model
@@ -74,7 +75,7 @@ def test_onnx_fp32_matches_ours_and_int8_is_close(model, tmp_path, pooling):
 def test_cli_export_onnx(model, tmp_path, capsys):
     from mmbert.cli import main
 
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     assert main(["export", "--format", "onnx", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
                  "--quantize", "int8"]) == 0
     out = capsys.readouterr().out

@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from mmbert import EncoderConfig
+from mmbert.export.hf import save_pretrained
 from mmbert.inference import encode, fill_mask, plan_batches, prepare
 from mmbert.model import build_model
 
@@ -180,7 +181,7 @@ def test_model_directories_ours_and_transformers(model, tmp_path):
     import transformers
 
     docs = _docs([12, 40, 1])
-    model.save_pretrained(tmp_path / "ours")
+    save_pretrained(model, tmp_path / "ours")
     torch.testing.assert_close(encode(str(tmp_path / "ours"), docs, dtype="fp32"), encode(model, docs, dtype="fp32"))
 
     hcfg = transformers.ModernBertConfig(**{k: v for k, v in CFG.to_hf_dict().items()
@@ -205,7 +206,7 @@ def test_cli_embed_and_fill_mask(tmp_path, capsys):
     torch.manual_seed(0)
     m = build_model(CFG.replace(vocab_size=tok.vocab_size), head="mlm").eval()
     m.tokenizer = tok
-    m.save_pretrained(tmp_path / "m")
+    save_pretrained(m, tmp_path / "m")
     texts = ["the cat sat", "", "der Hund lief weit weg, le chat noir"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     # row i is line i+1: a blank line is refused, naming the line, and nothing is written

@@ -11,7 +11,7 @@ import torch
 import mmbert
 from mmbert import EncoderConfig
 from mmbert.cli import main as cli_main
-from mmbert.export.hf import to_hf_state_dict
+from mmbert.export.hf import save_pretrained, to_hf_state_dict
 from mmbert.init_from import (TransferError, gopher_layer_map, grow, init_from, shrink,
                               spread_layer_map, strided, target_config, tile_from_middle,
                               transfer_state_dict)
@@ -227,7 +227,7 @@ def test_bad_transfers_refused():
 def test_init_from_directory_and_cli(tmp_path, capsys):
     torch.manual_seed(0)
     src_cfg = EncoderConfig.from_preset("tiny", vocab_size=64)
-    build_model(src_cfg).save_pretrained(tmp_path / "src")
+    save_pretrained(build_model(src_cfg), tmp_path / "src")
     from tokenizers import Tokenizer, models
 
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "a", "b"])}

@@ -7,6 +7,7 @@ The model is a tiny mmbert encoder with a tokenizer trained in the test, exporte
 import pytest
 import torch
 
+from mmbert.export.hf import save_pretrained
 from mmbert.model import EncoderConfig, build_model
 
 TEXT = [
@@ -36,7 +37,7 @@ def export_dir(tmp_path_factory):
     model = build_model(cfg)
     model.tokenizer = tok
     out = root / "export"
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     return out
 
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import mmbert
 from mmbert import EncoderConfig
 from mmbert.cli import main as cli_main
+from mmbert.export.hf import save_pretrained
 from mmbert.merge import (MergeError, ema_weights, linear_merge_tensors, merge, ties_merge_tensors,
                           trim_to_density)
 
@@ -299,9 +300,10 @@ def test_truncated_safetensors_is_one_line_for_merge_and_init_from(tmp_path, cap
 
     from mmbert.model import build_model
 
-    build_model(EncoderConfig.from_preset("tiny", vocab_size=128, hidden_size=32, intermediate_size=64,
-                                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
-                                          local_attention=16)).save_pretrained(tmp_path / "a")
+    save_pretrained(build_model(EncoderConfig.from_preset("tiny", vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                          num_hidden_layers=2, num_attention_heads=2,
+                                                          max_position_embeddings=64, local_attention=16)),
+                    tmp_path / "a")
     w = tmp_path / "a" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-1000])  # what an interrupted copy leaves
     for argv in (["merge", "--models", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "o")],

@@ -26,6 +26,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from mmbert.export.hf import save_pretrained  # noqa: E402
 from mmbert.serve import Batcher, Job, decode_base64, gather  # noqa: E402
 
 KEY = "test-key"
@@ -59,7 +60,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     m = build_model(cfg)
     m.tokenizer = tok
-    m.save_pretrained(root / "tiny-embedder")
+    save_pretrained(m, root / "tiny-embedder")
     return root / "tiny-embedder"
 
 

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
 from tinyrun import tiny_recipe, write_synthetic_shards  # noqa: E402
 
-from mmbert import study  # noqa: E402
+from mmbert.apps import study  # noqa: E402
 from mmbert.train.recipe import get_recipe  # noqa: E402
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
 
+from mmbert.export.hf import save_pretrained
 from mmbert.tokenizer import (load_tokenizer, sampling_budgets, train_tokenizer, train_tokenizer_from_texts,
                               TokenizerError)
 
@@ -164,7 +165,7 @@ def test_model_directory_tokenizer_max_length_is_the_models(tok, tmp_path):
     cfg = mmbert.EncoderConfig.from_preset("tiny", vocab_size=640, num_hidden_layers=1, max_position_embeddings=96)
     model = mmbert.model.build_model(cfg)
     model.tokenizer = tok
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     at = AutoTokenizer.from_pretrained(tmp_path)
     assert at.model_max_length == 96
     with warnings.catch_warnings():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mmbert import utils as U
+from mmbert.export.hf import save_pretrained
 
 
 def killed_at(point: str, fn) -> None:
@@ -179,7 +180,7 @@ def test_cli_disk_full_is_one_line_and_leaves_no_empty_output(tmp_path, monkeypa
 
     cfg = EncoderConfig.from_preset("tiny", vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                     num_attention_heads=2, max_position_embeddings=64, local_attention=16)
-    build_model(cfg).save_pretrained(tmp_path / "a")
+    save_pretrained(build_model(cfg), tmp_path / "a")
 
     def full(*a, **k):
         raise Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')

@@ -216,7 +216,7 @@ def _add_demo(sub):
                                   "variants → TIES merge → evaluation → report.md/html",
                 description="Runs every stage of the mmBERT system on the embedded corpus with the cpu-demo "
                             "recipe (≈20 minutes on a 2-core CPU). Finished stages are reused when run again.")
-    f = Flags(p, "mmbert.demo:run_demo")
+    f = Flags(p, "mmbert.apps.demo:run_demo")
     f.add("--out", help="output directory (report.md, report.html, models)")
     f.add("--corpus", help="corpus directory: built there if missing, reused if present")
     f.add("--recipe")
@@ -568,7 +568,7 @@ def _add_serve(sub):
 @command
 def _add_bench(sub):
     p = _parser(sub, "bench", help="efficiency benchmark: ours vs transformers ModernBERT vs XLM-R-style (tokens/s, MFU)")
-    f, report = Flags(p, "mmbert.bench:BenchConfig"), Flags(p, "mmbert.bench:run_and_report")
+    f, report = Flags(p, "mmbert.apps.bench:BenchConfig"), Flags(p, "mmbert.apps.bench:run_and_report")
     f.add("--quick", action="store_true", help="≤ 3 min: mmbert-small, fixed512 + normal256, fewer docs")
     report.add("--json", param="json_path", help="also write the figures as JSON to this path")
     f.add("--presets", nargs="+", help="model presets to benchmark")
@@ -597,11 +597,11 @@ def _add_study(sub):
                                    "(runs/reproduce.sh)")
     ss = p.add_subparsers(dest="study_command", metavar="<study command>", required=True)
     r = _parser(ss, "run", help="train every arm and seed, merge, score; finished stages are reused",
-                description="Trains every arm (see `mmbert.study`: recipe, constant-mask, mbert-baseline, "
+                description="Trains every arm (see `mmbert.apps.study`: recipe, constant-mask, mbert-baseline, "
                             "time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau) for each seed, "
                             "TIES-merges the recipe's decay variants, scores every model (held-out MLM loss and "
                             "accuracy per language, SIB-200 zero-shot) and writes JSON logs.")
-    f = Flags(r, "mmbert.study:StudyConfig")
+    f = Flags(r, "mmbert.apps.study:StudyConfig")
     f.add("--shards", type=Path, required=True, help="token shards with a held-out split (mmbert data prepare)")
     f.add("--out", type=Path, help="training runs and scratch files")
     f.add("--logs", type=Path, help="folder of the JSON run logs the report reads")
@@ -617,7 +617,7 @@ def _add_study(sub):
     f.add("--data-dir", type=Path)
 
     def run(args):
-        from mmbert.study import ARMS, run_study
+        from mmbert.apps.study import ARMS, run_study
 
         bad = [a for a in getattr(args, "arms", ()) if a not in ARMS]
         if bad:
@@ -626,7 +626,7 @@ def _add_study(sub):
 
     r.set_defaults(func=run)
     rep = _parser(ss, "report", help="write the results page (markdown + plots) from the run logs alone")
-    fr = Flags(rep, "mmbert.study:write_report")
+    fr = Flags(rep, "mmbert.apps.study:write_report")
     fr.add("--logs", type=Path, help="folder of the JSON run logs")
     fr.add("--out", param="out_md", type=Path, help="results page; plots go beside it")
 
@@ -637,7 +637,7 @@ def _add_study(sub):
 
 
 def _version() -> str:
-    from mmbert import __version__
+    from mmbert.version import __version__
 
     return __version__
 

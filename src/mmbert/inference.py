@@ -48,7 +48,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmbert.export.hf import from_pretrained
+from mmbert.model import build_model
+from mmbert.model.config import EncoderConfig
 from mmbert.threads import default_threads
+from mmbert.tokenizer import resolve_special_ids
 from mmbert.utils import DTYPE_NAMES, atomic_write
 
 log = logging.getLogger("mmbert")
@@ -143,9 +147,6 @@ def measure_dtypes(rounds: int = 5, threads: int | None = None) -> dict:
     cosine bf16 vs fp32. mmbert-small's width and layer mix (hidden 384, GeGLU 1152, one global
     and one local layer), 4 documents of 64–192 tokens, packed: ~0.1–0.5 s in all on 2 cores."""
     import statistics
-
-    from mmbert.model import build_model
-    from mmbert.model.config import EncoderConfig
 
     cfg = EncoderConfig.from_preset("mmbert-small", vocab_size=1024, num_hidden_layers=2, local_attention=64)
     with torch.random.fork_rng(devices=[]):
@@ -283,9 +284,7 @@ def _bare_encoder(model: nn.Module) -> nn.Module:
 def _load(model: Any, head: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    import mmbert
-
-    return mmbert.from_pretrained(model, head=head)
+    return from_pretrained(model, head=head)
 
 
 # ----------------------------------------------------------------------------- tokens and batches
@@ -458,7 +457,6 @@ def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = Non
     if not ids:
         return []
     config = model.config
-    from mmbert.tokenizer import resolve_special_ids
 
     special = resolve_special_ids(config, tokenizer, require=("mask",))
     mask_id = special.mask

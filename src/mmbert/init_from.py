@@ -65,6 +65,8 @@ from pathlib import Path
 
 import torch
 
+from mmbert.export.card import merged_card
+from mmbert.merge import WEIGHTS_NAME, open_checkpoint, write_model_dir
 from mmbert.model.config import EncoderConfig
 
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -301,8 +303,6 @@ def init_from(model: str | Path, out: str | Path, preset: str | None = None,
     """Write a model directory of the target size initialised from `model`; returns `out`."""
     from safetensors.torch import load_file
 
-    from mmbert.merge import WEIGHTS_NAME, open_checkpoint, write_model_dir
-
     ck = open_checkpoint(model)
     out = Path(out)
     if out.resolve() == ck.path.resolve():
@@ -326,7 +326,6 @@ def init_from(model: str | Path, out: str | Path, preset: str | None = None,
               "target_shape": {f: getattr(dst, f) for f in SHAPE_FIELDS},
               "plan": plan.to_json(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    from mmbert.export.card import merged_card
 
     card = merged_card([str(model)], None, f"Initialised from `{model}` by size transfer to the "
                        f"{preset or 'given'} shape (rule {rule}; init_from.json has the plan); not trained since.")

@@ -50,9 +50,13 @@ from typing import Callable, Iterable, Sequence
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
+from mmbert.export.card import merged_card, write_card_files
+from mmbert.export.hf import _not_model_file
 from mmbert.model.config import EncoderConfig
 from mmbert.utils import RunLock, atomic_write, publish_dir
+from mmbert.version import __version__
 
 MERGE_METHODS = ("ties", "linear", "ema")
 # TIES density for merging a recipe's decay variants: `mmbert demo` and the study use this one value
@@ -338,9 +342,6 @@ def write_model_dir(out: Path, tensors: dict[str, torch.Tensor], raw_config: dic
     model card + sentence-transformers files (export/card.py; `card` a CardInfo) as one step: built
     beside `out` and swapped into place whole (utils.publish_dir), so `--overwrite` never leaves new
     weights beside an old config; other files already in `out` are kept."""
-    from mmbert.export.card import write_card_files
-    from mmbert.export.hf import _not_model_file
-
     with RunLock(out), publish_dir(out, carry=lambda n: _not_model_file(n) and n != record_name) as tmp:
         atomic_write(tmp / WEIGHTS_NAME, lambda t: save_file(tensors, t, metadata={"format": "pt"}))
         atomic_write(tmp / "config.json", json.dumps(raw_config, indent=2) + "\n")
@@ -365,13 +366,48 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
     weights for "linear"; "ema" takes the models oldest → newest and weights them α^k from the
     newest. Output tensors keep the first model's dtypes.
     """
-    from tqdm import tqdm
+    weights = _checked_weights(models, method, base, weights, density, alpha)
+    out = Path(out)
+    ckpts = [open_checkpoint(m) for m in models]
+    base_ckpt = open_checkpoint(base) if base is not None else None
+    inputs = {c.path.resolve() for c in ckpts + ([base_ckpt] if base_ckpt else [])}
+    if out.resolve() in inputs:
+        raise MergeError(f"--out {out} is one of the inputs; write the merge to a new directory")
+    if (out / WEIGHTS_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{out / WEIGHTS_NAME} already exists; choose another --out or "
+                              f"pass --overwrite")
+    _check_compatible(ckpts, base_ckpt)
 
+    merged = _merge_tensors(ckpts, base_ckpt, method, weights, density, lam, progress)
+    if ckpts[0].config.tie_word_embeddings:
+        merged.pop(DECODER, None)  # never stored when tied (see module docstring)
+    record = {
+        "method": method,
+        "models": [str(c.path.resolve()) for c in ckpts],
+        "base": str(base_ckpt.path.resolve()) if base_ckpt else None,
+        "weights": weights,
+        "density": density if method == "ties" else None,
+        "lambda": lam if method == "ties" else None,
+        "alpha": alpha if method == "ema" else None,
+        "num_tensors": len(merged),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mmbert_version": __version__,
+    }
+    how = (f"{method.upper() if method == 'ties' else method} merge of {len(ckpts)} models"
+           + (f" relative to base `{base}` (density {density:g}, λ {lam:g})" if method == "ties" else "")
+           + f", weights {[round(w, 4) for w in weights]} (merge.json has the details).")
+    card = merged_card([str(m) for m in models] + ([str(base)] if base is not None else []), "merge", how)
+    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record, card=card)
+    return out
+
+
+def _checked_weights(models: Sequence[str | Path], method: str, base, weights: Sequence[float] | None,
+                     density: float, alpha: float) -> list[float]:
+    """The per-model weights `merge` uses, after refusing settings that do not go together."""
     if method not in MERGE_METHODS:
         raise MergeError(f"unknown merge method {method!r}; choose one of {', '.join(MERGE_METHODS)}")
     if not models:
         raise MergeError("no models to merge; pass at least one model directory with --models")
-    out = Path(out)
     if method == "ties":
         if base is None:
             raise MergeError("TIES merges task vectors relative to a base: pass --base (the "
@@ -391,17 +427,12 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
                          f"per model")
     if method in ("linear", "ema") and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise MergeError(f"linear weights must be >= 0 with a positive sum, got {weights}")
+    return weights
 
-    ckpts = [open_checkpoint(m) for m in models]
-    base_ckpt = open_checkpoint(base) if base is not None else None
-    inputs = {c.path.resolve() for c in ckpts + ([base_ckpt] if base_ckpt else [])}
-    if out.resolve() in inputs:
-        raise MergeError(f"--out {out} is one of the inputs; write the merge to a new directory")
-    if (out / WEIGHTS_NAME).exists() and not overwrite:
-        raise FileExistsError(f"{out / WEIGHTS_NAME} already exists; choose another --out or "
-                              f"pass --overwrite")
-    _check_compatible(ckpts, base_ckpt)
 
+def _merge_tensors(ckpts: list[Checkpoint], base_ckpt: Checkpoint | None, method: str, weights: list[float],
+                   density: float, lam: float, progress: bool) -> dict[str, torch.Tensor]:
+    """Every tensor of the first checkpoint merged, read row block by row block from the safetensors files."""
     merged: dict[str, torch.Tensor] = {}
     with contextlib.ExitStack() as stack:
         handles: dict[Path, object] = {}
@@ -439,32 +470,4 @@ def merge(models: Sequence[str | Path], out: str | Path, method: str = "linear",
             else:
                 _linear([rows(c, name) for c in ckpts], shape, weights, out_t)
             merged[name] = out_t
-
-    if ckpts[0].config.tie_word_embeddings:
-        merged.pop(DECODER, None)  # never stored when tied (see module docstring)
-    record = {
-        "method": method,
-        "models": [str(c.path.resolve()) for c in ckpts],
-        "base": str(base_ckpt.path.resolve()) if base_ckpt else None,
-        "weights": weights,
-        "density": density if method == "ties" else None,
-        "lambda": lam if method == "ties" else None,
-        "alpha": alpha if method == "ema" else None,
-        "num_tensors": len(merged),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "mmbert_version": _version(),
-    }
-    from mmbert.export.card import merged_card
-
-    how = (f"{method.upper() if method == 'ties' else method} merge of {len(ckpts)} models"
-           + (f" relative to base `{base}` (density {density:g}, λ {lam:g})" if method == "ties" else "")
-           + f", weights {[round(w, 4) for w in weights]} (merge.json has the details).")
-    card = merged_card([str(m) for m in models] + ([str(base)] if base is not None else []), "merge", how)
-    write_model_dir(out, merged, ckpts[0].raw_config, tokenizer_from=ckpts[0].path, record=record, card=card)
-    return out
-
-
-def _version() -> str:
-    from mmbert import __version__
-
-    return __version__
+    return merged

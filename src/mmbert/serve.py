@@ -50,6 +50,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
+from mmbert.export.hf import from_pretrained
+from mmbert.inference import POOLINGS, _bare_encoder, encode, prepare, resolve_dtype
+from mmbert.version import __version__
+
 log = logging.getLogger(__name__)
 
 
@@ -188,16 +192,13 @@ class Engine:
     """The loaded model, its tokenizer, request validation and the batcher."""
 
     def __init__(self, cfg: ServeConfig):
-        import mmbert
-        from mmbert.inference import POOLINGS, _bare_encoder, prepare, resolve_dtype
-
         if cfg.pooling not in POOLINGS or cfg.pooling == "none":
             raise ValueError(f"unknown pooling {cfg.pooling!r} for serving; choose mean or first")
         for name in ("max_batch_tokens", "max_inputs"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(cfg, name)}")
         self.cfg = cfg
-        model = mmbert.from_pretrained(cfg.model, head="none")
+        model = from_pretrained(cfg.model, head="none")
         self.tokenizer = getattr(model, "tokenizer", None)
         self.config = model.config
         limit = self.config.max_position_embeddings
@@ -214,14 +215,10 @@ class Engine:
         self.batcher = Batcher(self._run_batch, cfg.max_batch_tokens)
 
     def _run_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        from mmbert.inference import encode
-
         return encode(self.encoder, ids, pooling=self.cfg.pooling, batch_tokens=self.cfg.max_batch_tokens,
                       max_length=self.max_length, truncate="error", dtype=self.dtype, threads=self.cfg.threads)
 
     def info(self) -> dict:
-        from mmbert import __version__
-
         return {"model_id": self.name, "model_path": str(self.cfg.model), "model_dtype": str(self.dtype).replace("torch.", ""),
                 "model_type": {"embedding": {"pooling": self.cfg.pooling}}, "dims": self.dims,
                 "pooling": self.cfg.pooling, "max_input_length": self.max_length,
@@ -353,20 +350,34 @@ def create_app(engine: Engine):
                  ", ".join(f"{k} {v}" for k, v in engine.batcher.stats.items()))
 
     app = FastAPI(title="mmbert serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    _add_error_handlers(app)
+    _add_status_routes(app, engine)
+    _add_embedding_routes(app, engine)
+    return app
 
-    def is_openai(request: Request) -> bool:
-        return request.url.path.startswith("/v1/")
 
-    def error_response(request: Request, status: int, message: str, kind: str, param: str | None = None):
-        if is_openai(request):
-            body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-        else:  # text-embeddings-inference's shape
-            body = {"error": message, "error_type": kind}
-        return JSONResponse(body, status_code=status)
+def _error_response(request: Request, status: int, message: str, kind: str, param: str | None = None):
+    """An error in the shape of the API the request used: OpenAI's under /v1/, else TEI's."""
+    if request.url.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    else:  # text-embeddings-inference's shape
+        body = {"error": message, "error_type": kind}
+    return JSONResponse(body, status_code=status)
 
+
+def _check_key(engine: Engine, request: Request) -> None:
+    if engine.cfg.api_key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    if auth != f"Bearer {engine.cfg.api_key}":
+        raise APIError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
+                            "with the server's --api-key", "authentication_error")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return error_response(request, e.status, e.message, e.kind, e.param)
+        return _error_response(request, e.status, e.message, e.kind, e.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
@@ -374,16 +385,11 @@ def create_app(engine: Engine):
         for err in e.errors()[:3]:
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{where or 'body'}: {err.get('msg')}")
-        return error_response(request, 422, "invalid request: " + "; ".join(parts), "invalid_request_error")
+        return _error_response(request, 422, "invalid request: " + "; ".join(parts), "invalid_request_error")
 
-    def check_key(request: Request) -> None:
-        if engine.cfg.api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        if auth != f"Bearer {engine.cfg.api_key}":
-            raise APIError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
-                                "with the server's --api-key", "authentication_error")
 
+def _add_status_routes(app: FastAPI, engine: Engine) -> None:
+    """/health, /info, /metrics (no key needed) and /v1/models."""
     @app.get("/health")
     async def health():
         if not engine.batcher.alive():
@@ -404,12 +410,16 @@ def create_app(engine: Engine):
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_key(request)
+        _check_key(engine, request)
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "mmbert"}]}
 
+
+
+def _add_embedding_routes(app: FastAPI, engine: Engine) -> None:
+    """OpenAI's POST /v1/embeddings and text-embeddings-inference's POST /embed."""
     @app.post("/v1/embeddings")
     async def openai_embeddings(body: OpenAIRequest, request: Request):
-        check_key(request)
+        _check_key(engine, request)
         if body.model is not None and body.model != engine.name:
             raise APIError(404, f"model {body.model!r} is not served here; this server serves {engine.name!r} "
                                 f"(GET /v1/models)", "model_not_found", "model")
@@ -435,15 +445,13 @@ def create_app(engine: Engine):
 
     @app.post("/embed")
     async def tei_embed(body: TEIRequest, request: Request):
-        check_key(request)
+        _check_key(engine, request)
         truncate = engine.cfg.auto_truncate if body.truncate is None else body.truncate
         ids = await asyncio.to_thread(engine.token_ids, body.inputs, "inputs", truncate)
         vecs = await engine.embed(request, ids)
         if body.normalize:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
         return vecs.tolist()
-
-    return app
 
 
 # ----------------------------------------------------------------------------- running it

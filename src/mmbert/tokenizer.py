@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+from mmbert.corpus.byo import open_corpus
 from mmbert.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -277,8 +278,6 @@ def training_texts(corpus_dir: str | os.PathLike, max_chars: int, temperature: f
     in without reading them; counting characters against byte sizes would under-sample the
     multi-byte scripts (CJK, Indic) by 2–3x. Returns (texts, bytes taken per language); `skipped`,
     when given, receives what the corpus reader skipped ({reason: count}, and "examples")."""
-    from mmbert.corpus.byo import open_corpus
-
     corpus = open_corpus(corpus_dir)
     langs = list(languages) if languages else corpus.languages
     sizes = {l: corpus.size_bytes(l) for l in langs}
@@ -414,8 +413,6 @@ def fertility(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float]:
 def fertility_report(tok: Tokenizer, corpus_dir: str | os.PathLike, *, languages: Sequence[str] | None = None,
                      max_chars: int = 20_000) -> dict[str, dict[str, float]]:
     """Fertility per language on the first `max_chars` characters of each language's documents."""
-    from mmbert.corpus.byo import open_corpus
-
     corpus = open_corpus(corpus_dir)
     out = {}
     for l in (languages or corpus.languages):

@@ -74,7 +74,7 @@ def test_demo_pipeline_end_to_end_report_and_reuse(tmp_path):
     """The whole pipeline on a tiny corpus and recipe with a tiny eval data directory; the report says
     what was trained and what it cost, puts floors and sample sizes beside the scores, reads them,
     and names no absolute path; a second run reuses every stage."""
-    from mmbert.demo import STAGES, run_demo, write_report
+    from mmbert.apps.demo import STAGES, run_demo, write_report
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
@@ -165,5 +165,9 @@ def test_readme_main_command_runs_demo(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     env = dict(os.environ, VENV=str(Path(sys.prefix)))  # reuse this environment's packages
-    subprocess.run(["make", "demo", f"VENV={sys.prefix}"], cwd=clone, check=True, env=env, timeout=3600)
+    # `-o <venv>/.installed`: never re-run `pip install -e` from the clone into this environment — it would
+    # point the shared editable install at a temporary directory that is deleted after the test
+    env["PYTHONPATH"] = str(clone / "src")  # the clone's code, not this checkout's
+    subprocess.run(["make", "-o", f"{sys.prefix}/.installed", "demo", f"VENV={sys.prefix}"], cwd=clone,
+                   check=True, env=env, timeout=3600)
     assert (clone / "out" / "demo" / "report.md").is_file()

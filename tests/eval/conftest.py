@@ -51,13 +51,14 @@ def save_tokenizer(path: Path, *, native_framing: bool) -> int:
 def make_ours(path: Path, seed: int = 0) -> Path:
     """Our tiny ModernBERT-architecture MLM directory (mmbert save_pretrained) + bare tokenizer."""
     import mmbert
+    from mmbert.export.hf import save_pretrained
     from mmbert.model import build_model
 
     vocab = save_tokenizer(path, native_framing=False)
     torch.manual_seed(seed)
     cfg = mmbert.EncoderConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                num_attention_heads=2, local_attention=16, max_position_embeddings=512)
-    build_model(cfg, head="mlm").save_pretrained(path)
+    save_pretrained(build_model(cfg, head="mlm"), path)
     return path
 
 

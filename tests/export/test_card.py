@@ -15,6 +15,7 @@ import yaml
 
 from mmbert.cli import main
 from mmbert.export.card import CardInfo, card_metadata, hub_language, read_card
+from mmbert.export.hf import save_pretrained
 from mmbert.model import EncoderConfig, build_model
 
 TEXTS = ["the cat sat on the mat", "der Hund lief weit weg", "le chat noir dort", "a quick brown fox"]
@@ -39,7 +40,7 @@ def export_dir(tmp_path_factory):
     torch.manual_seed(0)
     m = build_model(cfg)
     m.tokenizer = tok
-    m.save_pretrained(root / "model", card=CardInfo(languages=["eng_Latn", "deu_Latn", "fra_Latn", "zxx_Zyyy"],
+    save_pretrained(m, root / "model", card=CardInfo(languages=["eng_Latn", "deu_Latn", "fra_Latn", "zxx_Zyyy"],
                                                     tokens_seen=12345, recipe="cpu-demo"))
     return root / "model"
 

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from mmbert.export.hf import save_pretrained
 from mmbert.model import EncoderConfig, build_model
 from mmbert.model.attention import flash_attn_available, resolve_backend, torch_varlen_available
 
@@ -94,7 +95,7 @@ def test_transformers_parity_on_cuda(tmp_path):
 
     cfg = small_config()
     model = random_model(cfg)
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "m", attn_implementation="sdpa").to(CUDA).eval()
     ids, mask = padded_batch()
     with torch.no_grad():

@@ -20,7 +20,7 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 import mmbert
 import mmbert.inference
-from mmbert.export.hf import read_config
+from mmbert.export.hf import read_config, save_pretrained
 from mmbert.model.config import ACTIVATIONS, ConfigError, EncoderConfig
 from mmbert.model.encoder import ACTIVATION_FNS
 from parity_tol import assert_fp32_close, assert_fp64_close, lift_transformers_fp32_rope
@@ -124,7 +124,7 @@ def test_zoo_transformers_to_ours_and_back(tmp_path, monkeypatch, case):
     assert read_config(tmp_path / "legacy") == ours.config
 
     # export → transformers: same config as transformers resolves it, same logits
-    ours.save_pretrained(tmp_path / "ours")
+    save_pretrained(ours, tmp_path / "ours")
     exported = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert "reference_compile" not in exported
     back = ModernBertForMaskedLM.from_pretrained(tmp_path / "ours", attn_implementation="eager").eval()
@@ -324,7 +324,7 @@ def test_zoo_through_init_from_and_merge(tmp_path, case):
     init_from(tmp_path / "hf", tmp_path / "init", config=src)
     check(tmp_path / "init")
     # a model merged with its own re-save (other dialect) is itself
-    mmbert.from_pretrained(tmp_path / "hf").save_pretrained(tmp_path / "resaved")
+    save_pretrained(mmbert.from_pretrained(tmp_path / "hf"), tmp_path / "resaved")
     merge([tmp_path / "hf", tmp_path / "resaved"], tmp_path / "merged", method="linear", progress=False)
     check(tmp_path / "merged")
 

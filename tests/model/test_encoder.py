@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mmbert
+from mmbert.export.hf import save_pretrained
 from mmbert.model import ConfigError, EncoderConfig, build_model
 from mmbert.model.attention import _bucket_length
 from parity_tol import assert_fp32_close
@@ -145,7 +146,7 @@ def test_bucket_lengths_bound_waste():
 
 def test_bad_weights_give_clear_errors(tmp_path):
     model = tiny()
-    model.save_pretrained(tmp_path / "ok")
+    save_pretrained(model, tmp_path / "ok")
     # no weights
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
@@ -167,7 +168,7 @@ def test_bad_weights_give_clear_errors(tmp_path):
 def test_missing_and_unexpected_keys(tmp_path):
     from safetensors.torch import load_file, save_file
     model = tiny()
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     sd = load_file(tmp_path / "model.safetensors")
     sd.pop("model.layers.1.mlp.Wi.weight")
     save_file(sd, tmp_path / "model.safetensors")
@@ -182,7 +183,7 @@ def test_missing_and_unexpected_keys(tmp_path):
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
-    tiny().save_pretrained(tmp_path)
+    save_pretrained(tiny(), tmp_path)
     import json
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["intermediate_size"] = 64
@@ -192,7 +193,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 
 
 def test_mlm_checkpoint_loads_as_classifier_with_fresh_classifier(tmp_path):
-    tiny().save_pretrained(tmp_path)
+    save_pretrained(tiny(), tmp_path)
     with pytest.warns(UserWarning, match="classifier"):
         clf = mmbert.from_pretrained(tmp_path, head="sequence-classification", num_labels=5)
     out = clf(torch.randint(5, 500, (2, 10)))

@@ -14,6 +14,7 @@ from transformers import (ModernBertConfig, ModernBertForMaskedLM, ModernBertFor
                           ModernBertForTokenClassification, ModernBertModel)
 
 import mmbert
+from mmbert.export.hf import save_pretrained
 from mmbert.model import EncoderConfig, build_model
 from parity_tol import assert_fp32_close, assert_fp64_close, lift_transformers_fp32_rope
 
@@ -130,7 +131,7 @@ def test_ours_to_hf(tmp_path, head):
                         global_rope_theta=160000.0, local_rope_theta=10000.0, max_position_embeddings=128,
                         num_labels=3, classifier_pooling="mean")
     ours = randomise(build_model(cfg, head).eval(), seed=3)
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     hf = HF_CLASSES[head].from_pretrained(tmp_path, attn_implementation="eager").eval()
     ids, mask = batch(seed=4)
     with torch.no_grad():
@@ -144,7 +145,7 @@ def test_ours_to_hf(tmp_path, head):
 def test_automodel_loads_our_export_with_identical_logits(tmp_path):
     cfg = EncoderConfig.from_preset("tiny", vocab_size=300, num_hidden_layers=3)
     ours = build_model(cfg).eval()
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
     ids, mask = batch(vocab=300, lengths=(80, 70, 3))
     with torch.no_grad():

@@ -17,7 +17,7 @@ from tinyrun import tiny_config  # noqa: E402
 from mmbert.model import build_model  # noqa: E402
 from mmbert.train.optim import build_optimizer  # noqa: E402
 from mmbert.train.parallel import cleanup, init_distributed, parallelize  # noqa: E402
-from mmbert.train.step import mlm_loss_fn, train_step  # noqa: E402
+from mmbert.step import mlm_loss_fn, train_step  # noqa: E402
 
 
 def batch(step: int, rank: int) -> dict:

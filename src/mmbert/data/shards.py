@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mmbert.tokenizer import load_tokenizer
 from mmbert.utils import atomic_write, publish_dir
 
 FORMAT = "mmbert-shards/1"
@@ -397,8 +398,6 @@ def shards_tokenizer(index: "ShardIndex", root: str | os.PathLike | None = None)
     """The tokenizer the shards were made with: their copy (`<shards>/tokenizer/`), else index.json's
     "path". ShardError when the file at "path" has changed since (naming both files); None when
     neither exists (shards made before copies were kept, tokenizer since deleted)."""
-    from mmbert.tokenizer import load_tokenizer
-
     info = index.tokenizer if isinstance(index.tokenizer, dict) else {}
     root = Path(root) if root is not None else index.root
     copy = root / TOKENIZER_COPY / "tokenizer.json"

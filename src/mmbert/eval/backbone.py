@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from mmbert.export.hf import from_pretrained
+
 
 class BackboneError(ValueError):
     """The model directory cannot be evaluated as given; the message says what is missing."""
@@ -233,13 +235,8 @@ def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     model = None
     name = cfg.get("model_type", "?")
     if cfg.get("model_type") == "modernbert":
-        try:
-            import mmbert
-
-            model = mmbert.from_pretrained(path, head="none")
-            name = "mmbert:" + name
-        except ModuleNotFoundError:  # our loader not installed in this tree: transformers reads it
-            model = None
+        model = from_pretrained(path, head="none")
+        name = "mmbert:" + name
     if model is None:
         from transformers import AutoModel
 
@@ -265,12 +262,7 @@ def load_mlm_model(path: str | os.PathLike, *, device: str | torch.device = "cpu
     path = Path(path)
     cfg = _read_config(path)
     if cfg.get("model_type") == "modernbert":
-        try:
-            import mmbert
-
-            return mmbert.from_pretrained(path, head="mlm").to(device).eval()
-        except ModuleNotFoundError:
-            pass
+        return from_pretrained(path, head="mlm").to(device).eval()
     from transformers import AutoModelForMaskedLM
 
     with _quiet_transformers():

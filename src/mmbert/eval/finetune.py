@@ -10,7 +10,7 @@
 Sequence tasks mean-pool the last hidden states over the attention mask (ModernBERT's default
 `classifier_pooling="mean"`, and the same for every backbone so they compare on equal terms); token
 tasks label the first sub-word of each word (others are -100). The optimisation step is
-`mmbert.train.step.train_step` — the one the pretraining loop uses: there is no second loop here,
+`mmbert.step.train_step` — the one the pretraining loop uses: there is no second loop here,
 only the schedule of steps (AdamW, linear warm-up then linear decay to 0, gradient clipping).
 """
 
@@ -215,7 +215,7 @@ def finetune(bb: Backbone, train: EncodedSet, *, num_labels: int, cfg: FinetuneC
     """
     from tqdm.auto import tqdm
 
-    from mmbert.train.step import train_step
+    from mmbert.step import train_step
 
     cfg = cfg or FinetuneConfig()
     if len(train) == 0:

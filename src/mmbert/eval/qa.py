@@ -12,7 +12,7 @@ xquad.en.json) and evaluate on the questions of the other 120 paragraphs in ever
 included, so no translation of a training paragraph is ever tested.
 
 Model: the encoder + a Linear(hidden → 2) giving start/end logits per token (`TaskModel` with
-per_token=True and 2 labels), trained by `finetune.finetune` — i.e. through `mmbert.train.step.
+per_token=True and 2 labels), trained by `finetune.finetune` — i.e. through `mmbert.step.
 train_step` — with `qa_loss_fn` (mean of the start and end cross-entropies over positions). Each input
 is `<cls> question <sep> context-window <sep>` (or the tokenizer's own pair framing); a context longer
 than the window is cut into windows that overlap by `stride` tokens (HF run_qa's doc-stride). A training

@@ -4,7 +4,7 @@ Our parameter names ARE transformers' ModernBERT names (model/encoder.py), so th
 the identity — it is still written out, and tested in both directions, so a rename on either side
 fails loudly instead of silently dropping weights.
 
-    python -c "import mmbert; m = mmbert.from_pretrained('answerdotai/ModernBERT-base'); m.save_pretrained('out/mb')"
+    python -c "import mmbert; m = mmbert.from_pretrained('answerdotai/ModernBERT-base'); mmbert.save_pretrained(m, 'out/mb')"
 
 A model directory (ours and our export: the same layout) holds `config.json` (transformers'
 ModernBERT dialect), `model.safetensors` (a tied `decoder.weight` is not stored; an untied one is) and, when a
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from mmbert.export.card import read_card, write_card_files
 from mmbert.model.config import ConfigError, EncoderConfig
 from mmbert.model.encoder import HEADS, build_model
+from mmbert.tokenizer import load_tokenizer
 from mmbert.utils import RunLock, atomic_write, publish_dir
 
 # ----------------------------------------------------------------------------- the name table
@@ -241,14 +243,7 @@ def from_pretrained(path: str | Path, head: str = "mlm", num_labels: int | None 
     model = build_model(config, head)
     load_hf_state_dict(model, read_state_dict(p), source=str(p))
     if (p / "tokenizer.json").exists():
-        try:
-            from mmbert.tokenizer import load_tokenizer
-
-            model.tokenizer = load_tokenizer(p)
-        except ImportError:  # pragma: no cover - tokenizer module not available
-            pass
-    from mmbert.export.card import read_card
-
+        model.tokenizer = load_tokenizer(p)
     model.card = read_card(p)  # carried into the next export (languages, licence, lineage)
     if dtype is not None:
         model.to(dtype)
@@ -292,8 +287,6 @@ def _not_model_file(name: str) -> bool:
 def write_model_files(model: torch.nn.Module, path: Path, card=None) -> Path:
     """config.json + model.safetensors (+ tokenizer files) + card files into an existing (temp) directory."""
     from safetensors.torch import save_file
-
-    from mmbert.export.card import write_card_files
 
     path = Path(path)
     cfg = model.config.to_hf_dict()

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from mmbert.inference import _bare_encoder, _load, encode
+from mmbert.threads import default_threads
 from mmbert.utils import atomic_write
 
 POOLINGS = ("mean", "first", "none")
@@ -72,8 +74,6 @@ def export_onnx(model: nn.Module | str, out_dir: str | os.PathLike, *, pooling: 
     """Write out_dir/model.onnx (fp32), with quantize="int8" also model.int8.onnx, the model's
     tokenizer files when it has them, and onnx_export.json (pooling, names, verification).
     Returns that record."""
-    from mmbert.inference import _bare_encoder, _load
-
     _require_onnx()
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
@@ -133,8 +133,6 @@ def session(path: str | os.PathLike, threads: int | None = None):
     _require_onnx()
     import onnxruntime as ort
 
-    from mmbert.threads import default_threads
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -166,8 +164,6 @@ def verify_onnx(encoder: nn.Module, out: Path, files: dict[str, str], pooling: s
     """Each written file against our fp32 packed `encode` on documents of lengths 1 … past the
     local window: largest |difference| (and the reference's largest |value|), smallest cosine."""
     import numpy as np
-
-    from mmbert.inference import encode
 
     cfg = encoder.config
     g = torch.Generator().manual_seed(0)

@@ -174,19 +174,13 @@ class EncoderLayer(nn.Module):
 
 # ----------------------------------------------------------------------------- the encoder
 class PreTrainedMixin:
-    """save_pretrained / tokenizer attachment shared by every model class."""
+    """Tokenizer / model-card attachment and parameter counting shared by every model class. Saving is
+    `mmbert.save_pretrained(model, path)` (export/hf.py): the model knows nothing of file formats."""
 
     config: EncoderConfig
     head_type: str
     tokenizer = None
     card = None  # the model card (export/card.py CardInfo) of the directory it was loaded from
-
-    def save_pretrained(self, path, card=None) -> None:
-        """Write a directory that transformers (AutoModelForMaskedLM etc.), sentence-transformers and
-        mmbert all load, with a README.md model card (`card`: an export.card.CardInfo)."""
-        from mmbert.export.hf import save_pretrained  # lazy: model/ stays free of export at import
-
-        save_pretrained(self, path, card=card)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         seen, n = set(), 0

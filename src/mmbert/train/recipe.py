@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from mmbert.data.sampling import SHARES_COMPLETE
+from mmbert.data.sampling import SHARES_COMPLETE, SamplingError, select_languages
 
 DECAY_SHAPES = ("none", "linear", "1-sqrt")
 
@@ -312,8 +312,6 @@ def resolve_languages(spec: tuple[str, ...] | str, token_counts: Mapping[str, in
     """An explicit list or tier spec → the sorted list of languages, checked against the shards
     (delegates to the data sampler, so recipes and `mmbert.data.sampling` read tiers the same way).
     Fixed-share sources are ranked apart: the spec selects among the others, then they are added."""
-    from mmbert.data.sampling import SamplingError, select_languages
-
     if isinstance(spec, str):
         _parse_tier(spec)
     shares = shares or {}

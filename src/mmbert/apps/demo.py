@@ -4,7 +4,7 @@ report.md / report.html.
 
     make demo                       # = mmbert demo --out out/demo (sets up .venv first)
     mmbert demo --out out/demo --data-dir ../shared/data/eval
-    python -c "from mmbert.demo import write_report; write_report('out/demo')"   # re-render the report
+    python -c "from mmbert.apps.demo import write_report; write_report('out/demo')"   # re-render the report
 
 Each stage writes a `.done.json` marker into its folder when it finishes; re-running reuses finished
 stages (and the pretraining run resumes exactly where it stopped). The embedded corpus is built
@@ -27,14 +27,27 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from mmbert.merge import DECAY_TIES_DENSITY
-from mmbert.tokenizer import VOCAB_SIZE
+import torch
+from markdown_it import MarkdownIt
+from tqdm import tqdm
+
+from mmbert.apps.demo_report import MLM_TOKENS, RANDOM, STAGES, recipe_tiers, render
+from mmbert.corpus.build import build_corpus, summary
+from mmbert.data.prepare import prepare_shards
+from mmbert.data.shards import ShardIndex
+from mmbert.eval import data as eval_data
+from mmbert.eval.mlm import evaluate_mlm
+from mmbert.eval.runner import format_markdown, run_suite
+from mmbert.export.hf import from_pretrained, save_pretrained
+from mmbert.inference import cpu_model, fill_mask
+from mmbert.merge import DECAY_TIES_DENSITY, merge
+from mmbert.model import EncoderConfig, build_model
+from mmbert.tokenizer import VOCAB_SIZE, load_tokenizer, train_tokenizer
+from mmbert.train.loop import train
+from mmbert.train.recipe import get_recipe
 from mmbert.utils import atomic_write
-
-STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
-RANDOM = "random-init"  # the untrained model with the same architecture and tokenizer: every table's floor
 
 
 def _done(folder: Path) -> dict | None:
@@ -167,7 +180,8 @@ def _training_progress(run: Path, rec, t_start: float) -> Callable[[], tuple[flo
 # ----------------------------------------------------------------------------- the run
 def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike = "out/corpus",
              data_dir: str | os.PathLike | None = None, seed: int = 0, vocab_size: int = VOCAB_SIZE,
-             recipe: str = "cpu-demo", preset: str | None = None, density: float = DECAY_TIES_DENSITY, eval_suite: str = "quick",
+             recipe: str = "cpu-demo", preset: str | None = None, density: float = DECAY_TIES_DENSITY,
+             eval_suite: str = "quick",
              sources: list[str] | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
              heartbeat: float = 60.0) -> Path:
     """Run every stage into `out`; returns the path of report.md.
@@ -177,21 +191,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     progress: show the overall line; nested bars only when stderr is a terminal.
     log: where lines go (default: tqdm.write, which keeps bars intact).
     """
-    import torch
-
-    from mmbert.corpus.build import build_corpus, summary
-    from mmbert.data.prepare import prepare_shards
-    from mmbert.data.shards import ShardIndex
-    from mmbert.eval import data as eval_data
-    from mmbert.merge import merge
-    from mmbert.model import EncoderConfig
-    from mmbert.tokenizer import train_tokenizer
-    from mmbert.train.loop import train
-    from mmbert.train.recipe import get_recipe
-
     if log is None:
-        from tqdm import tqdm
-
         log = tqdm.write if progress else (lambda msg: None)
     bars = progress and sys.stderr.isatty()
     out, corpus = Path(out), Path(corpus)
@@ -203,36 +203,10 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     if skip:
         con.estimate.update({"eval-suite": 0.0, "eval-suite-random-init": 0.0})
 
-    # 1. corpus (shared between demo runs)
-    def build():
-        stats = build_corpus(corpus, cache_dir=corpus.parent / "cache", sources=sources, progress=bars)
-        if not bars:  # with bars, build_corpus printed the same summary itself
-            log(summary(stats))
-        return {"languages": stats["num_languages"], "bytes": stats["total_bytes"]}
-
-    if (corpus / "stats.json").is_file() and _done(corpus) is None:  # built by `mmbert corpus build`
-        st = json.loads((corpus / "stats.json").read_text())
-        _mark(corpus, {"languages": st.get("num_languages"), "bytes": st.get("total_bytes"),
-                       "seconds": st.get("build_seconds", 0.0)})
-    corpus_info = con.stage("corpus", corpus, build)
-
-    # 2. tokenizer (its per-language fertility table goes to a file, not the console), 3. shards
+    # 1. corpus (shared between demo runs), 2. tokenizer, 3. shards
+    corpus_info = _corpus_stage(con, corpus, sources, bars, log)
     tok_dir, shards = out / "tokenizer", out / "shards"
-
-    def tokenizer():
-        tok = train_tokenizer(corpus, vocab_size, tok_dir, seed=seed, progress=False)
-        log(f"tokenizer: {tok.vocab_size} tokens; tokens per word per language in {tok_dir / 'fertility.md'}")
-        return {"vocab_size": tok.vocab_size}
-
-    def shard():
-        res = prepare_shards(corpus, tok_dir, shards, progress=bars)
-        if not bars:  # with bars, prepare_shards printed this line itself
-            train_tokens = sum(c["train"]["tokens"] for c in res["languages"].values())
-            log(f"shards: {len(res['languages'])} languages, {train_tokens:,} training tokens")
-        return {"languages": len(res["languages"])}
-
-    con.stage("tokenizer", tok_dir, tokenizer)
-    con.stage("shards", shards, shard)
+    _tokenizer_and_shards_stages(con, corpus, tok_dir, shards, vocab_size, seed, bars, log)
     index = ShardIndex.load(shards)
 
     # 4. pretraining: main track (pretrain → mid) and the three decay variants
@@ -264,36 +238,83 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     _save_random_init(config, tok_dir, random_dir, seed)
     models = {main_last: exports / main_last, **{v: exports / v for v in variants}, "ties-merge": merged / "model",
               RANDOM: random_dir}
-    tiers = _tiers(rec)
-    mlm_json = out / "eval" / "mlm.json"
-
-    def eval_mlm():
-        import mmbert
-        from mmbert.eval.mlm import evaluate_mlm
-        from mmbert.inference import fill_mask
-
-        res = {}
-        for name, path in models.items():
-            model = mmbert.from_pretrained(path)
-            res[name] = evaluate_mlm(model, shards, langs, max_tokens_per_lang=MLM_TOKENS, seed=0, seq_len=256,
-                                     tiers=tiers, progress=bars)
-        mlm_json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(mlm_json, json.dumps(res, indent=1))
-        # what a user sees first: fill-mask answers of the merge beside those of the untrained model
-        answers = {name: [[d["token"] for d in r[0]] for r in fill_mask(str(models[name]), FILL_MASK_PROMPTS)]
-                   for name in ("ties-merge", RANDOM)}
-        atomic_write(out / "eval" / "fill_mask.json",
-                     json.dumps({"prompts": FILL_MASK_PROMPTS, "top5": answers}, indent=1, ensure_ascii=False))
-        return {"models": list(res)}
-
-    con.stage("eval-mlm", out / "eval" / "mlm", eval_mlm)
+    con.stage("eval-mlm", out / "eval" / "mlm",
+              lambda: _eval_mlm(out, models, shards, langs, recipe_tiers(rec), bars))
 
     # 7. the task suite on the merge, then on the random-init model (same tasks, same seed)
-    for stage, model_dir, sub in (("eval-suite", merged / "model", "suite"),
+    _suite_stages(con, out, merged / "model", random_dir, eval_suite, root, shards, seed, bars, skip)
+
+    atomic_write(out / "demo.json", json.dumps({
+        "recipe": rec.to_dict(), "preset": preset or rec.preset, "model": config.to_dict(), "seed": seed,
+        "density": density, "suite": eval_suite, "corpus": {**corpus_info, "path": os.path.relpath(corpus, out)},
+        "eval_data": {"found": root.is_dir(), "where": where,
+                      "path": os.path.relpath(root, out)}, "stages": con.timings,
+        "total_seconds": time.perf_counter() - con.t0, "machine": _machine()}, indent=2, sort_keys=True))
+    report = write_report(out)
+    log(f"demo: finished in {_hms(time.perf_counter() - con.t0)}; report in {report} and "
+        f"{report.with_suffix('.html')}")
+    return report
+
+
+def _corpus_stage(con: Console, corpus: Path, sources: list[str] | None, bars: bool,
+                  log: Callable[[str], None]) -> dict:
+    """Build the corpus (or reuse one built here or by `mmbert corpus build`); its languages and size."""
+    def build():
+        stats = build_corpus(corpus, cache_dir=corpus.parent / "cache", sources=sources, progress=bars)
+        if not bars:  # with bars, build_corpus printed the same summary itself
+            log(summary(stats))
+        return {"languages": stats["num_languages"], "bytes": stats["total_bytes"]}
+
+    if (corpus / "stats.json").is_file() and _done(corpus) is None:  # built by `mmbert corpus build`
+        st = json.loads((corpus / "stats.json").read_text())
+        _mark(corpus, {"languages": st.get("num_languages"), "bytes": st.get("total_bytes"),
+                       "seconds": st.get("build_seconds", 0.0)})
+    return con.stage("corpus", corpus, build)
+
+
+def _tokenizer_and_shards_stages(con: Console, corpus: Path, tok_dir: Path, shards: Path, vocab_size: int,
+                                 seed: int, bars: bool, log: Callable[[str], None]) -> None:
+    """The tokenizer (its per-language fertility table goes to a file, not the console), then the shards."""
+    def tokenizer():
+        tok = train_tokenizer(corpus, vocab_size, tok_dir, seed=seed, progress=False)
+        log(f"tokenizer: {tok.vocab_size} tokens; tokens per word per language in {tok_dir / 'fertility.md'}")
+        return {"vocab_size": tok.vocab_size}
+
+    def shard():
+        res = prepare_shards(corpus, tok_dir, shards, progress=bars)
+        if not bars:  # with bars, prepare_shards printed this line itself
+            train_tokens = sum(c["train"]["tokens"] for c in res["languages"].values())
+            log(f"shards: {len(res['languages'])} languages, {train_tokens:,} training tokens")
+        return {"languages": len(res["languages"])}
+
+    con.stage("tokenizer", tok_dir, tokenizer)
+    con.stage("shards", shards, shard)
+
+
+def _eval_mlm(out: Path, models: dict[str, Path], shards: Path, langs: list[str], tiers, bars: bool) -> dict:
+    """Held-out MLM of every model into eval/mlm.json, and the fill-mask answers of the merge and the
+    untrained model (what a user sees first) into eval/fill_mask.json."""
+    res = {}
+    for name, path in models.items():
+        model = from_pretrained(path)
+        res[name] = evaluate_mlm(model, shards, langs, max_tokens_per_lang=MLM_TOKENS, seed=0, seq_len=256,
+                                 tiers=tiers, progress=bars)
+    mlm_json = out / "eval" / "mlm.json"
+    mlm_json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(mlm_json, json.dumps(res, indent=1))
+    answers = {name: [[d["token"] for d in r[0]] for r in fill_mask(str(models[name]), FILL_MASK_PROMPTS)]
+               for name in ("ties-merge", RANDOM)}
+    atomic_write(out / "eval" / "fill_mask.json",
+                 json.dumps({"prompts": FILL_MASK_PROMPTS, "top5": answers}, indent=1, ensure_ascii=False))
+    return {"models": list(res)}
+
+
+def _suite_stages(con: Console, out: Path, merged_model: Path, random_dir: Path, eval_suite: str, root: Path,
+                  shards: Path, seed: int, bars: bool, skip: str | None) -> None:
+    """The task suite on the merge, then on the random-init model (same tasks, same seed)."""
+    for stage, model_dir, sub in (("eval-suite", merged_model, "suite"),
                                   ("eval-suite-random-init", random_dir, f"suite-{RANDOM}")):
         def suite(model_dir=model_dir, sub=sub):
-            from mmbert.eval.runner import format_markdown, run_suite
-
             res = run_suite(model_dir, eval_suite, data_dir=root, out_dir=out / "eval" / sub, seeds=(seed,),
                             shards=shards, progress=bars)
             # paths relative to the output directory: the folder can be moved or shared
@@ -306,19 +327,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
         if stage == "eval-suite" and con.timings[stage]["status"] == "ran":
             con.estimate["eval-suite-random-init"] = con.timings[stage]["seconds"]  # same work, same machine
 
-    atomic_write(out / "demo.json", json.dumps({
-        "recipe": rec.to_dict(), "preset": preset or rec.preset, "model": config.to_dict(), "seed": seed,
-        "density": density, "suite": eval_suite, "corpus": {**corpus_info, "path": os.path.relpath(corpus, out)},
-        "eval_data": {"found": root.is_dir(), "where": where,
-                                                            "path": os.path.relpath(root, out)}, "stages": con.timings,
-        "total_seconds": time.perf_counter() - con.t0, "machine": _machine(torch)}, indent=2, sort_keys=True))
-    report = write_report(out)
-    log(f"demo: finished in {_hms(time.perf_counter() - con.t0)}; report in {report} and "
-        f"{report.with_suffix('.html')}")
-    return report
 
-
-MLM_TOKENS = 1024  # held-out tokens per language for the variant comparison (≈150 masked)
 FILL_MASK_PROMPTS = ["The capital of France is <mask>.", "Die Hauptstadt von Deutschland ist <mask>."]
 
 
@@ -326,17 +335,8 @@ def _round_vocab(n: int) -> int:
     return n if n % 64 == 0 else n + 64 - n % 64
 
 
-def _tiers(rec) -> list[tuple[str, Any]]:
-    """Languages by the phase that introduced them (the one tier naming of the report and of the
-    training loop's held-out evaluation): each main phase's languages, then decay-only."""
-    tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in rec.phases]
-    return tiers + [("decay-only", "all")]
-
-
 def _data_dir(data_dir) -> tuple[Path, str]:
     """(evaluation data directory, how it was found) — the same rule as `mmbert eval`."""
-    from mmbert.eval import data as eval_data
-
     root = eval_data.resolve_data_dir(data_dir)
     if data_dir:
         return root, "--data-dir"
@@ -359,23 +359,16 @@ def _save_random_init(config, tok_dir: Path, path: Path, seed: int) -> None:
     """The untrained model (same preset, vocabulary and tokenizer, initialised with `seed`)."""
     if (path / "config.json").is_file():
         return
-    import torch
-
-    from mmbert.model import build_model
-    from mmbert.tokenizer import load_tokenizer
-
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(config, head="mlm")
     model.tokenizer = load_tokenizer(tok_dir)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
+    save_pretrained(model, tmp)
     os.replace(tmp, path)
 
 
-def _machine(torch) -> dict:
-    from mmbert.inference import cpu_model
-
+def _machine() -> dict:
     cpu = cpu_model()
     mem = None
     try:
@@ -391,8 +384,6 @@ def _machine(torch) -> dict:
 # ----------------------------------------------------------------------------- report
 def write_report(out: str | os.PathLike) -> Path:
     """Render report.md and report.html from a demo run's files (demo.json, run/, eval/)."""
-    from mmbert.demo_report import render
-
     out = Path(out)
     md = render(out)
     report = out / "report.md"
@@ -404,8 +395,6 @@ def write_report(out: str | os.PathLike) -> Path:
 def markdown_to_html(md: str) -> str:
     """CommonMark + tables (markdown-it-py): code spans, bold, lists, images and links render; table
     cells follow the column alignment (`---:` right, numbers; `---` left, text)."""
-    from markdown_it import MarkdownIt
-
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
              "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"

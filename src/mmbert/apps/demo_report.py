@@ -2,7 +2,7 @@
 files alone: <out>/demo.json (what ran, what it cost, the machine), run/ (metrics, plots),
 shards/index.json, eval/mlm.json and eval/suite*/results.json.
 
-    python -c "from mmbert.demo import write_report; write_report('out/demo')"
+    python -c "from mmbert.apps.demo import write_report; write_report('out/demo')"
 
 What a reader needs beside every number: the floor it has to beat (chance, a constant predictor, the
 same architecture untrained — computed in the same run) and the sample size it rests on. Languages
@@ -16,10 +16,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-RANDOM = "random-init"
+from mmbert.corpus.languages import resolve_tag
+from mmbert.data.sampling import plan_phase
+from mmbert.data.shards import ShardIndex, open_shard
+from mmbert.eval.mlm import _chunks, assign_tiers
+from mmbert.model import EncoderConfig
+from mmbert.train.recipe import Recipe
+
+# the demo's stages in run order (demo.py runs them; the cost table lists them in this order)
+STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
+RANDOM = "random-init"  # the untrained model with the same architecture and tokenizer: every table's floor
 MERGE = "ties-merge"
+MLM_TOKENS = 1024  # held-out tokens per language for the variant comparison (≈150 masked)
+
+
+def recipe_tiers(rec) -> list[tuple[str, Any]]:
+    """Languages by the phase that introduced them (the one tier naming of the report and of the
+    training loop's held-out evaluation): each main phase's languages, then decay-only."""
+    tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in rec.phases]
+    return tiers + [("decay-only", "all")]
 
 
 def _se(p: float, n: int) -> float:
@@ -76,12 +95,9 @@ def _phase_tokens(run: Path, rec) -> dict[str, int]:
 
 
 def _tier_members(index, rec) -> dict[str, list[str]]:
-    from mmbert.demo import _tiers
-    from mmbert.eval.mlm import assign_tiers
-
     counts = {lang: index.tokens(lang) for lang in index.languages}
-    tier_of = assign_tiers(counts, _tiers(rec))
-    members: dict[str, list[str]] = {t: [] for t, _ in _tiers(rec)}
+    tier_of = assign_tiers(counts, recipe_tiers(rec))
+    members: dict[str, list[str]] = {t: [] for t, _ in recipe_tiers(rec)}
     for lang in sorted(counts, key=lambda k: (-counts[k], k)):
         members.setdefault(tier_of[lang], []).append(lang)
     return members
@@ -90,11 +106,6 @@ def _tier_members(index, rec) -> dict[str, list[str]]:
 def _majority_token(shards: Path, langs: list[str], max_tokens: int, specials: set[int]) -> dict[str, float]:
     """Per language: the share of its most frequent (non-special) token among the held-out tokens the
     MLM comparison reads — the accuracy of always predicting that one token."""
-    from collections import Counter
-
-    from mmbert.data.shards import open_shard
-    from mmbert.eval.mlm import _chunks
-
     out = {}
     for lang in langs:
         toks = [t for row in _chunks(open_shard(shards, lang, "heldout"), 256, max_tokens) for t in row
@@ -198,12 +209,7 @@ def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- the report
 def render(out: Path) -> str:
-    from mmbert.data.sampling import plan_phase
-    from mmbert.data.shards import ShardIndex
-    from mmbert.demo import STAGES
-    from mmbert.model import EncoderConfig
-    from mmbert.train.recipe import Recipe
-
+    """report.md's text, from the run's files in `out` (writes the report's figures into report_files/)."""
     out = Path(out)
     info = json.loads((out / "demo.json").read_text())
     rec = Recipe.from_dict(info["recipe"])
@@ -226,83 +232,15 @@ def render(out: Path) -> str:
     trained = _phase_tokens(out / "run", rec)
     readings: list[str] = []
 
-    n_all, n_body = config.num_parameters(), config.num_parameters(include_embeddings=False)
-    emb = n_all - n_body
-    st = info["stages"]
-    mach = info["machine"]
-    total_cpu = sum(v.get("cpu_seconds") or 0 for v in st.values())
-    total_wall = sum(v.get("seconds") or 0 for v in st.values())
     L = [f"# mmbert demo report: recipe `{rec.name}`, preset `{info['preset']}`", "",
          f"Everything below was produced by this run in `{out.name}/` and is rendered from its files; paths are "
          f"relative to that folder. Scores are percentages; each comes with the floor it has to beat and the "
          f"number of items it rests on.", ""]
-
-    # ---- what was trained
-    L += ["## What was trained", "",
-          f"- **Model**: preset `{info['preset']}` — {config.num_hidden_layers} layers, hidden size "
-          f"{config.hidden_size}, {config.num_attention_heads} heads, vocabulary {config.vocab_size:,}. "
-          f"**{n_all:,} parameters**, of which {emb:,} ({emb / n_all:.0%}) are the token embedding matrix "
-          f"(shared with the MLM decoder) and {n_body:,} the transformer layers and head.",
-          f"- **Data**: the corpus in `{info['corpus'].get('path')}` ({info['corpus'].get('languages')} languages, "
-          f"{(info['corpus'].get('bytes') or 0) / 1e6:.0f} MB of text), tokenized into {len(index.languages)} "
-          f"language tags with a held-out split (`shards/`).",
-          f"- **Recipe** `{rec.name}`: the main track ({' → '.join(p.name for p in rec.phases)}), then "
-          f"{len(rec.variants)} decay variants that each branch from the end of `{rec.phases[-1].name}` "
-          f"({', '.join(rec.variants)}), TIES-merged with density {info['density']} (`merged/model`). "
-          f"Seed {info['seed']}.", "",
-          "| phase | tokens planned | tokens trained | seq len | languages | τ | mask | RoPE θ global/local | "
-          "LR peak, decay |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    for p, pl in zip(phases, plans):
-        L.append(f"| {p.name} | {p.tokens:,} | {trained.get(p.name, 0):,} | {p.seq_len} | {len(pl.languages)} | "
-                 f"{p.temperature} | {p.mask_rate:.0%} | {p.global_rope_theta:g} / {p.local_rope_theta:g} | "
-                 f"{p.lr_peak:g}, {p.lr_decay} |")
-    L += [f"| **all phases** | {sum(p.tokens for p in phases):,} | {sum(trained.values()):,} | | | | | | |", ""]
-
-    # ---- what it cost
-    L += ["## What it cost", "",
-          f"Machine: {mach['cpu']}, {mach['cores']} logical cores, torch {mach['torch']} with "
-          f"{mach['torch_threads']} threads" + (f", {mach['memory_gib']:.0f} GiB memory" if mach.get("memory_gib")
-                                                else "") + (f", GPU {mach['gpu']}" if mach.get("gpu") else ", no GPU")
-          + f"; {mach['os']}, Python {mach['python']}. CPU time counts every thread of the process and its worker "
-            f"processes, so CPU ÷ wall ≈ the cores kept busy.", "",
-          "| stage | wall | CPU | |", "|---|---:|---:|---|"]
-    for name in sorted(st, key=lambda k: STAGES.index(k) if k in STAGES else 99):
-        v = st[name]
-        note = {"ran": "", "reused": "reused: finished in an earlier run (its time then)",
-                "skipped": f"skipped: {v.get('note', '')}"}[v["status"]]
-        L.append(f"| {name} | {_hms(v['seconds']) if v['status'] != 'skipped' else '–'} | "
-                 f"{_hms(v.get('cpu_seconds'))} | {note} |")
-    L += [f"| **all stages** | {_hms(total_wall)} | {_hms(total_cpu)} | this invocation: "
-          f"{_hms(info['total_seconds'])} |", ""]
-
-    # ---- tiers and sampling
-    L += ["## Language tiers and sampling", "",
-          "Languages are grouped by the phase that first trains on them; these three names are used for the "
-          "same groups everywhere in this report and in `run/plots/heldout.png`:", ""]
-    for t in tiers:
-        ls = members[t]
-        what = ("seen only in the decay variants that sample every language" if t == "decay-only"
-                else f"first trained in the `{t}` phase")
-        L.append(f"- **{t}** ({_langs(len(ls))}, {what}): " + ", ".join(ls[:24]) + (" …" if len(ls) > 24 else ""))
-    samp, caption = _plot_sampling(plans, members, figs / "sampling.png")
-    L += ["", f"![language sampling per phase]({samp.relative_to(out)})", "",
-          f"Sampling share p ∝ n^τ per phase. {caption}", ""]
-
-    # ---- training curves
-    L += ["## Training", ""]
-    for name, what in (("loss", "training loss per track (the mask rate changes by phase, so phases are not "
-                                 "comparable with each other)"),
-                       ("heldout", "held-out MLM loss during training, thin lines per language, thick per tier"),
-                       ("schedules", "learning rate, mask rate, τ and sequence length as trained"),
-                       ("throughput", "training tokens per second")):
-        p = out / "run" / "plots" / f"{name}.png"
-        if p.is_file():
-            L += [f"![{name}]({p.relative_to(out)})", "", f"*{what[0].upper() + what[1:]}.*", ""]
-
-    # ---- held-out MLM
+    L += _trained_section(info, rec, config, index, phases, plans, trained)
+    L += _cost_section(info)
+    L += _tiers_section(out, members, plans, figs)
+    L += _training_section(out)
     L += _mlm_section(out, mlm, tiers, config, index, figs, readings, rec)
-
-    # ---- task suite
     if suites:
         specials = _specials(config)
         L += _suite_section(suites, tier_of, readings, config.vocab_size,
@@ -313,16 +251,91 @@ def render(out: Path) -> str:
               f"`{ed.get('path')}`). Point `--data-dir` or `$MMBERT_EVAL_DATA` at the folder holding "
               f"`SOURCES.md`, `sib200/`, … and run `mmbert demo` again: finished stages are reused.", ""]
         readings.append("The task suite did not run (no evaluation data), so only held-out MLM is read here.")
-
-    # ---- reading
     L += ["## Reading", "", "Generated from the numbers above; a difference counts when it exceeds twice its "
           "binomial standard error.", ""] + [f"- {r}" for r in readings] + [""]
+    L += _use_section(out, trained)
+    return "\n".join(L)
 
-    L += ["## Use the merged model", "", f"From inside `{out.name}/`:", "", "```python", "import mmbert",
-          "model = mmbert.from_pretrained('merged/model')", "from transformers import pipeline",
-          "pipeline('fill-mask', model='merged/model')('The capital of France is <mask>.')", "```", "",
-          f"After {_num(sum(trained.values()))} training tokens expect fill-mask answers to be frequent tokens "
-          f"rather than facts (mmBERT trained on 3 trillion); compare with the untrained model's:", ""]
+
+def _trained_section(info: dict, rec, config, index, phases, plans, trained: dict[str, int]) -> list[str]:
+    n_all, n_body = config.num_parameters(), config.num_parameters(include_embeddings=False)
+    emb = n_all - n_body
+    L = ["## What was trained", "",
+         f"- **Model**: preset `{info['preset']}` — {config.num_hidden_layers} layers, hidden size "
+         f"{config.hidden_size}, {config.num_attention_heads} heads, vocabulary {config.vocab_size:,}. "
+         f"**{n_all:,} parameters**, of which {emb:,} ({emb / n_all:.0%}) are the token embedding matrix "
+         f"(shared with the MLM decoder) and {n_body:,} the transformer layers and head.",
+         f"- **Data**: the corpus in `{info['corpus'].get('path')}` ({info['corpus'].get('languages')} languages, "
+         f"{(info['corpus'].get('bytes') or 0) / 1e6:.0f} MB of text), tokenized into {len(index.languages)} "
+         f"language tags with a held-out split (`shards/`).",
+         f"- **Recipe** `{rec.name}`: the main track ({' → '.join(p.name for p in rec.phases)}), then "
+         f"{len(rec.variants)} decay variants that each branch from the end of `{rec.phases[-1].name}` "
+         f"({', '.join(rec.variants)}), TIES-merged with density {info['density']} (`merged/model`). "
+         f"Seed {info['seed']}.", "",
+         "| phase | tokens planned | tokens trained | seq len | languages | τ | mask | RoPE θ global/local | "
+         "LR peak, decay |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for p, pl in zip(phases, plans):
+        L.append(f"| {p.name} | {p.tokens:,} | {trained.get(p.name, 0):,} | {p.seq_len} | {len(pl.languages)} | "
+                 f"{p.temperature} | {p.mask_rate:.0%} | {p.global_rope_theta:g} / {p.local_rope_theta:g} | "
+                 f"{p.lr_peak:g}, {p.lr_decay} |")
+    return L + [f"| **all phases** | {sum(p.tokens for p in phases):,} | {sum(trained.values()):,} | | | | | | |", ""]
+
+
+def _cost_section(info: dict) -> list[str]:
+    st = info["stages"]
+    mach = info["machine"]
+    total_cpu = sum(v.get("cpu_seconds") or 0 for v in st.values())
+    total_wall = sum(v.get("seconds") or 0 for v in st.values())
+    L = ["## What it cost", "",
+         f"Machine: {mach['cpu']}, {mach['cores']} logical cores, torch {mach['torch']} with "
+         f"{mach['torch_threads']} threads" + (f", {mach['memory_gib']:.0f} GiB memory" if mach.get("memory_gib")
+                                               else "") + (f", GPU {mach['gpu']}" if mach.get("gpu") else ", no GPU")
+         + f"; {mach['os']}, Python {mach['python']}. CPU time counts every thread of the process and its worker "
+           f"processes, so CPU ÷ wall ≈ the cores kept busy.", "",
+         "| stage | wall | CPU | |", "|---|---:|---:|---|"]
+    for name in sorted(st, key=lambda k: STAGES.index(k) if k in STAGES else 99):
+        v = st[name]
+        note = {"ran": "", "reused": "reused: finished in an earlier run (its time then)",
+                "skipped": f"skipped: {v.get('note', '')}"}[v["status"]]
+        L.append(f"| {name} | {_hms(v['seconds']) if v['status'] != 'skipped' else '–'} | "
+                 f"{_hms(v.get('cpu_seconds'))} | {note} |")
+    return L + [f"| **all stages** | {_hms(total_wall)} | {_hms(total_cpu)} | this invocation: "
+                f"{_hms(info['total_seconds'])} |", ""]
+
+
+def _tiers_section(out: Path, members: dict[str, list[str]], plans, figs: Path) -> list[str]:
+    L = ["## Language tiers and sampling", "",
+         "Languages are grouped by the phase that first trains on them; these three names are used for the "
+         "same groups everywhere in this report and in `run/plots/heldout.png`:", ""]
+    for t in members:
+        ls = members[t]
+        what = ("seen only in the decay variants that sample every language" if t == "decay-only"
+                else f"first trained in the `{t}` phase")
+        L.append(f"- **{t}** ({_langs(len(ls))}, {what}): " + ", ".join(ls[:24]) + (" …" if len(ls) > 24 else ""))
+    samp, caption = _plot_sampling(plans, members, figs / "sampling.png")
+    return L + ["", f"![language sampling per phase]({samp.relative_to(out)})", "",
+                f"Sampling share p ∝ n^τ per phase. {caption}", ""]
+
+
+def _training_section(out: Path) -> list[str]:
+    L = ["## Training", ""]
+    for name, what in (("loss", "training loss per track (the mask rate changes by phase, so phases are not "
+                                 "comparable with each other)"),
+                       ("heldout", "held-out MLM loss during training, thin lines per language, thick per tier"),
+                       ("schedules", "learning rate, mask rate, τ and sequence length as trained"),
+                       ("throughput", "training tokens per second")):
+        p = out / "run" / "plots" / f"{name}.png"
+        if p.is_file():
+            L += [f"![{name}]({p.relative_to(out)})", "", f"*{what[0].upper() + what[1:]}.*", ""]
+    return L
+
+
+def _use_section(out: Path, trained: dict[str, int]) -> list[str]:
+    L = ["## Use the merged model", "", f"From inside `{out.name}/`:", "", "```python", "import mmbert",
+         "model = mmbert.from_pretrained('merged/model')", "from transformers import pipeline",
+         "pipeline('fill-mask', model='merged/model')('The capital of France is <mask>.')", "```", "",
+         f"After {_num(sum(trained.values()))} training tokens expect fill-mask answers to be frequent tokens "
+         f"rather than facts (mmBERT trained on 3 trillion); compare with the untrained model's:", ""]
     fm = out / "eval" / "fill_mask.json"
     if fm.is_file():
         d = json.loads(fm.read_text())
@@ -331,7 +344,7 @@ def render(out: Path) -> str:
         L += [f"| `{prompt}` | {cell(d['top5'][MERGE][i])} | {cell(d['top5'][RANDOM][i])} |"
               for i, prompt in enumerate(d["prompts"])]
         L.append("")
-    return "\n".join(L)
+    return L
 
 
 def _specials(config) -> set[int]:
@@ -339,39 +352,29 @@ def _specials(config) -> set[int]:
                                          "sep_token_id", "unk_token_id", "mask_token_id")} - {None}
 
 
+def _group_stats(r: dict, group: str) -> tuple[float, float, int, int] | None:
+    """(macro accuracy, its standard error, masked tokens, languages) of one model's MLM result over a
+    tier's languages, or over every language for group "all"; None for an empty tier."""
+    ls = [lang for lang in r["languages"] if (group == "all" or r["languages"][lang]["tier"] == group)
+          and r["languages"][lang]["masked_tokens"] > 0]
+    if not ls and group != "all":
+        return None
+    acc = sum(r["languages"][lang]["accuracy"] for lang in ls) / len(ls)
+    se = math.sqrt(sum(_se(r["languages"][lang]["accuracy"], r["languages"][lang]["masked_tokens"]) ** 2
+                       for lang in ls)) / len(ls)
+    return acc, se, sum(r["languages"][lang]["masked_tokens"] for lang in ls), len(ls)
+
+
 def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[str]:
     specials = _specials(config)
-    from mmbert.demo import MLM_TOKENS
-
     some = next(iter(mlm.values()))
     langs = list(some["languages"])
     majority = _majority_token(out / "shards", langs, MLM_TOKENS, specials)
     fig = _plot_variants(mlm, tiers, figs / "variants_mlm.png")
-
-    def tier_stats(r, t):
-        ls = [lang for lang in r["languages"] if r["languages"][lang]["tier"] == t
-              and r["languages"][lang]["masked_tokens"] > 0]
-        if not ls:
-            return None
-        acc = sum(r["languages"][lang]["accuracy"] for lang in ls) / len(ls)
-        se = math.sqrt(sum(_se(r["languages"][lang]["accuracy"], r["languages"][lang]["masked_tokens"]) ** 2
-                           for lang in ls)) / len(ls)
-        return acc, se, sum(r["languages"][lang]["masked_tokens"] for lang in ls), len(ls)
-
     groups = tiers + ["all"]
-
-    def stats(r, g):
-        if g != "all":
-            return tier_stats(r, g)
-        ls = [lang for lang in r["languages"] if r["languages"][lang]["masked_tokens"] > 0]
-        acc = sum(r["languages"][lang]["accuracy"] for lang in ls) / len(ls)
-        se = math.sqrt(sum(_se(r["languages"][lang]["accuracy"], r["languages"][lang]["masked_tokens"]) ** 2
-                           for lang in ls)) / len(ls)
-        return acc, se, sum(r["languages"][lang]["masked_tokens"] for lang in ls), len(ls)
-
     head = []
     for g in groups:
-        s = stats(some, g)
+        s = _group_stats(some, g)
         head.append(f"{g} ({_langs(s[3])}, {s[2]:,} masked)" if s else f"{g} (none)")
     L = ["## Held-out MLM by variant", "",
          f"Masked-token accuracy on each language's held-out split: the first {MLM_TOKENS:,} tokens, 15% masked "
@@ -384,7 +387,7 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
     for name, r in mlm.items():
         cells = []
         for g in groups:
-            s = stats(r, g)
+            s = _group_stats(r, g)
             cells.append("–" if s is None else f"{_pct(s[0])} ± {_pct(s[1])}")
         label = f"{name} (floor)" if name == RANDOM else name
         L.append(f"| {label} | " + " | ".join(cells) + f" | {r['macro']['loss']:.3f} |")
@@ -394,7 +397,17 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
               and not math.isnan(majority[lang])]
         maj.append(_pct(sum(majority[lang] for lang in ls) / len(ls)) if ls else "–")
     L += ["| constant (floor) | " + " | ".join(maj) + " | |", ""]
-    per_lang = figs / "mlm_per_language.md"
+    per_lang = _mlm_per_language(mlm, some, langs, tiers, majority, figs / "mlm_per_language.md")
+    L += [f"Per language, with its masked-token count: [`{per_lang.relative_to(out)}`]({per_lang.relative_to(out)}) "
+          f"(at ~{int(0.15 * MLM_TOKENS)} masked tokens a language's accuracy carries a standard error of up to "
+          f"±{100 * _se(0.5, int(0.15 * MLM_TOKENS)):.0f} points).", ""]
+    readings += _mlm_readings(mlm, langs, majority, tiers, rec)
+    return L
+
+
+def _mlm_per_language(mlm: dict, some: dict, langs: list[str], tiers: list[str], majority: dict[str, float],
+                      path: Path) -> Path:
+    """The per-language accuracy table, written beside the report; returns its path."""
     rows = ["| language | tier | masked tokens | " + " | ".join(mlm) + " | constant |",
             "|---|---|---:|" + "---:|" * (len(mlm) + 1)]
     for lang in sorted(langs, key=lambda x: (tiers.index(some["languages"][x]["tier"])
@@ -403,21 +416,22 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
         rows.append(f"| {lang} | {v['tier']} | {v['masked_tokens']} | "
                     + " | ".join(_pct(mlm[m]["languages"][lang]["accuracy"]) for m in mlm)
                     + f" | {_pct(majority[lang])} |")
-    per_lang.write_text("# Held-out MLM accuracy per language (%)\n\n" + "\n".join(rows) + "\n")
-    L += [f"Per language, with its masked-token count: [`{per_lang.relative_to(out)}`]({per_lang.relative_to(out)}) "
-          f"(at ~{int(0.15 * MLM_TOKENS)} masked tokens a language's accuracy carries a standard error of up to "
-          f"±{100 * _se(0.5, int(0.15 * MLM_TOKENS)):.0f} points).", ""]
+    path.write_text("# Held-out MLM accuracy per language (%)\n\n" + "\n".join(rows) + "\n")
+    return path
 
-    # ---- reading of the MLM numbers
+
+def _mlm_readings(mlm: dict, langs: list[str], majority: dict[str, float], tiers: list[str], rec) -> list[str]:
+    """The "Reading" lines of the held-out MLM numbers: best model, floors, the decay-all gain, the merge."""
+    readings = []
     trained = [n for n in mlm if n != RANDOM]
     branch = rec.phases[-1].name
-    best = max(trained, key=lambda n: stats(mlm[n], "all")[0])
-    b_acc, b_se = stats(mlm[best], "all")[:2]
+    best = max(trained, key=lambda n: _group_stats(mlm[n], "all")[0])
+    b_acc, b_se = _group_stats(mlm[best], "all")[:2]
     readings.append(f"Held-out MLM, all languages: **{best}** is best ({_pct(b_acc)} ± {_pct(b_se)}); " + ", ".join(
-        f"{n} {_pct(stats(mlm[n], 'all')[0])}" for n in trained if n != best) + ".")
+        f"{n} {_pct(_group_stats(mlm[n], 'all')[0])}" for n in trained if n != best) + ".")
     at_floor = False
     if RANDOM in mlm:
-        r_acc, r_se = stats(mlm[RANDOM], "all")[:2]
+        r_acc, r_se = _group_stats(mlm[RANDOM], "all")[:2]
         m_acc = sum(majority[lang] for lang in langs if not math.isnan(majority[lang])) / max(1, len(langs))
         floor, fname = (r_acc, RANDOM) if r_acc >= m_acc else (m_acc, "always predicting the most frequent token")
         if b_acc - floor <= 2 * math.hypot(b_se, r_se):
@@ -431,44 +445,48 @@ def _mlm_section(out, mlm, tiers, config, index, figs, readings, rec) -> list[st
     decay_all = next((n for n in trained if n != branch and n != "ties-merge"
                       and any(p.languages == "all" for p in rec.variants.get(n, ()))), None)
     if decay_all and branch in mlm and "decay-only" in tiers:
-        s0, s1 = stats(mlm[branch], "decay-only"), stats(mlm[decay_all], "decay-only")
-        if s0 and s1:
-            gain, noise = s1[0] - s0[0], 2 * math.hypot(s0[1], s1[1])
-            if gain > noise:
-                text = (f"Decaying on all languages helps the decay-only languages: {decay_all} gains "
-                        f"{100 * gain:.1f} points over {branch} there (noise ±{100 * noise:.1f}).")
-                sm = stats(mlm.get(MERGE, {}), "decay-only") if MERGE in mlm else None
-                if sm:
-                    kept = (sm[0] - s0[0]) / gain
-                    text += (f" The TIES merge keeps {kept:.0%} of that gain." if kept > 0.5 else
-                             f" The TIES merge keeps only {kept:.0%} of that gain (it loses what {decay_all} won).")
-                readings.append(text)
-            else:
-                readings.append(f"On the decay-only languages {decay_all} and {branch} are within noise "
-                                f"({100 * gain:+.1f} points, noise ±{100 * noise:.1f}): this run cannot show "
-                                f"a gain from decaying on all languages, so nothing can be said of the merge "
-                                f"keeping it.")
+        readings += _decay_all_reading(mlm, decay_all, branch)
     if MERGE in mlm:
-        m_acc, m_se = stats(mlm[MERGE], "all")[:2]
-        loss_best = min(trained, key=lambda n: mlm[n]["macro"]["loss"])
-        if best == MERGE or b_acc - m_acc <= 2 * math.hypot(b_se, m_se):
-            readings.append(f"**Use `merged/model`** (the TIES merge): it is the best or within noise of the best "
-                            f"on held-out accuracy ({_pct(m_acc)} vs {_pct(b_acc)}); lowest held-out loss: "
-                            f"{loss_best} ({mlm[loss_best]['macro']['loss']:.3f} vs merge "
-                            f"{mlm[MERGE]['macro']['loss']:.3f})"
-                            + (" — though with every model at floor the choice matters little." if at_floor
-                               else "."))
-        else:
-            readings.append(f"The TIES merge is worse than {best} on held-out accuracy ({_pct(m_acc)} vs "
-                            f"{_pct(b_acc)}, beyond noise) and has loss {mlm[MERGE]['macro']['loss']:.3f} vs "
-                            f"{mlm[best]['macro']['loss']:.3f}: **use `run/export/{best}`** for these languages.")
-    return L
+        readings.append(_merge_reading(mlm, trained, best, b_acc, b_se, at_floor))
+    return readings
+
+
+def _decay_all_reading(mlm: dict, decay_all: str, branch: str) -> list[str]:
+    s0, s1 = _group_stats(mlm[branch], "decay-only"), _group_stats(mlm[decay_all], "decay-only")
+    if not (s0 and s1):
+        return []
+    gain, noise = s1[0] - s0[0], 2 * math.hypot(s0[1], s1[1])
+    if gain <= noise:
+        return [f"On the decay-only languages {decay_all} and {branch} are within noise "
+                f"({100 * gain:+.1f} points, noise ±{100 * noise:.1f}): this run cannot show "
+                f"a gain from decaying on all languages, so nothing can be said of the merge "
+                f"keeping it."]
+    text = (f"Decaying on all languages helps the decay-only languages: {decay_all} gains "
+            f"{100 * gain:.1f} points over {branch} there (noise ±{100 * noise:.1f}).")
+    sm = _group_stats(mlm.get(MERGE, {}), "decay-only") if MERGE in mlm else None
+    if sm:
+        kept = (sm[0] - s0[0]) / gain
+        text += (f" The TIES merge keeps {kept:.0%} of that gain." if kept > 0.5 else
+                 f" The TIES merge keeps only {kept:.0%} of that gain (it loses what {decay_all} won).")
+    return [text]
+
+
+def _merge_reading(mlm: dict, trained: list[str], best: str, b_acc: float, b_se: float, at_floor: bool) -> str:
+    m_acc, m_se = _group_stats(mlm[MERGE], "all")[:2]
+    loss_best = min(trained, key=lambda n: mlm[n]["macro"]["loss"])
+    if best == MERGE or b_acc - m_acc <= 2 * math.hypot(b_se, m_se):
+        return (f"**Use `merged/model`** (the TIES merge): it is the best or within noise of the best "
+                f"on held-out accuracy ({_pct(m_acc)} vs {_pct(b_acc)}); lowest held-out loss: "
+                f"{loss_best} ({mlm[loss_best]['macro']['loss']:.3f} vs merge "
+                f"{mlm[MERGE]['macro']['loss']:.3f})"
+                + (" — though with every model at floor the choice matters little." if at_floor else "."))
+    return (f"The TIES merge is worse than {best} on held-out accuracy ({_pct(m_acc)} vs "
+            f"{_pct(b_acc)}, beyond noise) and has loss {mlm[MERGE]['macro']['loss']:.3f} vs "
+            f"{mlm[best]['macro']['loss']:.3f}: **use `run/export/{best}`** for these languages.")
 
 
 def _lang_tier(lang: str, tier_of: dict[str, str]) -> str:
     """A task's language code → the corpus tier (tags as in the corpus, or ISO 639-3 codes)."""
-    from mmbert.corpus.languages import resolve_tag
-
     if lang in tier_of:
         return tier_of[lang]
     try:

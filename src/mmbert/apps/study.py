@@ -33,9 +33,11 @@ run, merge or score is not recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,8 +47,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
+from mmbert.data.sampling import plan_phase
+from mmbert.data.shards import ShardIndex, ShardWriter, open_shard, write_index
+from mmbert.eval import data as eval_data
 from mmbert.eval.metrics import mean_std
-from mmbert.merge import DECAY_TIES_DENSITY
+from mmbert.eval.mlm import assign_tiers, evaluate_mlm
+from mmbert.eval.runner import TaskSpec, run_suite
+from mmbert.eval.stats import hierarchical_bootstrap, holm, separable
+from mmbert.export.hf import from_pretrained
+from mmbert.merge import DECAY_TIES_DENSITY, merge
+from mmbert.train.recipe import get_recipe, resolve_languages
 from mmbert.utils import atomic_write
 
 BASE_ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
@@ -107,8 +119,6 @@ def models_of(arm: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- stages
 def _finished(cfg: StudyConfig, arm: str, seed: int) -> bool:
-    from mmbert.train.recipe import get_recipe
-
     run = cfg.run_dir(arm, seed)
     rec = get_recipe(cfg.recipe(arm))
     ends = list(rec.variants) or [rec.phases[-1].name]
@@ -143,11 +153,6 @@ def time_shuffled_recipe(rec, counts: dict[str, int]):
     """The recipe's decay-all track with every phase sampling the track's average distribution:
     language ℓ's share is Σ_phases p_ℓ·tokens / Σ tokens, so its expected tokens (and passes over
     its data) over the track equal the recipe's; masks, θ, sequence lengths and LR are unchanged."""
-    import dataclasses
-
-    from mmbert.data.sampling import plan_phase
-    from mmbert.train.recipe import resolve_languages
-
     track = rec.tracks()["decay-all"]
     exposure: dict[str, float] = {}
     for p in track:
@@ -165,8 +170,6 @@ def time_shuffled_recipe(rec, counts: dict[str, int]):
 
 def fixed_tau_recipe(rec, tau: float):
     """A fixed-τ arm's recipe at another τ (every phase)."""
-    import dataclasses
-
     return rec.replace(name=f"{rec.name}-tau{tau:g}", phases=tuple(dataclasses.replace(p, temperature=tau)
                                                                    for p in rec.phases),
                        variants={k: tuple(dataclasses.replace(p, temperature=tau) for p in v)
@@ -178,10 +181,6 @@ def cap_shards(src: Path, dst: Path, languages: Sequence[str], cap_tokens: int, 
     """Copy shards, keeping at most `cap_tokens` training tokens (whole documents, at least one) of
     each language in `languages` and at most `other_cap_tokens` (None: all) of every other language;
     held-out splits are copied unchanged."""
-    import shutil
-
-    from mmbert.data.shards import ShardIndex, ShardWriter, open_shard, write_index
-
     if (dst / "index.json").is_file():
         return
     index = ShardIndex.load(src)
@@ -212,9 +211,6 @@ def cap_shards(src: Path, dst: Path, languages: Sequence[str], cap_tokens: int, 
 
 def prepare_arms(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     """The derived arms' inputs: recipe JSONs (time-shuffled, fixed τ) and the capped shards."""
-    from mmbert.data.shards import ShardIndex
-    from mmbert.train.recipe import get_recipe
-
     derived = [a for a in cfg.arms if a in DERIVED_ARMS]
     if not derived:
         return
@@ -272,8 +268,6 @@ def _train_log(cfg: StudyConfig, arm: str, seed: int, counts: dict[str, int], ti
     thin = {k: _chunk_means(v, 60) for k, v in curve.items()}
     timing_path = run / "study_timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    from mmbert.train.recipe import get_recipe
-
     rec = get_recipe(cfg.recipe(arm))
     trained = sum(p.tokens for p in rec.phases) + sum(p.tokens for v in rec.variants.values() for p in v)
     return {"arm": arm, "recipe": rec.name, "seed": seed, "tokens_trained": trained, "tracks": tracks,
@@ -283,8 +277,6 @@ def _train_log(cfg: StudyConfig, arm: str, seed: int, counts: dict[str, int], ti
 def tier_tokens(rec, counts: dict[str, int], tier_of: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Expected training tokens per tier on each track: Σ over its phases of budget × Σ_tier p_ℓ
     (p ∝ w·n^τ over the phase's languages, as the loader samples)."""
-    from mmbert.data.sampling import plan_phase
-
     out: dict[str, dict[str, Any]] = {}
     for track, phases in rec.tracks().items():
         acc = dict.fromkeys(TIERS, 0.0)
@@ -307,9 +299,6 @@ def tier_tokens(rec, counts: dict[str, int], tier_of: dict[str, str]) -> dict[st
 
 
 def merge_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
-    from mmbert.merge import merge
-    from mmbert.train.recipe import get_recipe
-
     if "recipe" not in cfg.arms:
         return
     rec = get_recipe(cfg.recipe("recipe"))
@@ -330,16 +319,12 @@ def _model_path(cfg: StudyConfig, arm: str, seed: int, model: str) -> Path:
 
 def study_tiers(cfg: StudyConfig) -> list[tuple[str, Any]]:
     """Languages by the phase of the recipe arm that introduced them."""
-    from mmbert.train.recipe import get_recipe
-
     rec = get_recipe(cfg.recipe("recipe"))
     return [(p.name, p.languages) for p in rec.phases] + [("decay-only", "all")]
 
 
 def tier_of_languages(cfg: StudyConfig, counts: dict[str, int]) -> dict[str, str]:
     """language → its study tier, for the shards' per-language training token counts."""
-    from mmbert.eval.mlm import assign_tiers
-
     return assign_tiers(counts, study_tiers(cfg))
 
 
@@ -351,8 +336,6 @@ def sib_languages(root: Path, tier_of: dict[str, str], per_tier: int = 24) -> tu
     """The SIB-200 test languages the study scores: English, and up to `per_tier` of each tier
     (pretrain, mid, decay-only, not in the corpus), spread evenly over the sorted tags. Scoring all
     205 costs ~4× more and, at this model size, says no more (the scores sit at the majority class)."""
-    from mmbert.eval import data as eval_data
-
     available = eval_data.sib200_languages(root)
     groups: dict[str, list[str]] = {}
     for lang in available:
@@ -367,13 +350,6 @@ def sib_languages(root: Path, tier_of: dict[str, str], per_tier: int = 24) -> tu
 
 def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     """Score every model of every finished run; write logs/<arm>-seed<k>.json after each score."""
-    import torch
-
-    import mmbert
-    from mmbert.data.shards import ShardIndex
-    from mmbert.eval import data as eval_data
-    from mmbert.eval.mlm import evaluate_mlm
-
     torch.set_num_threads(cfg.threads)
     index = ShardIndex.load(cfg.shards)
     langs = [lang for lang in index.languages if index.has(lang, "heldout")]
@@ -410,7 +386,7 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
             for model in models_of(arm):
                 if model not in entry["mlm"]:
                     log(f"[study] MLM {arm} seed {seed} {model}")
-                    m = mmbert.from_pretrained(_model_path(cfg, arm, seed, model))
+                    m = from_pretrained(_model_path(cfg, arm, seed, model))
                     r = evaluate_mlm(m, cfg.shards, langs, max_tokens_per_lang=cfg.mlm_tokens_per_lang, seed=0,
                                      seq_len=256, tiers=study_tiers(cfg))
                     entry["mlm"][model] = {
@@ -420,8 +396,6 @@ def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
                         "settings": {k: r[k] for k in ("seed", "mask_rate", "max_tokens_per_lang", "seq_len")}}
                     save()
             if sib and "decay-all" not in entry["sib200"]:
-                from mmbert.eval.runner import TaskSpec, run_suite
-
                 log(f"[study] SIB-200 {arm} seed {seed}")
                 spec = TaskSpec("sib200", epochs=4, languages=sib_languages(root, tier_of))
                 r = run_suite(_model_path(cfg, arm, seed, "decay-all"), "full", data_dir=root,
@@ -514,8 +488,6 @@ def _table(data: dict, arm: str, model: str, metric: str, tier: str) -> dict[int
 def contrast(data: dict, a: tuple[str, str], b: tuple[str, str], tier: str, metric: str = "loss") -> dict:
     """How much better (arm, model) `a` is than `b` on a tier, paired by seed and language: b − a for
     loss, a − b for accuracy (positive = a better), with a hierarchical-bootstrap interval."""
-    from mmbert.eval.stats import hierarchical_bootstrap
-
     ta, tb = _table(data, *a, metric, tier), _table(data, *b, metric, tier)
     sign = -1.0 if metric == "loss" else 1.0
     diffs = {s: {k: sign * (ta[s][k] - tb[s][k]) for k in ta[s] if k in tb[s]} for s in ta if s in tb}
@@ -525,8 +497,6 @@ def contrast(data: dict, a: tuple[str, str], b: tuple[str, str], tier: str, metr
 def retention(data: dict, tier: str = "decay-only", metric: str = "loss") -> dict:
     """(mid − merge) / (mid − decay-all) on the tier's mean loss: the share of decay-all's gain over its
     branch point that the TIES merge keeps (1 = all of it)."""
-    from mmbert.eval.stats import hierarchical_bootstrap
-
     t = {m: _table(data, "recipe", m, metric, tier) for m in ("mid", "ties-merge", "decay-all")}
     return hierarchical_bootstrap({"b": t["mid"], "m": t["ties-merge"], "a": t["decay-all"]},
                                   lambda a, m, b: _ratio(b - m, b - a) if metric == "loss" else _ratio(m - b, a - b),
@@ -543,8 +513,6 @@ def _fmt_ci(r: dict, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _reading(r: dict, better: str, worse: str) -> str:
-    from mmbert.eval.stats import separable
-
     if not separable(r["ci"]):
         return "not separable (the interval covers 0)"
     return f"{better} better" if r["estimate"] > 0 else f"{worse} better"
@@ -650,10 +618,33 @@ def _plot_tau_sweep(data: dict, path: Path) -> Path | None:
 
 
 def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, list[Path]]:
-    from mmbert.eval.stats import holm, separable
-
+    """The page's markdown (its plots written into `files`, linked relative to `page_dir`) and the plots."""
     plots: list[Path] = []
     rel = lambda p: os.path.relpath(p, page_dir)  # noqa: E731
+    L = _page_intro(data, logs) + _arms_section(data) + _primary_section(data) + _scores_section(data)
+    L += _secondary_section(data)
+    L += _tau_section(data, files, rel, plots)
+    L += _sib_section(data)
+    w = L.append
+    w("## Training loss\n")
+    plots.append(_plot_losses(data, files / "training_loss.png"))
+    w(f"![training loss]({rel(plots[-1])})\n")
+
+    w("## Scale\n")
+    w("The `tiny` preset (6 layers, hidden 128; 5.2M parameters, 1.0M outside the embeddings) sees "
+      "3.1–3.6M training tokens per run, about a million times fewer than mmBERT's 3T. The questions above "
+      "are about how a budget is spent; a `mmbert-small` run of the same study on a GPU would measure them "
+      "where the paper did (downstream tasks, thousands of tokens per low-resource language).\n")
+    notes = Path(logs) / "NOTES.md"
+    if notes.is_file():  # the authors' reading of these logs, kept beside them
+        w(f"\n## Reading the results\n\n(from `{notes}`)\n")
+        w(notes.read_text().strip() + "\n")
+    return "\n".join(L) + "\n", plots
+
+
+# The page's sections: each returns its lines (an entry may hold several, joined with "\n").
+def _page_intro(data: dict, logs: Path) -> list[str]:
+    """Title, method, and the questions, stated before any number."""
     L: list[str] = []
     w = L.append
     all_seeds = sorted({s for by in data.values() for s in by})
@@ -670,7 +661,6 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
     if missing:
         w(f"Arms without logs yet (not run): {', '.join(missing)}; the sections that need them say so.\n")
 
-    # ---- the questions, before any number
     w("## Questions, stated before the numbers\n")
     for key, q, a, b, tier in PRIMARY:
         w(f"- **{key}.** {q} Contrast: held-out loss of `{b[0]}` − `{a[0]}` on the {tier} tier "
@@ -679,8 +669,13 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
       "Retention (mid − merge) / (mid − decay-all) of the tier's mean held-out loss (1 = all of it).")
     w(f"\nEverything else ({len(SECONDARY)} contrasts × {len(TIER_COLS)} tiers) is secondary and "
       f"Holm-corrected as one family.\n")
+    return L
 
-    # ---- arms and compute
+
+def _arms_section(data: dict) -> list[str]:
+    """Per arm: recipe, tracks, tokens, time; then the exposure per tier on the decay-all track."""
+    L: list[str] = []
+    w = L.append
     w("## Arms and compute\n")
     w("| arm | recipe | tracks | tokens per run | wall s per run (mean) | CPU s per run (mean) | seeds |")
     w("|---|---|---|---:|---:|---:|---|")
@@ -714,8 +709,13 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
                 f"{tt[t]:,} ({med[t]:.2f}× / {tt['max_epochs'][t]:.2f}×)" if t in med
                 else f"{tt[t]:,} (– / {tt['max_epochs'][t]:.2f}×)" for t in TIERS) + " |")
     w("")
+    return L
 
-    # ---- primary results
+
+def _primary_section(data: dict) -> list[str]:
+    """P1, P2 (contrasts on their tier and on all languages) and P3 (the merge's retention)."""
+    L: list[str] = []
+    w = L.append
     w("## Primary results\n")
     w("| question | contrast (positive = first better) | estimate [95% CI], nats/token | p | reading |")
     w("|---|---|---|---:|---|")
@@ -741,8 +741,13 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
     else:
         w("| P3 | TIES retention | – | – | not run: no recipe-arm logs with a merge |")
     w("")
+    return L
 
-    # ---- the models' scores
+
+def _scores_section(data: dict) -> list[str]:
+    """Mean ± std over seeds of every model's tier scores, per metric; then what the tiers are."""
+    L: list[str] = []
+    w = L.append
     for metric, title in METRICS.items():
         scale, digits = (1.0, 3) if metric == "loss" else (100.0, 2)
         w(f"## Scores: {title}\n")
@@ -765,74 +770,75 @@ def render(data: dict, files: Path, logs: Path, page_dir: Path) -> tuple[str, li
           f"phase, **mid** = the {n_tier['mid']} added at mid-training, **decay-only** = the "
           f"{n_tier['decay-only']} that only decay-all trains on. A decay-only language holds one held-out "
           f"document (≈10 masked tokens), so its tier score is a mean over many small samples.\n")
+    return L
 
-    # ---- secondary family
+
+def _secondary_section(data: dict) -> list[str]:
+    """The secondary contrasts on every tier, Holm-corrected as one family ([] when none can be run)."""
     results: dict[tuple[str, str], dict] = {}
     for label, a, b in SECONDARY:
         if _has(data, *a) and _has(data, *b):
             for t in TIER_COLS:
                 results[(label, t)] = contrast(data, a, b, t)
-    if results:
-        adj = holm({f"{k[0]}|{k[1]}": r["p"] for k, r in results.items()})
-        w("## Secondary contrasts (held-out loss, Holm-corrected)\n")
-        w(f"{len(results)} contrasts in one family; positive = the first model better (lower loss), nats/token.\n")
-        w("| contrast | " + " | ".join(TIER_COLS) + " |")
-        w("|---|" + "---|" * len(TIER_COLS))
-        for label, _, _ in SECONDARY:
-            if (label, TIER_COLS[0]) not in results:
-                continue
-            cells = []
-            for t in TIER_COLS:
-                r = results[(label, t)]
-                mark = "**" if separable(r["ci"]) and adj[f"{label}|{t}"] < 0.05 else ""
-                cells.append(f"{mark}{_fmt_ci(r)}{mark} (p_Holm {adj[f'{label}|{t}']:.2g})")
-            w(f"| {label} | " + " | ".join(cells) + " |")
-        w("\nBold: the interval excludes 0 and the Holm-adjusted p < 0.05.\n")
+    if not results:
+        return []
+    L: list[str] = []
+    w = L.append
+    adj = holm({f"{k[0]}|{k[1]}": r["p"] for k, r in results.items()})
+    w("## Secondary contrasts (held-out loss, Holm-corrected)\n")
+    w(f"{len(results)} contrasts in one family; positive = the first model better (lower loss), nats/token.\n")
+    w("| contrast | " + " | ".join(TIER_COLS) + " |")
+    w("|---|" + "---|" * len(TIER_COLS))
+    for label, _, _ in SECONDARY:
+        if (label, TIER_COLS[0]) not in results:
+            continue
+        cells = []
+        for t in TIER_COLS:
+            r = results[(label, t)]
+            mark = "**" if separable(r["ci"]) and adj[f"{label}|{t}"] < 0.05 else ""
+            cells.append(f"{mark}{_fmt_ci(r)}{mark} (p_Holm {adj[f'{label}|{t}']:.2g})")
+        w(f"| {label} | " + " | ".join(cells) + " |")
+    w("\nBold: the interval excludes 0 and the Holm-adjusted p < 0.05.\n")
+    return L
 
-    # ---- τ sweep
-    w("## Where the progressive schedule sits on the exposure/quality curve\n")
+
+def _tau_section(data: dict, files: Path, rel: Callable[[Path], str], plots: list[Path]) -> list[str]:
+    """The τ sweep's plot (appended to `plots`) or what it still needs."""
+    L = ["## Where the progressive schedule sits on the exposure/quality curve\n"]
     tau_plot = _plot_tau_sweep(data, files / "tau_sweep.png")
     if tau_plot is None:
-        w(f"Needs at least two of the fixed-τ arms ({', '.join(a for a, _ in TAU_ARMS)}); "
-          f"present: {', '.join(a for a, _ in TAU_ARMS if a in data) or 'none'}.\n")
-    else:
-        plots.append(tau_plot)
-        w("Fixed τ on all languages trades exposure between tiers; the progressive schedule (constant-mask "
-          "arm: same masks, same tokens) is one point. A point below the fixed-τ line at its exposure is a gain "
-          "from *when* languages are seen, not from how much.\n")
-        w(f"![τ sweep]({rel(tau_plot)})\n")
+        L.append(f"Needs at least two of the fixed-τ arms ({', '.join(a for a, _ in TAU_ARMS)}); "
+                 f"present: {', '.join(a for a, _ in TAU_ARMS if a in data) or 'none'}.\n")
+        return L
+    plots.append(tau_plot)
+    L.append("Fixed τ on all languages trades exposure between tiers; the progressive schedule (constant-mask "
+             "arm: same masks, same tokens) is one point. A point below the fixed-τ line at its exposure is a gain "
+             "from *when* languages are seen, not from how much.\n")
+    L.append(f"![τ sweep]({rel(tau_plot)})\n")
+    return L
 
-    # ---- SIB-200 (secondary; floor check)
+
+def _sib_section(data: dict) -> list[str]:
+    """SIB-200 zero-shot of the decay-all endpoints (secondary; a floor check), for the arms scored on it."""
     sib_arms = [a for a in ARMS if a in data and all("decay-all" in d.get("sib200", {}) for d in data[a].values())]
-    if sib_arms:
-        first = data[sib_arms[0]][min(data[sib_arms[0]])]
-        tier_of = {k: v["tier"] for k, v in first["mlm"]["decay-all"]["languages"].items()}
-        w("## SIB-200 zero-shot (decay-all endpoints)\n")
-        w("| arm | all | " + " | ".join(TIERS) + " |")
-        w("|---|---:|" + "---:|" * len(TIERS))
-        means = []
-        for a in sib_arms:
-            rows = [sib_by_tier(d["sib200"]["decay-all"], tier_of) for d in data[a].values()]
-            means.append(statistics.fmean(r["all"] for r in rows))
-            w(f"| {a} | {fmt_ms([r['all'] for r in rows])} | " +
-              " | ".join(fmt_ms([r[t] for r in rows]) if t in rows[0] else "–" for t in TIERS) + " |")
-        if all(abs(m - MAJORITY_SIB) < 0.01 for m in means):
-            w("\nEvery arm scores the majority class (25%) to within a point: SIB-200 cannot rank these "
-              "models, and the page draws no conclusion from it.\n")
-        else:
-            w("")
-
-    w("## Training loss\n")
-    plots.append(_plot_losses(data, files / "training_loss.png"))
-    w(f"![training loss]({rel(plots[-1])})\n")
-
-    w("## Scale\n")
-    w("The `tiny` preset (6 layers, hidden 128; 5.2M parameters, 1.0M outside the embeddings) sees "
-      "3.1–3.6M training tokens per run, about a million times fewer than mmBERT's 3T. The questions above "
-      "are about how a budget is spent; a `mmbert-small` run of the same study on a GPU would measure them "
-      "where the paper did (downstream tasks, thousands of tokens per low-resource language).\n")
-    notes = Path(logs) / "NOTES.md"
-    if notes.is_file():  # the authors' reading of these logs, kept beside them
-        w(f"\n## Reading the results\n\n(from `{notes}`)\n")
-        w(notes.read_text().strip() + "\n")
-    return "\n".join(L) + "\n", plots
+    if not sib_arms:
+        return []
+    L: list[str] = []
+    w = L.append
+    first = data[sib_arms[0]][min(data[sib_arms[0]])]
+    tier_of = {k: v["tier"] for k, v in first["mlm"]["decay-all"]["languages"].items()}
+    w("## SIB-200 zero-shot (decay-all endpoints)\n")
+    w("| arm | all | " + " | ".join(TIERS) + " |")
+    w("|---|---:|" + "---:|" * len(TIERS))
+    means = []
+    for a in sib_arms:
+        rows = [sib_by_tier(d["sib200"]["decay-all"], tier_of) for d in data[a].values()]
+        means.append(statistics.fmean(r["all"] for r in rows))
+        w(f"| {a} | {fmt_ms([r['all'] for r in rows])} | " +
+          " | ".join(fmt_ms([r[t] for r in rows]) if t in rows[0] else "–" for t in TIERS) + " |")
+    if all(abs(m - MAJORITY_SIB) < 0.01 for m in means):
+        w("\nEvery arm scores the majority class (25%) to within a point: SIB-200 cannot rank these "
+          "models, and the page draws no conclusion from it.\n")
+    else:
+        w("")
+    return L

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmbert.train.step import train_step
+from mmbert.step import train_step
 
 
 class TinyMLM(nn.Module):

@@ -50,6 +50,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from mmbert.export.onnx import export_onnx, padded_numpy, session
+from mmbert.inference import (DTYPES, SPEED_FLAGS, calibrate_dtype, cpu_flags, cpu_has_fast_bf16, cpu_model,
+                              cpu_vendor, default_threads, pack, prepare, resolve_dtype)
+from mmbert.model import EncoderConfig, build_model
 from mmbert.utils import atomic_write
 
 SETS = ("fixed512", "normal256", "fixed8192", "normal4096")
@@ -129,9 +134,7 @@ def gemm_flops_per_s(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> flo
 
 
 def machine_info(threads: int) -> dict:
-    import transformers
-
-    from mmbert.inference import SPEED_FLAGS, cpu_flags, cpu_has_fast_bf16, cpu_model, cpu_vendor
+    import transformers  # lazy, as every transformers/onnxruntime import here: `mmbert bench --help` stays quick
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -193,10 +196,6 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         raise ValueError("the benchmark compares against transformers, which is not installed; "
                          "install it with: pip install 'mmbert[dev]'") from e
 
-    from mmbert import EncoderConfig
-    from mmbert.inference import pack, prepare, resolve_dtype
-    from mmbert.model import build_model
-
     torch.manual_seed(seed)
     cfg = EncoderConfig.from_preset(preset)
     ours = build_model(cfg, head="none").eval()
@@ -226,7 +225,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         systems.append(packed_system("mmbert_fp32", torch.float32))
 
     with tempfile.TemporaryDirectory() as d:
-        ours.save_pretrained(d)  # identical weights in transformers' ModernBertModel
+        save_pretrained(ours, d)  # identical weights in transformers' ModernBertModel
         hf_models = {pdt: transformers.ModernBertModel.from_pretrained(d, attn_implementation="sdpa",
                                                                        dtype=pdt).eval()
                      for pdt in peer_dtypes}
@@ -271,8 +270,6 @@ def onnx_systems(ours: torch.nn.Module, flops: Callable[[list[int]], float], thr
     except ImportError:
         print("onnxruntime not installed: ONNX Runtime peers skipped (pip install 'mmbert[onnx]')")
         return []
-    from mmbert.export.onnx import export_onnx, padded_numpy, session
-
     with tempfile.TemporaryDirectory(prefix="mmbert-bench-onnx-") as tmp:  # sessions hold the graphs in memory
         export_onnx(ours, tmp, pooling="none", quantize="int8", verify=False)
         sessions = {name: session(Path(tmp) / file, threads=threads)
@@ -356,9 +353,6 @@ def cosines(systems: list[System], batch: list[list[int]]) -> dict[str, float]:
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """All presets × sets × systems; returns the JSON-shaped result (see module docstring)."""
-    from mmbert import EncoderConfig
-    from mmbert.inference import DTYPES, calibrate_dtype, default_threads
-
     if cfg.quick:
         cfg.presets, cfg.sets = ("mmbert-small",), cfg.sets or ("fixed512", "normal256")
         cfg.cell_budget_s = min(cfg.cell_budget_s, 10.0)

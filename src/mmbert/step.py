@@ -1,6 +1,6 @@
 """One optimizer step with gradient accumulation, shared by pretraining and fine-tuning.
 
-    from mmbert.train.step import train_step, mlm_loss_fn
+    from mmbert.step import train_step, mlm_loss_fn
     stats = train_step(model, optimizer, micro_batches, mlm_loss_fn, grad_clip=1.0)
 
 The loss of a step is normalised by the number of items (masked tokens for MLM, examples for a
