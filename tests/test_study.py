@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
-from tinyrun import tiny_recipe, write_synthetic_shards  # noqa: E402
+from synthetic import write_learnable_shards  # noqa: E402
+from tinyrun import tiny_recipe  # noqa: E402
 
 from mmbert import study  # noqa: E402
 from mmbert.train.recipe import get_recipe  # noqa: E402
@@ -43,7 +44,7 @@ def toy_recipes(root: Path) -> dict[str, str]:
 
 def _toy_config(root: Path, arms=tuple(study.BASE_ARMS)) -> study.StudyConfig:
     if not (root / "shards" / "index.json").is_file():
-        write_synthetic_shards(root / "shards")
+        write_learnable_shards(root / "shards")
     # repetition regime: yor_Latn (the toy's decay-only language) keeps one or two documents, the
     # others a few dozen
     return study.StudyConfig(shards=root / "shards", out=root / "out", logs=root / "logs", seeds=(0, 1), jobs=2,
@@ -238,7 +239,7 @@ def test_sib_languages_spread_over_tiers(eval_data, tmp_path):
     from mmbert.eval import data as eval_data_mod
 
     shards = tmp_path / "shards"
-    write_synthetic_shards(shards)  # eng/fra/deu/yor: pretrain, pretrain, mid, decay-only in the toy recipe
+    write_learnable_shards(shards)  # eng/fra/deu/yor: pretrain, pretrain, mid, decay-only in the toy recipe
     cfg = study.StudyConfig(shards=shards, recipes=toy_recipes(tmp_path))
     index = ShardIndex.load(shards)
     tier_of = study.tier_of_languages(cfg, {lang: index.tokens(lang) for lang in index.languages})

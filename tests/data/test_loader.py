@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmbert.data.loader import LoaderError, MLMLoader, rows_for_tokens
+from mmbert.data.loader import LoaderError, MLMLoader
 from mmbert.data.masking import MaskingError
 from mmbert.data.packing import PackingError
 from mmbert.data.sampling import SamplingError
-from mmbert.data.shards import ShardNotFoundError, ShardWriter, open_shard, write_index, write_synthetic_shards
+from mmbert.data.shards import ShardNotFoundError, ShardWriter, open_shard, write_index
+from synthetic import write_random_shards
 
 LANGS = {"eng_Latn": (600, 120), "deu_Latn": (300, 60), "fao_Latn": (60, 30), "tir_Ethi": (20, 200)}
 KW = dict(languages="all", tau=0.5, mask_rate=0.3, seq_len=64, rows_per_batch=4, buffer_size=32, seed=7)
@@ -21,7 +22,7 @@ KW = dict(languages="all", tau=0.5, mask_rate=0.3, seq_len=64, rows_per_batch=4,
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    write_synthetic_shards(root, LANGS, vocab_size=500, seed=1, heldout_docs=3)
+    write_random_shards(root, LANGS, vocab_size=500, seed=1, heldout_docs=3)
     return root
 
 
@@ -175,12 +176,6 @@ def test_epoch_cap_and_weights(shards):
         MLMLoader(shards, **{**KW, "language_weights": {"xxx_Latn": 2.0}})
 
 
-def test_rows_for_tokens():
-    assert rows_for_tokens(4608 * 1024, 1024, 8) == 4608
-    assert rows_for_tokens(100, 64, 2) == 2
-    assert rows_for_tokens(768 * 1024 + 3000, 1024, 1) == 771
-
-
 @pytest.mark.parametrize("kw,err,match", [
     ({"languages": ["xxx_Latn"]}, SamplingError, "have no shard"),
     ({"languages": "top:0"}, SamplingError, "whole K"),
@@ -262,23 +257,6 @@ def test_two_rank_gloo_union_and_resume(shards, tmp_path):
         for k in ("input_ids", "labels", "position_ids", "doc_lang"):
             assert torch.equal(torch.cat([got["gathered"][r][i][k] for r in range(2)]), whole[k])
     assert json.loads(got["state"]) == single.state_dict()
-
-
-def test_prefetcher_same_batches_and_exact_state(shards):
-    from mmbert.data.loader import Prefetcher
-
-    plain = MLMLoader(shards, **KW)
-    expect = [plain.next_batch() for _ in range(7)]
-    stream = Prefetcher(MLMLoader(shards, **KW), depth=3)
-    got = [next(stream) for _ in range(4)]
-    state = stream.state_dict()
-    loader = stream.close()                       # rewound to just after batch 4, though more were made
-    assert loader.state_dict() == state
-    got += [loader.next_batch() for _ in range(3)]
-    for x, y in zip(expect, got):
-        _eq(x, y)
-    with pytest.raises(LoaderError, match="closed"):
-        next(stream)
 
 
 def test_special_ids_from_index(tmp_path):

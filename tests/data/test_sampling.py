@@ -143,10 +143,10 @@ def test_reproduces_mmbert_pretraining_shares():
 
 def test_sampling_plan_cli(tmp_path, capsys):
     from mmbert.cli import main
-    from mmbert.data.shards import write_synthetic_shards
+    from synthetic import write_random_shards
 
-    write_synthetic_shards(tmp_path / "sh", {"eng_Latn": (40, 50), "deu_Latn": (20, 50), "tir_Ethi": (3, 20)},
-                           vocab_size=100)
+    write_random_shards(tmp_path / "sh", {"eng_Latn": (40, 50), "deu_Latn": (20, 50), "tir_Ethi": (3, 20)},
+                        vocab_size=100)
     rc = main(["sampling-plan", "--shards", str(tmp_path / "sh"), "--out", str(tmp_path / "plans"),
                "--phase", "pre", "top:2", "0.7", "1e4", "--phase", "decay", "all", "0.3", "1e4"])
     assert rc == 0

@@ -9,9 +9,41 @@ from mmbert.eval import data as D
 from mmbert.eval.metrics import accuracy, bitext_accuracy, mean_std, retrieval_accuracy, span_f1, token_accuracy
 
 
+def check_all(root) -> dict[str, int]:
+    """Parse every file of every dataset folder present (a malformed line raises with file:line);
+    returns items read per dataset."""
+    have = D.available(root)
+    n: dict[str, int] = {}
+    if have["sib200"]:
+        n["sib200"] = sum(len(D.load_sib200(root, lang, s)) for lang in D.sib200_languages(root)
+                          for s in ("train", "dev", "test") if (root / "sib200" / lang / f"{s}.tsv").exists())
+    if have["xnli"]:
+        n["xnli"] = sum(len(D.load_xnli(root, lang)) for lang in D.xnli_languages(root))
+    if have["pawsx"]:
+        n["pawsx"] = sum(len(D.load_pawsx(root, lang)) for lang in D.pawsx_languages(root))
+    if have["wikiann"]:
+        n["wikiann"] = sum(len(D.load_wikiann(root, lang)) for lang in D.wikiann_languages(root))
+        if (root / "wikiann" / "train-en.tsv").exists():
+            n["wikiann"] += len(D.load_wikiann(root, "en", "train"))
+    if have["ud"]:
+        n["ud"] = sum(len(D.load_conllu(p)) for splits in D.ud_treebanks(root).values() for p in splits.values())
+    if have["glue/sst2"]:
+        n["glue/sst2"] = sum(len(D.load_sst2(root, s)) for s in ("train", "dev", "test")
+                             if (root / "glue" / "sst2" / f"{s}.tsv").exists())
+    if have["nusax"]:
+        n["nusax"] = sum(len(D.load_nusax(root, lang, s)) for lang in D.nusax_languages(root)
+                         for s in ("train", "valid", "test")
+                         if (root / "nusax" / "sentiment" / lang / f"{s}.csv").exists())
+    if have["tatoeba"]:
+        n["tatoeba"] = sum(len(D.load_tatoeba(root, lang)[0]) for lang in D.tatoeba_languages(root))
+    if have["xquad"]:
+        n["xquad"] = sum(len(D.load_xquad(root, lang)) for lang in D.xquad_languages(root))
+    return n
+
+
 # ----------------------------------------------------------------------------- real data (skips if absent)
 def test_every_real_dataset_folder_parses(eval_data):
-    counts = D.check_all(eval_data)
+    counts = check_all(eval_data)
     present = [k for k, v in D.available(eval_data).items() if v]
     assert set(counts) == set(present)
     assert all(n > 0 for n in counts.values()), counts
@@ -43,7 +75,7 @@ def test_real_conllu_skips_ranges_and_empty_nodes(eval_data):
 
 # ----------------------------------------------------------------------------- fixture data
 def test_fixture_loaders(fixture_data):
-    counts = D.check_all(fixture_data)
+    counts = check_all(fixture_data)
     assert set(counts) == {k for k, v in D.available(fixture_data).items() if v}
     sents = D.load_conllu(fixture_data / "ud/UD_English-EWT/en_ewt-ud-dev.conllu")
     # "1-2 don't" range and the "2.1" empty node are skipped: do/AUX n't/PART cat/NOUN
@@ -78,7 +110,7 @@ def test_malformed_line_names_file_and_line(fixture_data, rel, line, lineno, nee
     lines.insert(lineno - 1, line)
     path.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(D.EvalDataError) as e:
-        D.check_all(fixture_data)
+        check_all(fixture_data)
     assert f"{path}:{lineno}:" in str(e.value) and needle in str(e.value)
 
 

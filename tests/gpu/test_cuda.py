@@ -200,12 +200,13 @@ def test_training_on_cuda_learns_and_resumes(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from tinyrun import tiny_config, tiny_recipe, write_synthetic_shards
+    from synthetic import write_learnable_shards
+    from tinyrun import tiny_config, tiny_recipe
 
     from mmbert.train.loop import train
 
     shards = tmp_path / "shards"
-    write_synthetic_shards(shards)
+    write_learnable_shards(shards)
     rec, cfg = tiny_recipe(variants={}), tiny_config()
     full = train(rec, cfg, shards, tmp_path / "full", seed=0, device="cuda", eval=False, progress=False, plots=False)
     train(rec, cfg, shards, tmp_path / "cut", seed=0, device="cuda", eval=False, progress=False, plots=False,

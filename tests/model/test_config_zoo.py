@@ -286,12 +286,13 @@ def test_no_mask_token_anywhere_is_one_clear_error(bert_dir):
 
 
 def test_mlm_eval_masks_with_the_tokenizers_mask(bert_dir, tmp_path):
-    from mmbert.data.shards import write_synthetic_shards
+    from synthetic import write_random_shards
+
     from mmbert.eval.mlm import evaluate_mlm
 
     path, _ = bert_dir
     model = mmbert.from_pretrained(path)
-    write_synthetic_shards(tmp_path, {"xx_Latn": (3, 40)}, vocab_size=V - 1, heldout_docs=3, first_id=8)
+    write_random_shards(tmp_path, {"xx_Latn": (3, 40)}, vocab_size=V - 1, heldout_docs=3, first_id=8)
     kw = dict(max_tokens_per_lang=120, seq_len=32, tiers=[("all", "all")])
     auto = evaluate_mlm(model, tmp_path, **kw)["macro"]
     given = evaluate_mlm(model, tmp_path, mask_id=MASK_ID, **kw)["macro"]
