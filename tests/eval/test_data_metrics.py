@@ -136,7 +136,7 @@ def test_span_f1_hand_computed():
     pred = [["B-PER", "I-PER", "O", "B-ORG"],   # PER right; LOC predicted as ORG (1 FP, 1 FN)
             ["B-ORG", "I-ORG", "O", "O"]]       # ORG with a wrong right boundary (1 FP, 1 FN)
     # gold entities 3, predicted 3, correct 1 → P = R = 1/3, F1 = 1/3
-    assert span_f1(pred, gold) == pytest.approx(1 / 3)
+    assert span_f1(pred, gold) == pytest.approx(1 / 3)  # approx in this test: float64 ratios of counts, ~eps64
     pred2 = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "O", "O", "O"]]  # P = 2/2, R = 2/3 → F1 = 0.8
     assert span_f1(pred2, gold) == pytest.approx(0.8)
     assert span_f1(gold, gold) == 1.0
@@ -144,7 +144,7 @@ def test_span_f1_hand_computed():
 
 def test_accuracy_hand_computed():
     assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
-    assert token_accuracy([[1, 2], [3]], [[1, 0], [3]]) == pytest.approx(2 / 3)
+    assert token_accuracy([[1, 2], [3]], [[1, 0], [3]]) == pytest.approx(2 / 3)  # float ratio of counts, ~eps64
     with pytest.raises(ValueError):
         accuracy([0], [0, 1])
 
@@ -154,7 +154,7 @@ def test_retrieval_accuracy_both_directions_hand_computed():
     b = torch.tensor([[1.0, 0.1], [1.0, 0.9], [0.1, 1.0]])
     # a→b: a0→b0 ✓; a1 (0,1)→b2 ✗; a2 (1,1)→b1 (cos .999) ✗   → 1/3
     # b→a: b0→a0 ✓; b1 (1,.9)→a2 ✗; b2 (.1,1)→a1 ✗            → 1/3
-    assert retrieval_accuracy(a, b) == pytest.approx(1 / 3)
+    assert retrieval_accuracy(a, b) == pytest.approx(1 / 3)  # float ratio of counts, ~eps64
     swapped = b[[0, 2, 1]]  # now a1↔b2, a2↔b1 are aligned: everything retrieves its pair
     assert bitext_accuracy(a, swapped) == {"a2b": 1.0, "b2a": 1.0}
 
