@@ -17,7 +17,8 @@ CFG = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermedi
                                 num_attention_heads=2, local_attention=16, max_position_embeddings=128)
 LENGTHS = [40, 1, 7, 70, 16, 3, 33, 9, 17, 64]
 # packed vs padded / ours vs transformers in fp32 differ by rounding only: the derived bound of
-# tests/parity_tol.py, widest reduction ≤ 128 (documents ≤ max_position_embeddings ≥ intermediate 48), 3 layers + 2
+# tests/parity_tol.py; widest reduction ≤ 128 (documents ≤ max_position_embeddings, ≥ intermediate 48);
+# depth 3 layers + 2
 WIDEST, DEPTH = 128, 5
 
 
@@ -168,7 +169,8 @@ def test_texts_and_fill_mask_match_the_reference(model):
     texts = ["the cat sat on the [MASK]", "a [MASK] dog ran far [MASK]", "[MASK]"]
     ids = [e.ids for e in tok.encode_batch(texts)]
     # exact: the same ids through the same ops
-    torch.testing.assert_close(encode(model, texts, tok, dtype="fp32"), encode(model, ids, dtype="fp32"), atol=0, rtol=0)
+    torch.testing.assert_close(encode(model, texts, tok, dtype="fp32"), encode(model, ids, dtype="fp32"),
+                               atol=0, rtol=0)
 
     res = fill_mask(model, texts, tok, top_k=3, dtype="fp32")
     assert [len(r) for r in res] == [1, 2, 1]  # one entry per mask token

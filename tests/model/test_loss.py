@@ -39,8 +39,8 @@ def test_equals_plain_cross_entropy_float64(chunk):
     for r, g in zip(ref, got):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)  # float64: ≤ 300·eps64 ≈ 7e-14 (docstring)
     # and without autograd (evaluation under no_grad) the same loss
-    with torch.no_grad():
-        torch.testing.assert_close(linear_cross_entropy(h, w, b, t, chunk_rows=chunk), ref[0], rtol=1e-12, atol=0)  # as above
+    with torch.no_grad():  # float64, as above
+        torch.testing.assert_close(linear_cross_entropy(h, w, b, t, chunk_rows=chunk), ref[0], rtol=1e-12, atol=0)
 
 
 def test_bf16_autocast_single_chunk_is_the_plain_computation():

@@ -122,11 +122,13 @@ class MLMLoader:
       token_budget, epoch_cap: planned tokens for the phase and an optional cap on epochs per language
         (excess redistributed, `mmbert.data.sampling.cap_epochs`); the budget also fills the plan table.
       bos_id, eos_id, pad_id, mask_id: default to index.json's tokenizer info (`*_id` keys), else
-        mmBERT's 2, 1, 0, 4.  special_ids: never masked; default {0..4} ∪ those ids ∪ unk_id ∪
-        tokenizer.special_ids.  vocab_size: default from index.json.
+        mmBERT's 2, 1, 0, 4.  special_ids: never masked; default {0..4}, and those ids, unk_id and
+        the tokenizer's special_ids are always added.  vocab_size: default from index.json.
+      shares: sources drawn at a fixed fraction of the tokens (`mmbert.data.sampling.plan_phase`).
       buffer_size: packer buffer in chunks. Bigger = fuller rows but more tokens in flight, which
-        delays the language shares (on the embedded corpus at seq 1024: 256 → 99.92% real tokens and
-        shares within 1.2% total variation of p after 2,000 rows; 4096 → 99.98% but 4.7%).
+        delays the language shares (on the embedded corpus at seq 1024 over 20,000 rows: 256 → 99.85%
+        real tokens, shares within total variation 0.002 of p; 4096 → 99.87% but 0.014;
+        benchmarks/results/data_stream_*.md).
         min_tail: chunk tail rule (`mmbert.data.packing.chunk_spans`).
     """
 
