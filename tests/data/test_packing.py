@@ -138,5 +138,5 @@ def test_efficiency_on_realistic_lengths():
     rng = np.random.default_rng(0)
     lens = np.clip(rng.lognormal(6.0, 1.0, size=20000).astype(int), 1, 20000)
     rows = pack_documents(_docs(lens, hi=50), 1024, buffer_size=4096, drain=False)
-    assert packing_efficiency(rows) > 0.995
+    assert packing_efficiency(rows) > 0.995  # the data stream's acceptance bar (≥ 99.5% real tokens), not rounding
     assert default_min_tail(1024) == 255
