@@ -88,12 +88,11 @@ def test_masked_lm_loss_and_grads_equal_the_plain_head():
     keep = labels != -100
     ref = plain(model.head(hidden[keep]), model.decoder.weight, model.decoder.bias, labels[keep])
     ref.backward()
-    n_lab = int(keep.sum())  # ≈ 36 labelled rows
-    # the loss: n_lab fp32 row losses summed in another order, ≤ n_lab·eps ≈ 4e-6 relative; 1e-5 keeps
-    # room for row losses whose logits a differently blocked GEMM rounds differently
+    # the loss: ≈ 36 labelled fp32 row losses summed in another order, ≤ 36·eps ≈ 4e-6 relative; 1e-5
+    # keeps room for row losses whose logits a differently blocked GEMM rounds differently
     torch.testing.assert_close(out.loss_sum, ref, rtol=1e-5, atol=0)
     for n, p in model.named_parameters():
-        # only the decoder/embedding grads sum rows in another order (≤ n_lab·eps ≈ 4e-6 of the summed
+        # only the decoder/embedding grads sum rows in another order (≤ 36·eps ≈ 4e-6 of the summed
         # |terms|); rtol 1e-4 leaves 25× for cancellation, atol 1e-6 for entries that cancel to ~0
         torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
     with torch.no_grad():  # evaluation keeps returning the sparse logits
