@@ -21,19 +21,24 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmbert.data.loader import MLMLoader
-from mmbert.data.shards import ShardIndex, write_synthetic_shards
+from mmbert.data.shards import ShardIndex
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import write_random_shards  # noqa: E402  (tests/synthetic.py: the shard writer the tests use)
 
 
 def synthetic(root: str) -> ShardIndex:
     langs = {f"l{i:02d}_Latn": (max(20, int(12000 / (i + 1))), 300.0) for i in range(30)}
-    return write_synthetic_shards(root, langs, vocab_size=32768, seed=0, sigma=1.2)
+    return write_random_shards(root, langs, vocab_size=32768, seed=0, sigma=1.2)
 
 
 def efficiency(shards: str, seq_len: int, rows: int, buffer_size: int) -> tuple[float, float, float]:

@@ -54,7 +54,7 @@ ARGS = None
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "src", ROOT / "tests" / "train", ROOT / "tests" / "model"):
+for _p in (ROOT / "src", ROOT / "tests", ROOT / "tests" / "train", ROOT / "tests" / "model"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 if not CUDA:  # dry run: torch's varlen op gets a CPU kernel (a float64 reference of FA2's semantics)
@@ -288,10 +288,10 @@ _SHARDS = None
 def shards():
     global _SHARDS
     if _SHARDS is None:
-        from mmbert.data.shards import write_synthetic_shards
+        from synthetic import write_random_shards
         root = Path(tempfile.mkdtemp(prefix="mmbert-gpucheck-")) / "shards"
         langs = {f"l{i:02d}_Latn": (4000 if CUDA else 300, 400.0) for i in range(8)}
-        write_synthetic_shards(root, langs, vocab_size=256000, seed=0, sigma=1.2)
+        write_random_shards(root, langs, vocab_size=256000, seed=0, sigma=1.2)
         _SHARDS = root
     return _SHARDS
 
@@ -451,7 +451,8 @@ def fsdp1():
     import torch.distributed as dist
     import mmbert.train.parallel as par
     from mmbert.train.loop import train
-    from tinyrun import tiny_config, tiny_recipe, write_synthetic_shards
+    from synthetic import write_learnable_shards
+    from tinyrun import tiny_config, tiny_recipe
     import mmbert.train.loop as loop
     par.Dist.enabled = property(lambda self: dist.is_initialized())  # let parallelize() shard on 1 rank
     sharded = []
@@ -464,7 +465,7 @@ def fsdp1():
 
     loop.parallelize = spy
     root = Path(tempfile.mkdtemp(prefix="mmbert-fsdp1-"))
-    write_synthetic_shards(root / "shards")
+    write_learnable_shards(root / "shards")
     kw = dict(phases=["pretrain"], micro_batch_tokens=128, progress=False, eval=False, plots=False,
               parallel="fsdp", device=str(DEV))
     rec = lambda: tiny_recipe(scale=1.0, batch_warmup=False)  # noqa: E731

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,10 +65,12 @@ def main() -> None:
 
     from mmbert import EncoderConfig
     from mmbert.data.masking import mask_tokens
-    from mmbert.data.packing import pack_documents
     from mmbert.model import build_model
     from mmbert.train.optim import build_optimizer
     from mmbert.step import mlm_loss_fn, train_step
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from packing_ref import pack_documents  # tests/packing_ref.py: the finite-list packer the packing tests check
 
     dev = torch.device(args.device)
     amp = torch.bfloat16 if dev.type == "cuda" else None

@@ -15,6 +15,7 @@ from mmbert.cli import main as cli_main
 from mmbert.export.hf import save_pretrained
 from mmbert.merge import (MergeError, ema_weights, linear_merge_tensors, merge, ties_merge_tensors,
                           trim_to_density)
+from parity_tol import assert_fp32_close
 
 CFG = EncoderConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                     num_attention_heads=2, local_attention=16, max_position_embeddings=64)
@@ -69,6 +70,7 @@ def test_ties_matches_hand_computed_example():
     # disjoint weighted mean: [(3+2)/(1+1), -4/2, 8/2, (-2-3)/(1+1)] = [2.5, -2, 4, -2.5]
     # λ = 0.5 → base + [1.25, -1, 2, -1.25]
     out = ties_merge_tensors(base, [a, b, c], weights=[1, 2, 1], density=0.5, lam=0.5)
+    # float64: the merge rounds by ~eps64 ≪ the float64 defaults (1e-7)
     torch.testing.assert_close(out, torch.tensor([2.25, 0.0, 3.0, -0.25], dtype=torch.float64))
 
 
@@ -77,14 +79,15 @@ def test_ties_disjoint_mean_drops_disagreeing_entries():
     a, b, c = torch.tensor([1.0, -1.0, 2.0]), torch.tensor([3.0, -2.0, -5.0]), torch.tensor([-1.0, 4.0, 1.0])
     # sums [3, 1, -2] → signs [+, +, -]; agreeing entries: [1,3], [4], [-5] → means [2, 4, -5]
     out = ties_merge_tensors(base, [a, b, c], density=1.0)
-    torch.testing.assert_close(out, torch.tensor([2.0, 4.0, -5.0], dtype=torch.float64))
+    torch.testing.assert_close(out, torch.tensor([2.0, 4.0, -5.0], dtype=torch.float64))  # float64, as above
 
 
 def test_trim_to_density_keeps_largest_and_at_least_one():
     d = torch.tensor([[0.1, -5.0], [3.0, -0.2]])
-    torch.testing.assert_close(trim_to_density(d, 0.5), torch.tensor([[0.0, -5.0], [3.0, 0.0]]))
+    # exact: trimming selects entries, it computes nothing
+    torch.testing.assert_close(trim_to_density(d, 0.5), torch.tensor([[0.0, -5.0], [3.0, 0.0]]), atol=0, rtol=0)
     assert torch.count_nonzero(trim_to_density(d, 0.01)) == 1
-    torch.testing.assert_close(trim_to_density(d, 1.0), d)
+    torch.testing.assert_close(trim_to_density(d, 1.0), d, atol=0, rtol=0)
 
 
 def test_ties_density_one_single_model_is_task_arithmetic():
@@ -92,6 +95,7 @@ def test_ties_density_one_single_model_is_task_arithmetic():
     base, m = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     for lam in (0.5, 1.0, 2.0):
         out = ties_merge_tensors(base, [m], density=1.0, lam=lam)
+        # the reference rounds 3 times in fp32 on O(1) values (≲ 1e-6), the merge once: fp32 defaults
         torch.testing.assert_close(out.float(), base + lam * (m - base))
 
 
@@ -102,23 +106,25 @@ def test_ties_lambda_scales_merged_task_vector():
     d1 = ties_merge_tensors(base, models, [1, 2, 3], density=0.4, lam=1.0) - base.double()
     d3 = ties_merge_tensors(base, models, [1, 2, 3], density=0.4, lam=3.0) - base.double()
     assert d1.abs().sum() > 0
-    torch.testing.assert_close(d3, 3.0 * d1)
+    torch.testing.assert_close(d3, 3.0 * d1)  # float64: ~eps64 ≪ the defaults (1e-7)
 
 
 def test_ema_weights_and_limits():
     w = ema_weights(3, 0.5)  # oldest → newest ∝ 0.25, 0.5, 1
-    assert w == pytest.approx([0.25 / 1.75, 0.5 / 1.75, 1 / 1.75])
+    assert w == pytest.approx([0.25 / 1.75, 0.5 / 1.75, 1 / 1.75])  # float64 powers and a sum: ~eps64
     assert ema_weights(4, 0.0) == [0.0, 0.0, 0.0, 1.0]
-    assert ema_weights(4, 1.0) == pytest.approx([0.25] * 4)
+    assert ema_weights(4, 1.0) == pytest.approx([0.25] * 4)  # as above
     ts = [torch.full((3,), float(k)) for k in range(4)]
+    # α = 1e-9: the older weights are ≤ 1e-9, so the merge is within 3e-9 of ts[-1] (fp32 defaults)
     torch.testing.assert_close(linear_merge_tensors(ts, ema_weights(4, 1e-9)).float(), ts[-1])
+    # the float64 mean of 0..3 rounds by ~eps64 (fp32 defaults)
     torch.testing.assert_close(linear_merge_tensors(ts, ema_weights(4, 1.0)).float(), torch.full((3,), 1.5))
 
 
 def test_trim_breaks_ties_to_exactly_k():
     d = torch.tensor([1.0, -1.0, 1.0, 1.0, 0.5, -2.0])
-    # k = 3: -2 plus the first two of the four |1|s in row-major order
-    torch.testing.assert_close(trim_to_density(d, 0.5), torch.tensor([1.0, -1.0, 0, 0, 0, -2.0]))
+    # k = 3: -2 plus the first two of the four |1|s in row-major order (exact: selection only)
+    torch.testing.assert_close(trim_to_density(d, 0.5), torch.tensor([1.0, -1.0, 0, 0, 0, -2.0]), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
@@ -183,7 +189,7 @@ def test_checkpoint_merge_equals_tensor_functions(three):
     got = read_out(out)
     for k in b:
         want = ties_merge_tensors(b[k], [s[k] for s in states], [1, 2, 0.5], 0.3, 0.8).float()
-        torch.testing.assert_close(got[k], want)
+        torch.testing.assert_close(got[k], want)  # the same float64 arithmetic cast to fp32: fp32 defaults
     rec = json.loads((out / "merge.json").read_text())
     assert rec["method"] == "ties" and rec["density"] == 0.3 and rec["lambda"] == 0.8
     assert rec["weights"] == [1, 2, 0.5] and rec["base"] == str(base.resolve())
@@ -194,6 +200,7 @@ def test_checkpoint_merge_equals_tensor_functions(three):
     out = merge(ms, tmp / "ema", method="ema", alpha=0.5, progress=False)
     w = ema_weights(3, 0.5)
     k = "model.layers.1.mlp.Wi.weight"
+    # the reference sums 3 terms in fp32 (≲ 3 eps32 relative), the merge in float64: fp32 defaults
     torch.testing.assert_close(read_out(out)[k], sum(wi * s[k] for wi, s in zip(w, states)))
 
 
@@ -207,7 +214,7 @@ def test_tied_decoder_read_once_from_hf_dirs(tmp_path):
                 tmp_path / "out", progress=False)
     got = read_out(out)
     assert "decoder.weight" not in got
-    torch.testing.assert_close(got[emb], (a[emb] + b[emb]) / 2)
+    torch.testing.assert_close(got[emb], (a[emb] + b[emb]) / 2)  # both round (a + b)/2 once to fp32: ≤ 1 ulp
 
 
 def test_merged_dir_loads_in_transformers(tmp_path):
@@ -221,9 +228,11 @@ def test_merged_dir_loads_in_transformers(tmp_path):
     m2 = transformers.ModernBertForMaskedLM.from_pretrained(out).eval()
     ids = torch.tensor([[2, 7, 9, 11, 1]])
     with torch.no_grad():
-        torch.testing.assert_close(m2(ids).logits, m(ids).logits)
+        # exact: the mean of two equal weights is the weight, so transformers runs the same model
+        torch.testing.assert_close(m2(ids).logits, m(ids).logits, atol=0, rtol=0)
         ours = mmbert.from_pretrained(out).eval()  # and it is one of our model directories
-        torch.testing.assert_close(ours(ids).logits, m(ids).logits, rtol=1e-4, atol=1e-4)
+        # ours vs transformers, fp32: the derived parity bound (widest reduction: intermediate 24; 2 layers + 2)
+        assert_fp32_close(ours(ids).logits, m(ids).logits, widest=24, depth=4)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -292,6 +301,8 @@ def test_ties_matches_mergekit(three):
     got = read_out(out)
     assert got.keys() == ref.keys()
     for k in ref:
+        # mergekit works in fp32 (sums in another order): rtol ≈ 80 eps32 on sums of ≤ 3 O(1)
+        # terms, atol for entries that cancel to ~0
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
 
 

@@ -116,7 +116,7 @@ def server(model_dir, tmp_path_factory):
 
 def _assert_close(got, ref):
     got = torch.as_tensor(np.asarray(got, dtype=np.float32))
-    tol = TOL_REL * float(ref.abs().max())
+    tol = TOL_REL * float(ref.abs().max())  # the derived fp32 bound (TOL_REL above) × the largest |value|
     torch.testing.assert_close(got, ref, atol=tol, rtol=0)
 
 

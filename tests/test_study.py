@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
-from tinyrun import tiny_recipe, write_synthetic_shards  # noqa: E402
+from synthetic import write_learnable_shards  # noqa: E402
+from tinyrun import tiny_recipe  # noqa: E402
 
 from mmbert.apps import study  # noqa: E402
 from mmbert.train.recipe import get_recipe  # noqa: E402
@@ -43,7 +44,7 @@ def toy_recipes(root: Path) -> dict[str, str]:
 
 def _toy_config(root: Path, arms=tuple(study.BASE_ARMS)) -> study.StudyConfig:
     if not (root / "shards" / "index.json").is_file():
-        write_synthetic_shards(root / "shards")
+        write_learnable_shards(root / "shards")
     # repetition regime: yor_Latn (the toy's decay-only language) keeps one or two documents, the
     # others a few dozen
     return study.StudyConfig(shards=root / "shards", out=root / "out", logs=root / "logs", seeds=(0, 1), jobs=2,
@@ -78,7 +79,9 @@ def test_derived_arms_control_exposure_timing_and_repetition(tmp_path):
     cfg = _toy_config(tmp_path, arms=study.ARMS)
     study.prepare_arms(cfg, log=lambda m: None)
     tokens = {arm: _exposure(cfg, arm) for arm in study.ARMS}
-    # time-shuffled: the recipe's exposure per language, hence per tier and in passes (up to rounding)
+    # time-shuffled: the recipe's exposure per language, hence per tier and in passes (up to rounding:
+    # study.tier_tokens logs tokens as integers and passes to 3 decimals, so equal exposures differ by
+    # ≤ 1 token / 1e-3 pass, plus float64 noise; abs = 2 units)
     for t in study.TIERS:
         assert tokens["time-shuffled"][t] == pytest.approx(tokens["recipe"][t], abs=2)
         assert tokens["time-shuffled"]["max_epochs"][t] == pytest.approx(tokens["recipe"]["max_epochs"][t], abs=2e-3)
@@ -122,6 +125,7 @@ def test_every_arm_and_seed_is_trained_merged_scored_and_logged(toy_study):
             # expected tokens per tier add up to the track's budget
             tt = d["train"]["tier_tokens"]["decay-all"]
             track = rec.phases + rec.variants["decay-all"]
+            # each tier's count is rounded to an integer (≤ 0.5 off each)
             assert sum(tt[t] for t in study.TIERS) == pytest.approx(sum(p.tokens for p in track), abs=3)
             if arm != "mbert-baseline":  # the decay-only language gets tokens only in the decay phase
                 assert 0 < tt["decay-only"] < rec.variants["decay-all"][0].tokens
@@ -205,7 +209,7 @@ def test_tier_scores_by_hand():
         "fra_Latn": {"accuracy": 0.3, "masked": 30, "tier": "pretrain"},
         "yor_Latn": {"accuracy": 0.1, "masked": 5, "tier": "decay-only"},
         "xxx_Latn": {"accuracy": float("nan"), "masked": 0, "tier": "decay-only"}}}
-    s = study.tier_scores(mlm)
+    s = study.tier_scores(mlm)  # approx below: float64 means of hand values, ~eps64
     assert s["pretrain"] == pytest.approx(0.4)
     assert s["pretrain (micro)"] == pytest.approx((5 + 9) / 40)
     assert s["decay-only"] == pytest.approx(0.1)  # a language with nothing masked is left out
@@ -223,6 +227,7 @@ def test_contrast_signs_and_retention_by_hand():
     data = {"recipe": {s: {"mlm": {"mid": mlm(9.0 + s, 0.1), "decay-all": mlm(8.0 + s, 0.3),
                                    "ties-merge": mlm(8.5 + s, 0.2)}} for s in (0, 1, 2)}}
     r = study.contrast(data, ("recipe", "decay-all"), ("recipe", "mid"), "decay-only")
+    # approx here: (9 + s + 0.01i) − (8 + s + 0.01i) and its means round in float64, ~eps64
     assert r["estimate"] == pytest.approx(1.0) and r["ci"] == pytest.approx((1.0, 1.0))
     r = study.contrast(data, ("recipe", "decay-all"), ("recipe", "mid"), "decay-only", metric="accuracy")
     assert r["estimate"] == pytest.approx(0.2)
@@ -238,7 +243,7 @@ def test_sib_languages_spread_over_tiers(eval_data, tmp_path):
     from mmbert.eval import data as eval_data_mod
 
     shards = tmp_path / "shards"
-    write_synthetic_shards(shards)  # eng/fra/deu/yor: pretrain, pretrain, mid, decay-only in the toy recipe
+    write_learnable_shards(shards)  # eng/fra/deu/yor: pretrain, pretrain, mid, decay-only in the toy recipe
     cfg = study.StudyConfig(shards=shards, recipes=toy_recipes(tmp_path))
     index = ShardIndex.load(shards)
     tier_of = study.tier_of_languages(cfg, {lang: index.tokens(lang) for lang in index.languages})

@@ -29,6 +29,7 @@ def test_rate_and_split(rate):
     n_cand = int((~special).sum())
     k = int(sel.sum())
     sd = (n_cand * rate * (1 - rate)) ** 0.5
+    # binomial counts: 5σ is crossed by chance with p ≈ 6e-7; another rate (0.15 for 0.3) is ≳ 100σ off
     assert abs(k - n_cand * rate) < 5 * sd                       # rate within 5σ
     assert not sel[special].any()                                # specials never selected
     assert torch.equal(out[special], ids[special])               # ... nor changed
@@ -38,7 +39,7 @@ def test_rate_and_split(rate):
     changed = (out[sel] != MASK) & (out[sel] != ids[sel])
     n_rand = int(changed.sum())
     for frac, n in ((0.8, n_mask), (0.1, n_rand)):
-        assert abs(n - frac * k) < 5 * (k * frac * (1 - frac)) ** 0.5, (frac, n, k)
+        assert abs(n - frac * k) < 5 * (k * frac * (1 - frac)) ** 0.5, (frac, n, k)  # 5σ, as above
     # random replacements never produce a special id and cover the vocabulary
     repl = out[sel][changed]
     assert not torch.isin(repl, torch.tensor(sorted(SPECIAL))).any()

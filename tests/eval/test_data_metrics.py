@@ -9,9 +9,41 @@ from mmbert.eval import data as D
 from mmbert.eval.metrics import accuracy, bitext_accuracy, mean_std, retrieval_accuracy, span_f1, token_accuracy
 
 
+def check_all(root) -> dict[str, int]:
+    """Parse every file of every dataset folder present (a malformed line raises with file:line);
+    returns items read per dataset."""
+    have = D.available(root)
+    n: dict[str, int] = {}
+    if have["sib200"]:
+        n["sib200"] = sum(len(D.load_sib200(root, lang, s)) for lang in D.sib200_languages(root)
+                          for s in ("train", "dev", "test") if (root / "sib200" / lang / f"{s}.tsv").exists())
+    if have["xnli"]:
+        n["xnli"] = sum(len(D.load_xnli(root, lang)) for lang in D.xnli_languages(root))
+    if have["pawsx"]:
+        n["pawsx"] = sum(len(D.load_pawsx(root, lang)) for lang in D.pawsx_languages(root))
+    if have["wikiann"]:
+        n["wikiann"] = sum(len(D.load_wikiann(root, lang)) for lang in D.wikiann_languages(root))
+        if (root / "wikiann" / "train-en.tsv").exists():
+            n["wikiann"] += len(D.load_wikiann(root, "en", "train"))
+    if have["ud"]:
+        n["ud"] = sum(len(D.load_conllu(p)) for splits in D.ud_treebanks(root).values() for p in splits.values())
+    if have["glue/sst2"]:
+        n["glue/sst2"] = sum(len(D.load_sst2(root, s)) for s in ("train", "dev", "test")
+                             if (root / "glue" / "sst2" / f"{s}.tsv").exists())
+    if have["nusax"]:
+        n["nusax"] = sum(len(D.load_nusax(root, lang, s)) for lang in D.nusax_languages(root)
+                         for s in ("train", "valid", "test")
+                         if (root / "nusax" / "sentiment" / lang / f"{s}.csv").exists())
+    if have["tatoeba"]:
+        n["tatoeba"] = sum(len(D.load_tatoeba(root, lang)[0]) for lang in D.tatoeba_languages(root))
+    if have["xquad"]:
+        n["xquad"] = sum(len(D.load_xquad(root, lang)) for lang in D.xquad_languages(root))
+    return n
+
+
 # ----------------------------------------------------------------------------- real data (skips if absent)
 def test_every_real_dataset_folder_parses(eval_data):
-    counts = D.check_all(eval_data)
+    counts = check_all(eval_data)
     present = [k for k, v in D.available(eval_data).items() if v]
     assert set(counts) == set(present)
     assert all(n > 0 for n in counts.values()), counts
@@ -43,7 +75,7 @@ def test_real_conllu_skips_ranges_and_empty_nodes(eval_data):
 
 # ----------------------------------------------------------------------------- fixture data
 def test_fixture_loaders(fixture_data):
-    counts = D.check_all(fixture_data)
+    counts = check_all(fixture_data)
     assert set(counts) == {k for k, v in D.available(fixture_data).items() if v}
     sents = D.load_conllu(fixture_data / "ud/UD_English-EWT/en_ewt-ud-dev.conllu")
     # "1-2 don't" range and the "2.1" empty node are skipped: do/AUX n't/PART cat/NOUN
@@ -78,7 +110,7 @@ def test_malformed_line_names_file_and_line(fixture_data, rel, line, lineno, nee
     lines.insert(lineno - 1, line)
     path.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(D.EvalDataError) as e:
-        D.check_all(fixture_data)
+        check_all(fixture_data)
     assert f"{path}:{lineno}:" in str(e.value) and needle in str(e.value)
 
 
@@ -104,7 +136,7 @@ def test_span_f1_hand_computed():
     pred = [["B-PER", "I-PER", "O", "B-ORG"],   # PER right; LOC predicted as ORG (1 FP, 1 FN)
             ["B-ORG", "I-ORG", "O", "O"]]       # ORG with a wrong right boundary (1 FP, 1 FN)
     # gold entities 3, predicted 3, correct 1 → P = R = 1/3, F1 = 1/3
-    assert span_f1(pred, gold) == pytest.approx(1 / 3)
+    assert span_f1(pred, gold) == pytest.approx(1 / 3)  # approx in this test: float64 ratios of counts, ~eps64
     pred2 = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "O", "O", "O"]]  # P = 2/2, R = 2/3 → F1 = 0.8
     assert span_f1(pred2, gold) == pytest.approx(0.8)
     assert span_f1(gold, gold) == 1.0
@@ -112,7 +144,7 @@ def test_span_f1_hand_computed():
 
 def test_accuracy_hand_computed():
     assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
-    assert token_accuracy([[1, 2], [3]], [[1, 0], [3]]) == pytest.approx(2 / 3)
+    assert token_accuracy([[1, 2], [3]], [[1, 0], [3]]) == pytest.approx(2 / 3)  # float ratio of counts, ~eps64
     with pytest.raises(ValueError):
         accuracy([0], [0, 1])
 
@@ -122,7 +154,7 @@ def test_retrieval_accuracy_both_directions_hand_computed():
     b = torch.tensor([[1.0, 0.1], [1.0, 0.9], [0.1, 1.0]])
     # a→b: a0→b0 ✓; a1 (0,1)→b2 ✗; a2 (1,1)→b1 (cos .999) ✗   → 1/3
     # b→a: b0→a0 ✓; b1 (1,.9)→a2 ✗; b2 (.1,1)→a1 ✗            → 1/3
-    assert retrieval_accuracy(a, b) == pytest.approx(1 / 3)
+    assert retrieval_accuracy(a, b) == pytest.approx(1 / 3)  # float ratio of counts, ~eps64
     swapped = b[[0, 2, 1]]  # now a1↔b2, a2↔b1 are aligned: everything retrieves its pair
     assert bitext_accuracy(a, swapped) == {"a2b": 1.0, "b2a": 1.0}
 

@@ -53,7 +53,7 @@ def test_finetune_steps_lower_the_loss(ours_dir, fixture_data):
     # the pretrained weights themselves are untouched (each seed fine-tunes a copy)
     fresh = load_backbone(ours_dir).model.state_dict()
     for k, v in bb.model.state_dict().items():
-        torch.testing.assert_close(v, fresh[k])
+        torch.testing.assert_close(v, fresh[k], atol=0, rtol=0)  # exact: untouched, read from the same file
 
 
 def test_loss_fn_counts_labelled_items(ours_dir, fixture_data):
@@ -150,12 +150,14 @@ def test_evaluate_mlm_is_deterministic_and_per_language(ours_dir, tmp_path):
     assert set(res["languages"]) == {"deu_Latn", "eng_Latn", "yor_Latn"}
     deu = res["languages"]["deu_Latn"]
     assert deu["tokens"] == 200 and 0 < deu["masked_tokens"] < 200 and deu["tier"] == "high"
-    # random-init model: loss near ln(V), accuracy near 0
+    # random-init model: loss near ln(V), accuracy near 0 (init σ 0.02 keeps the logits ≪ 1, so the
+    # softmax is near uniform: within 1 nat of ln V, which an unnormalised or per-batch loss is not)
     assert abs(deu["loss"] - np.log(model.config.vocab_size)) < 1.0 and deu["accuracy"] < 0.2
     assert res["tiers"]["low"]["languages"] == 2
     again = evaluate_mlm(model, shards, ["yor_Latn"], max_tokens_per_lang=200, seq_len=64, batch_size=4)
-    # the same masked positions whatever else is evaluated, and whatever the batch size
-    assert again["languages"]["yor_Latn"]["loss"] == pytest.approx(res["languages"]["yor_Latn"]["loss"], rel=1e-5)
+    # the same masked positions whatever else is evaluated: exact (batches are per language, so the
+    # same rows run through the same ops)
+    assert again["languages"]["yor_Latn"]["loss"] == res["languages"]["yor_Latn"]["loss"]
     other_seed = evaluate_mlm(model, shards, ["yor_Latn"], max_tokens_per_lang=200, seq_len=64, seed=1)
     assert other_seed["languages"]["yor_Latn"]["masked_tokens"] != deu["masked_tokens"] or \
         other_seed["languages"]["yor_Latn"]["loss"] != res["languages"]["yor_Latn"]["loss"]

@@ -1,4 +1,5 @@
-"""Shared pieces of the training tests: tiny synthetic shards, a tiny model config, a tiny recipe.
+"""Shared pieces of the training tests: the tiny synthetic shards (a session fixture over
+`synthetic.write_learnable_shards`), a tiny model config, a tiny recipe.
 
 (A module with a unique name, not conftest.py: several test folders have a conftest, and
 `from conftest import …` would pick whichever was imported first.)"""
@@ -6,50 +7,28 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
-import numpy as np
-import torch
 import pytest
+import torch
 
-from mmbert import EncoderConfig
-from mmbert.data.shards import ShardWriter, write_index
-from mmbert.train.recipe import Phase, Recipe
+_TESTS = str(Path(__file__).resolve().parents[1])  # tests/: pytest puts it on sys.path, the torchrun workers do not
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+from synthetic import VOCAB, write_learnable_shards  # noqa: E402
 
-VOCAB = 512
+from mmbert import EncoderConfig  # noqa: E402
+from mmbert.train.recipe import Phase, Recipe  # noqa: E402
+
 # the machine is shared and small: one intra-op thread avoids OpenMP oversubscription stalls
 torch.set_num_threads(1)
-# languages of different sizes (documents in train), so tiers and τ matter
-LANGS = {"eng_Latn": 120, "fra_Latn": 60, "deu_Latn": 30, "yor_Latn": 8}
-
-
-def write_synthetic_shards(root, seed: int = 0) -> None:
-    """Each language draws tokens from its own Zipf-like distribution over a shifted vocabulary and
-    repeats short motifs, so an MLM can learn something within a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for li, (lang, ndocs) in enumerate(LANGS.items()):
-        ranks = np.arange(1, VOCAB - 5 + 1)
-        p = 1.0 / ranks ** 1.1
-        p /= p.sum()
-        perm = np.random.default_rng(li).permutation(VOCAB - 5) + 5
-        motifs = [perm[rng.integers(0, 60, size=4)] for _ in range(8)]
-        counts[lang] = {}
-        for split, n in (("train", ndocs), ("heldout", 4)):
-            with ShardWriter(root, lang, split, "uint16") as w:
-                for _ in range(n):
-                    length = int(rng.integers(10, 90))
-                    doc = perm[rng.choice(VOCAB - 5, size=length, p=p) % (VOCAB - 5)]
-                    for k in range(0, length - 4, 12):
-                        doc[k:k + 4] = motifs[int(rng.integers(0, 8))]
-                    w.add(doc.astype(np.int64))
-            counts[lang][split] = w.counts
-    write_index(root, counts, "uint16", VOCAB, {"name": "synthetic"})
 
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    write_synthetic_shards(root)
+    write_learnable_shards(root)
     return root
 
 

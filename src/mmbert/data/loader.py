@@ -9,8 +9,8 @@
                  labels=batch["labels"]).loss
     state = loader.state_dict()     # JSON-able; MLMLoader(...same args...).load_state_dict(state)
     loader.set_phase(languages="top:110", tau=0.5, mask_rate=0.15, seq_len=8192)   # phase boundary
-    # batch-size warm-up: ask for the rows your schedule wants at this point of the run
-    batch = loader.next_batch(rows_for_tokens(batch_tokens_at(loader.tokens_seen), 8192, world_size))
+    # batch-size warm-up: ask for the GLOBAL rows the schedule wants at this point of the phase
+    batch = loader.next_batch(batch_rows_at(phase, tokens_into_phase, granularity=world_size))  # mmbert.train.schedules
 
 The stream (all deterministic functions of `seed`):
 1. Language draws. A phase's languages get p_ℓ ∝ w_ℓ·n_ℓ^τ (`mmbert.data.sampling`, optional epoch cap).
@@ -109,13 +109,6 @@ def _ensure_open_files(n: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-def rows_for_tokens(batch_tokens: int, seq_len: int, world_size: int = 1) -> int:
-    """Global rows for a target of `batch_tokens` tokens per step (batch-size warm-up helper):
-    rounded to the nearest multiple of `world_size`, at least `world_size`."""
-    r = max(1, round(batch_tokens / seq_len / world_size))
-    return r * world_size
-
-
 class MLMLoader:
     """Deterministic, resumable, rank-aware packed MLM batches from token shards (module docstring).
 
@@ -129,11 +122,13 @@ class MLMLoader:
       token_budget, epoch_cap: planned tokens for the phase and an optional cap on epochs per language
         (excess redistributed, `mmbert.data.sampling.cap_epochs`); the budget also fills the plan table.
       bos_id, eos_id, pad_id, mask_id: default to index.json's tokenizer info (`*_id` keys), else
-        mmBERT's 2, 1, 0, 4.  special_ids: never masked; default {0..4} ∪ those ids ∪ unk_id ∪
-        tokenizer.special_ids.  vocab_size: default from index.json.
+        mmBERT's 2, 1, 0, 4.  special_ids: never masked; default {0..4}, and those ids, unk_id and
+        the tokenizer's special_ids are always added.  vocab_size: default from index.json.
+      shares: sources drawn at a fixed fraction of the tokens (`mmbert.data.sampling.plan_phase`).
       buffer_size: packer buffer in chunks. Bigger = fuller rows but more tokens in flight, which
-        delays the language shares (on the embedded corpus at seq 1024: 256 → 99.92% real tokens and
-        shares within 1.2% total variation of p after 2,000 rows; 4096 → 99.98% but 4.7%).
+        delays the language shares (on the embedded corpus at seq 1024 over 20,000 rows: 256 → 99.85%
+        real tokens, shares within total variation 0.002 of p; 4096 → 99.87% but 0.014;
+        benchmarks/results/data_stream_*.md).
         min_tail: chunk tail rule (`mmbert.data.packing.chunk_spans`).
     """
 
@@ -382,69 +377,3 @@ class MLMLoader:
         self.rows_emitted, self.tokens_seen = int(state["rows_emitted"]), int(state["tokens_seen"])
         self.packer = BestFitPacker(ph["seq_len"], self.buffer_size)
         self.packer.load_state_dict(state["packer"])
-
-
-class Prefetcher:
-    """Produce the next batches of an `MLMLoader` in a background thread (`depth` ahead).
-
-        stream = Prefetcher(loader, depth=2)
-        for batch in stream: ...                 # the same batches, in the same order, as `loader`
-        state = stream.state_dict()              # the state after the last batch HANDED OUT
-        stream.close()                           # stops the thread, rewinds `loader` to that state
-
-    It calls `loader.next_batch()` with the default `rows_per_batch` only; to change batch size or
-    phase, `close()` first (the loader is then exactly after the last consumed batch), change it, and
-    wrap it again. Each produced batch carries a snapshot of the loader state taken right after it,
-    so resume stays bit-exact. The per-row work is numpy, which releases the GIL for its array ops.
-    """
-
-    def __init__(self, loader: MLMLoader, depth: int = 2):
-        import queue
-        import threading
-
-        if depth < 1:
-            raise LoaderError(f"prefetch depth must be ≥ 1, got {depth}")
-        self.loader = loader
-        self._state = loader.state_dict()
-        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mmbert-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import queue
-
-        try:
-            while not self._stop.is_set():
-                item = (self.loader.next_batch(), self.loader.state_dict())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as e:    # surfaced to the consumer on its next __next__
-            self._queue.put((e, None))
-
-    def __iter__(self) -> "Prefetcher":
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        if self._stop.is_set():
-            raise LoaderError("this Prefetcher is closed; iterate the loader or wrap it again")
-        batch, state = self._queue.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        self._state = state
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
-
-    def close(self) -> MLMLoader:
-        """Stop the thread and rewind the loader to just after the last consumed batch; returns it."""
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join()
-            self.loader.load_state_dict(self._state)
-        return self.loader

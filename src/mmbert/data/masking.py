@@ -72,7 +72,7 @@ def mask_tokens(input_ids: torch.Tensor, rate: float, *, special_ids: Iterable[i
 
 def apply_mask(ids: np.ndarray, rate: float, is_special: np.ndarray, allowed: np.ndarray, mask_id: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The masking core (the loader calls it per row): int64 `ids` (range-checked) → (inputs, labels).
+    """The masking core (the loader calls it per row): int64 `ids`, range-checked by the caller → (inputs, labels).
     Draws three uniform arrays of ids' shape (select, kind, replacement), so the outcome for a seed does
     not depend on which tokens are special."""
     u = rng.random((3,) + ids.shape)

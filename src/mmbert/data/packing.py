@@ -1,9 +1,15 @@
 """Chunking and greedy best-fit packing of documents into rows of exactly `seq_len` tokens.
 
-    from mmbert.data.packing import pack_documents, packing_efficiency
-    rows = pack_documents(docs, seq_len=1024, bos_id=2, eos_id=1, pad_id=0)   # docs: 1-D int arrays
-    rows[0].input_ids, rows[0].cu_seqlens, rows[0].position_ids, rows[0].doc_ids
-    print(packing_efficiency(rows))              # non-pad tokens / all tokens
+    from mmbert.data.packing import BestFitPacker, chunk_spans, materialize_row, row_layout
+    packer = BestFitPacker(seq_len=1024, buffer_size=256)
+    for s, e in chunk_spans(len(doc), 1024):          # doc: a 1-D int array without <bos>/<eos>
+        packer.add(e - s + 2, (s, e))                 # length with the <bos>/<eos> framing, any JSON-able ref
+    refs, lens = packer.pop()                         # one row (pop once packer.full, or to drain)
+    input_ids = materialize_row([doc[s:e] for s, e in refs], 1024, bos_id=2, eos_id=1, pad_id=0)
+    cu_seqlens, position_ids = row_layout(lens, 1024)
+
+`mmbert.data.loader` runs this online over the shards; tests/packing_ref.py packs a finite list of
+documents the same way (the tests' and benchmarks' reference).
 
 Chunking (`chunk_spans`). A row holds whole chunks; each chunk is `<bos> content <eos>`, so a chunk
 carries at most C = seq_len - 2 content tokens. A document of L ≤ C tokens is one chunk. A longer
@@ -27,8 +33,8 @@ chunks.
 
 Row layout (`row_layout`). `cu_seqlens` (int32) starts at 0, has one boundary per chunk, and ends at
 seq_len: trailing padding, if any, is ITS OWN final segment (so a flash-attn varlen call sees every
-token; pad tokens attend only to pad tokens). Its `doc_ids` entry is -1 and its tokens are
-`pad_id`; the loader gives them label -100. `position_ids` restart at 0 in every segment.
+token; pad tokens attend only to pad tokens). Its tokens are `pad_id`; the loader gives them label
+-100 and the segment language -1 (`doc_lang`). `position_ids` restart at 0 in every segment.
 """
 
 from __future__ import annotations
@@ -36,8 +42,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -165,22 +170,6 @@ def row_layout(item_lens: Sequence[int], seq_len: int) -> tuple[np.ndarray, np.n
     return cu, pos
 
 
-@dataclass
-class PackedRow:
-    """One packed row: input_ids [seq_len], cu_seqlens, position_ids, and per segment the source
-    document id (-1 for the padding segment) and content span."""
-
-    input_ids: np.ndarray
-    cu_seqlens: np.ndarray
-    position_ids: np.ndarray
-    doc_ids: list[Hashable]
-    spans: list[tuple[int, int]]
-
-    @property
-    def num_pad(self) -> int:
-        return int(self.cu_seqlens[-1] - self.cu_seqlens[-2]) if self.doc_ids and self.doc_ids[-1] == -1 else 0
-
-
 def materialize_row(chunks: Sequence[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
                     pad_id: int) -> np.ndarray:
     """Concatenate `<bos> chunk <eos>` for each chunk and pad to seq_len (int64)."""
@@ -195,39 +184,3 @@ def materialize_row(chunks: Sequence[np.ndarray], seq_len: int, bos_id: int, eos
     if p > seq_len:
         raise PackingError(f"chunks need {p} tokens > seq_len {seq_len}")
     return out
-
-
-def pack_documents(docs: Iterable[np.ndarray], seq_len: int, *, bos_id: int = 2, eos_id: int = 1,
-                   pad_id: int = 0, buffer_size: int = 256, min_tail: int | None = None,
-                   drain: bool = True) -> list[PackedRow]:
-    """Chunk, best-fit pack and materialise a finite list of documents. With `drain` the buffer is
-    emptied at the end (the last rows are then less full — a finite-list effect the endless loader
-    never sees); without it the leftover chunks are dropped. The loader does the same online; this is
-    the reference used by tests and benchmarks."""
-    docs = [np.asarray(d) for d in docs]
-    packer = BestFitPacker(seq_len, buffer_size)
-    rows: list[PackedRow] = []
-
-    def emit(until: int):
-        while len(packer) > until:
-            refs, lens = packer.pop()
-            chunks = [docs[d][s:e] for d, s, e in refs]
-            cu, pos = row_layout(lens, seq_len)
-            ids = materialize_row(chunks, seq_len, bos_id, eos_id, pad_id)
-            pad = [-1] if len(cu) - 1 > len(lens) else []
-            rows.append(PackedRow(ids, cu, pos, [d for d, _, _ in refs] + pad,
-                                  [(s, e) for _, s, e in refs] + ([(0, 0)] if pad else [])))
-
-    for i, d in enumerate(docs):
-        for s, e in chunk_spans(len(d), seq_len, min_tail):
-            packer.add(e - s + 2, (i, s, e))
-        emit(packer.buffer_size - 1)
-    if drain:
-        emit(0)
-    return rows
-
-
-def packing_efficiency(rows: Sequence[PackedRow]) -> float:
-    """Non-pad tokens / all tokens over the rows (bos/eos count as non-pad)."""
-    total = sum(len(r.input_ids) for r in rows)
-    return 1.0 - sum(r.num_pad for r in rows) / total if total else 0.0

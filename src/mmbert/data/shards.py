@@ -324,30 +324,6 @@ def open_shard(root: str | os.PathLike, lang: str, split: str = "train",
     return Shard(tokens, offsets, lang, split)
 
 
-def write_synthetic_shards(root: str | os.PathLike, languages: dict[str, tuple[int, float]], *,
-                           vocab_size: int = 32768, seed: int = 0, heldout_docs: int = 0,
-                           sigma: float = 1.0, first_id: int = 5, max_len: int = 100_000) -> ShardIndex:
-    """Random shards for tests and benchmarks: {lang: (docs, median doc length)}; lengths are
-    lognormal(log median, sigma) (web-like: many short documents, a long tail), ids uniform in
-    [first_id, vocab_size) so they never collide with the special ids 0..4."""
-    rng = np.random.default_rng(seed)
-    dtype = "uint16" if vocab_size <= 65536 else "uint32"
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    for lang, (docs, median) in sorted(languages.items()):
-        counts[lang] = {}
-        for split, n in (("train", docs), ("heldout", heldout_docs)):
-            if split == "heldout" and not n:
-                continue
-            lens = np.clip(rng.lognormal(np.log(median), sigma, size=n).astype(np.int64), 1, max_len)
-            with ShardWriter(root, lang, split, dtype) as w:
-                ids = rng.integers(first_id, vocab_size, size=int(lens.sum()))
-                for a, b in zip(np.r_[0, np.cumsum(lens)[:-1]], np.cumsum(lens)):
-                    w.add(ids[a:b])
-            counts[lang][split] = w.counts
-    write_index(root, counts, dtype, vocab_size, {"name": "synthetic", "seed": seed})
-    return ShardIndex.load(root)
-
-
 # ----------------------------------------------------------------------------- the shards' tokenizer
 TOKENIZER_COPY = "tokenizer"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -581,38 +581,3 @@ def read_conllu(path: str | os.PathLike, *, tag_column: str = "upos") -> list[Re
 def read_lines(path: str | os.PathLike) -> list[str]:
     """A plain text file, one item per line, every line kept (line-aligned bitext files)."""
     return _lines(Path(path))
-
-
-def check_all(root: str | os.PathLike) -> dict[str, int]:
-    """Parse every file of every dataset folder present; returns items read per dataset.
-
-    Used by the tests and by `run_suite` to fail early with file:line on a malformed line.
-    """
-    root = Path(root)
-    have = available(root)
-    n: dict[str, int] = {}
-    if have["sib200"]:
-        n["sib200"] = sum(len(load_sib200(root, lang, s)) for lang in sib200_languages(root)
-                          for s in ("train", "dev", "test") if (root / "sib200" / lang / f"{s}.tsv").exists())
-    if have["xnli"]:
-        n["xnli"] = sum(len(load_xnli(root, lang)) for lang in xnli_languages(root))
-    if have["pawsx"]:
-        n["pawsx"] = sum(len(load_pawsx(root, lang)) for lang in pawsx_languages(root))
-    if have["wikiann"]:
-        n["wikiann"] = sum(len(load_wikiann(root, lang)) for lang in wikiann_languages(root))
-        if (root / "wikiann" / "train-en.tsv").exists():
-            n["wikiann"] += len(load_wikiann(root, "en", "train"))
-    if have["ud"]:
-        n["ud"] = sum(len(load_conllu(p)) for splits in ud_treebanks(root).values() for p in splits.values())
-    if have["glue/sst2"]:
-        n["glue/sst2"] = sum(len(load_sst2(root, s)) for s in ("train", "dev", "test")
-                             if (root / "glue" / "sst2" / f"{s}.tsv").exists())
-    if have["nusax"]:
-        n["nusax"] = sum(len(load_nusax(root, lang, s)) for lang in nusax_languages(root)
-                         for s in ("train", "valid", "test")
-                         if (root / "nusax" / "sentiment" / lang / f"{s}.csv").exists())
-    if have["tatoeba"]:
-        n["tatoeba"] = sum(len(load_tatoeba(root, lang)[0]) for lang in tatoeba_languages(root))
-    if have["xquad"]:
-        n["xquad"] = sum(len(load_xquad(root, lang)) for lang in xquad_languages(root))
-    return n

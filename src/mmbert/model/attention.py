@@ -7,8 +7,8 @@ Layouts
   crosses a document boundary and RoPE positions restart per document (done by the caller).
 
 Backends (`plan.backend`)
-- "eager": explicit additive masks and a float32 softmax — the oracle every faster path is
-  tested against (padded layout).
+- "eager": explicit scores, masked positions filled with the dtype's minimum, a float32 softmax —
+  the oracle every faster path is tested against (padded layout).
 - "sdpa": `F.scaled_dot_product_attention` with a boolean mask (padded layout).
 - "varlen": the packed path for any device without flash-attn. Global layers: documents are
   gathered into a few length buckets (padded to ≤1.25× their length, so waste is bounded and the

@@ -423,7 +423,8 @@ class TokenClassifier(_Classifier):
 @torch.no_grad()
 def init_weights(model: nn.Module, config: EncoderConfig) -> None:
     """Truncated-normal "megatron" init: σ = initializer_range cut at ±cutoff·σ; output projections
-    (attn.Wo, mlp.Wo, head.dense) σ/√(2L); classifiers hidden^-0.5; norms 1, biases 0."""
+    (attn.Wo, mlp.Wo, head.dense) and an untied decoder σ/√(2L); classifiers hidden^-0.5; norms 1,
+    biases 0."""
     std, cut = config.initializer_range, config.initializer_cutoff_factor
     out_std = std / math.sqrt(2.0 * config.num_hidden_layers)
 
