@@ -1,6 +1,7 @@
 """2-process DDP and FSDP2 (gloo, CPU, launched by torchrun) give the same losses and the same
-phase-end model as 1 process with the same global batch: the loader hands each rank a disjoint half
-of the same global rows, and train_step normalises by the global masked-token count. Only the float
+phase-end model as 1 process with the same global batch and the same data stream (2 packing lanes,
+which a 2-rank run uses by default: each rank packs only its own lane): the loader hands each rank a
+disjoint half of the same global rows, and train_step normalises by the global masked-token count. Only the float
 summation order differs (the gradient all-reduce / reduce-scatter adds two partial sums), so losses
 agree to ~1e-7 relative; we allow 1e-4 over the 10+ steps, and 1e-3 on the exported weights.
 (The recipe here has no batch-size warm-up: global rows are rounded to a multiple of the world size,
@@ -34,7 +35,7 @@ def one_process(shards, tmp_path_factory):
     one = tmp_path_factory.mktemp("one") / "run"
     # one process: micro-batch of 8 rows (256 tokens at seq 32) = the 2 x 4 rows of the 2-rank runs
     train(tiny_recipe(scale=0.5, batch_warmup=False), tiny_config(), shards, one, phases=["pretrain"], micro_batch_tokens=256,
-          progress=False, eval=False, plots=False)
+          progress=False, eval=False, plots=False, lanes=2)
     return one
 
 
