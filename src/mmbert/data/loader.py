@@ -468,6 +468,8 @@ class MLMLoader:
         """Restore a state (`state_dict()` of any rank whose lanes cover this rank's, or a complete
         state from `merge_states`, of any world size) into a loader built on the same shards and
         seed; the phase parameters and the lane count come from the state."""
+        if state.get("version") == 1:
+            state = self._from_v1(state)
         if state.get("version") != STATE_VERSION:
             raise LoaderError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}; "
                               f"it was written by another mmbert version")
@@ -495,6 +497,22 @@ class MLMLoader:
             lane.open_docs = {l: [int(d), int(t)] for l, (d, t) in ls["open_docs"].items()}
             lane.packer = BestFitPacker(self.phase.seq_len, self.buffer_size)
             lane.packer.load_state_dict(ls["packer"])
+
+
+    def _from_v1(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A version-1 state (before lanes: one global stream, cursors as [epoch, position]) as the
+        one-lane version-2 state it equals, so runs checkpointed before resume unchanged."""
+        ph = state["phase"]
+        n = {l: self.index.docs(l) for l in state["cursors"]}
+        lane = {"drawn": state["drawn"], "open_docs": state["open_docs"], "packer": state["packer"],
+                "cursors": {l: int(e) * n[l] + int(p) for l, (e, p) in state["cursors"].items()}}
+        phase = StreamPhase(languages=ph["languages_spec"], temperature=ph["tau"], mask_rate=ph["mask_rate"],
+                            seq_len=ph["seq_len"], language_weights=ph["weights"], token_budget=ph["budget"],
+                            epoch_cap=ph["epoch_cap"], shares=ph.get("shares") or {})
+        return {"version": 2, "seed": state["seed"], "shard_languages": state["shard_languages"], "lanes": 1,
+                "phase": phase.to_dict(), "plan": {"languages": ph["languages"], "probs": ph["probs"]},
+                "phase_index": state["phase_index"], "rows_emitted": state["rows_emitted"],
+                "tokens_seen": state["tokens_seen"], "lane_states": [lane]}
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
