@@ -33,8 +33,9 @@ from mmbert.data.loader import LoaderSpec, MLMLoader, StreamPhase
 from mmbert.data.shards import ShardIndex, write_synthetic_shards
 
 
-def synthetic(root: str) -> ShardIndex:
-    langs = {f"l{i:02d}_Latn": (max(20, int(12000 / (i + 1))), 300.0) for i in range(30)}
+def synthetic(root: str, n: int = 30) -> ShardIndex:
+    width = max(2, len(str(n - 1)))   # l00…l29 as before for the default 30
+    langs = {f"l{i:0{width}d}_Latn": (max(20, int(12000 / (i + 1))), 300.0) for i in range(n)}
     return write_synthetic_shards(root, langs, vocab_size=32768, seed=0, sigma=1.2)
 
 
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--buffer-size", type=int, default=256, help="packer buffer (the loader's default)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--ranks-only", action="store_true", help="only the per-rank packing cost table")
+    ap.add_argument("--languages", type=int, default=30, help="languages of the synthetic shards")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,8 +123,8 @@ def main() -> None:
     if args.shards is None:
         tmp = tempfile.TemporaryDirectory()
         args.shards = tmp.name
-        idx = synthetic(args.shards)
-        source = "synthetic (30 langs, lognormal median 300 σ 1.2)"
+        idx = synthetic(args.shards, args.languages)
+        source = f"synthetic ({args.languages} langs, lognormal median 300 σ 1.2)"
     else:
         idx = ShardIndex.load(args.shards)
         source = str(args.shards)
