@@ -47,9 +47,9 @@ The stream (all deterministic functions of `seed` and `lanes`):
    contending for it were 50× slower).
 
 `next_batch(rows)` takes the next `rows` global rows. Rank r of W materialises its contiguous share,
-global rows [start + r·rows/W, start + (r+1)·rows/W), and packs only the lanes that share overlaps:
-lane r·K/W … with lanes = K a multiple of W (each rank packs K/W lanes), every rank packs the one
-lane with K = 1 (the stream of earlier versions, bit for bit).
+global rows [start + r·rows/W, start + (r+1)·rows/W), and packs only the lanes that share overlaps
+(`held_lanes`): K/W lanes each when W divides K, one lane shared by W/K ranks when K divides W; with
+K = 1 every rank packs the single lane (the stream of earlier versions, bit for bit).
 
 Guarantees:
 - Determinism: same arguments + same sequence of `next_batch`/`set_phase` calls → same batches,
