@@ -9,6 +9,8 @@ Prints one markdown table (copy it to benchmarks/results/data_stream_<machine>_<
   and how far the emitted language token shares are from p (total variation) over the same rows;
 - loader throughput = tokens/s of `MLMLoader.next_batch` (everything: sampling, packing, reading
   tokens, masking, collation) in this process, no prefetch;
+- per-rank packing (`--ranks-only`): CPU seconds rank 0 of W spends on its share of a global batch
+  with one packing lane (it packs every row) and with W lanes (only its own);
 - tiny-model training throughput = tokens/s of forward + backward + AdamW step of the `tiny` preset
   on the same packed batches, measured in the same run, so the ratio is side by side.
 Without --shards it writes synthetic shards: 30 languages with a Zipf-like spread of sizes
@@ -29,27 +31,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmbert.data.loader import MLMLoader
+from mmbert.data.loader import LoaderSpec, MLMLoader, StreamPhase
 from mmbert.data.shards import ShardIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synthetic import write_random_shards  # noqa: E402  (tests/synthetic.py: the shard writer the tests use)
 
 
-def synthetic(root: str) -> ShardIndex:
-    langs = {f"l{i:02d}_Latn": (max(20, int(12000 / (i + 1))), 300.0) for i in range(30)}
+def synthetic(root: str, n: int = 30) -> ShardIndex:
+    width = max(2, len(str(n - 1)))   # l00…l29 as before for the default 30
+    langs = {f"l{i:0{width}d}_Latn": (max(20, int(12000 / (i + 1))), 300.0) for i in range(n)}
     return write_random_shards(root, langs, vocab_size=32768, seed=0, sigma=1.2)
 
 
 def efficiency(shards: str, seq_len: int, rows: int, buffer_size: int) -> tuple[float, float, float]:
     """(non-pad fraction, rows/s, total variation between the emitted content-token shares and p)."""
-    loader = MLMLoader(shards, languages="all", tau=0.5, mask_rate=0.3, seq_len=seq_len, rows_per_batch=1,
-                       buffer_size=buffer_size, seed=0)
+    loader = MLMLoader(shards, StreamPhase(temperature=0.5, mask_rate=0.3, seq_len=seq_len),
+                       LoaderSpec(seed=0, rows_per_batch=1, buffer_size=buffer_size))
     real = total = 0
     per_lang = np.zeros(len(loader.all_languages))
     t = time.perf_counter()
     for _ in range(rows):
-        refs, lens = loader._next_row_refs()     # the packing stream alone (no token reads / masking)
+        refs, lens = loader._next_row_refs(loader._lane[0])  # the packing stream alone (no token reads / masking)
         real += sum(lens)
         total += seq_len
         for ref, n in zip(refs, lens):
@@ -62,12 +65,25 @@ def efficiency(shards: str, seq_len: int, rows: int, buffer_size: int) -> tuple[
 
 
 def loader_throughput(shards: str, seq_len: int, rows: int, steps: int) -> float:
-    loader = MLMLoader(shards, languages="all", tau=0.5, mask_rate=0.3, seq_len=seq_len, rows_per_batch=rows, seed=1)
+    loader = MLMLoader(shards, StreamPhase(temperature=0.5, mask_rate=0.3, seq_len=seq_len),
+                       LoaderSpec(seed=1, rows_per_batch=rows))
     next(loader)
     t, n = time.perf_counter(), 0
     for _ in range(steps):
         n += next(loader)["input_ids"].numel()
     return n / (time.perf_counter() - t)
+
+
+def per_rank_step(shards: str, seq_len: int, rows: int, world: int, lanes: int, steps: int) -> float:
+    """CPU seconds rank 0 of `world` spends making its share of a `rows`-row global batch: with one
+    lane it packs all rows (and materialises its own), with lanes = world only its own."""
+    loader = MLMLoader(shards, StreamPhase(temperature=0.5, mask_rate=0.3, seq_len=seq_len),
+                       LoaderSpec(seed=3, rows_per_batch=rows, lanes=lanes), rank=0, world_size=world)
+    loader.next_batch()
+    t = time.process_time()
+    for _ in range(steps):
+        loader.next_batch()
+    return (time.process_time() - t) / steps
 
 
 def model_throughput(shards: str, seq_len: int, rows: int, steps: int) -> float:
@@ -77,8 +93,8 @@ def model_throughput(shards: str, seq_len: int, rows: int, steps: int) -> float:
     cfg = EncoderConfig.from_preset("tiny")
     model = build_model(cfg, head="mlm")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loader = MLMLoader(shards, languages="all", tau=0.5, mask_rate=0.3, seq_len=seq_len, rows_per_batch=rows,
-                       seed=2, vocab_size=cfg.vocab_size)
+    loader = MLMLoader(shards, StreamPhase(temperature=0.5, mask_rate=0.3, seq_len=seq_len),
+                       LoaderSpec(seed=2, rows_per_batch=rows, vocab_size=cfg.vocab_size))
     batches = [next(loader) for _ in range(steps + 1)]
 
     def step(b):
@@ -103,6 +119,8 @@ def main() -> None:
     ap.add_argument("--rows-8192", type=int, default=2500, help="rows for the efficiency run at seq 8192")
     ap.add_argument("--buffer-size", type=int, default=256, help="packer buffer (the loader's default)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--ranks-only", action="store_true", help="only the per-rank packing cost table")
+    ap.add_argument("--languages", type=int, default=30, help="languages of the synthetic shards")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,8 +128,8 @@ def main() -> None:
     if args.shards is None:
         tmp = tempfile.TemporaryDirectory()
         args.shards = tmp.name
-        idx = synthetic(args.shards)
-        source = "synthetic (30 langs, lognormal median 300 σ 1.2)"
+        idx = synthetic(args.shards, args.languages)
+        source = f"synthetic ({args.languages} langs, lognormal median 300 σ 1.2)"
     else:
         idx = ShardIndex.load(args.shards)
         source = str(args.shards)
@@ -125,6 +143,15 @@ def main() -> None:
         pass
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"shards: {source}: {len(idx.languages)} languages, {ndoc:,} docs, {ntok:,} tokens\n")
+    if args.ranks_only:
+        print("| rank 0 of W, global batch of 512 rows at seq 1024 | CPU s per step, 1 lane | W lanes | ratio |")
+        print("|---|---:|---:|---:|")
+        for w in (2, 8):
+            one, own = per_rank_step(args.shards, 1024, 512, w, 1, 3), per_rank_step(args.shards, 1024, 512, w, w, 3)
+            print(f"| W = {w} | {one:.3f} | {own:.3f} | {one / own:.1f}× |")
+        if tmp:
+            tmp.cleanup()
+        return
     print("| measure | seq 1024 | seq 8192 |")
     print("|---|---:|---:|")
     e1, r1, v1 = efficiency(args.shards, 1024, args.rows_1024, args.buffer_size)

@@ -146,11 +146,10 @@ def probe():
     out["mmbert_auto_backend_bf16"] = resolve_backend("auto", DEV, torch.bfloat16)
     out["mmbert_auto_backend_fp32"] = resolve_backend("auto", DEV, torch.float32)
     try:
-        from optimi.utils import _default_to_triton
-        p_ = torch.nn.Parameter(torch.zeros(4, device=DEV))
-        out["optimi_triton_step"] = bool(_default_to_triton([p_]))
+        from mmbert.train.optim import step_implementation
+        out["optimizer_step"] = step_implementation([torch.nn.Parameter(torch.zeros(4, device=DEV))])
     except Exception as e:
-        out["optimi_triton_step"] = f"unknown: {e}"
+        out["optimizer_step"] = f"unknown: {e}"
     if CUDA:  # the MFU denominator actually reachable here
         n = 8192
         a = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
@@ -297,8 +296,9 @@ def shards():
 
 
 def batches(seq, rows, mask, count, seed=0):
-    from mmbert.data.loader import MLMLoader
-    L = MLMLoader(shards(), languages="all", tau=0.5, mask_rate=mask, seq_len=seq, rows_per_batch=rows, seed=seed)
+    from mmbert.data.loader import LoaderSpec, MLMLoader, StreamPhase
+    L = MLMLoader(shards(), StreamPhase(temperature=0.5, mask_rate=mask, seq_len=seq),
+                  LoaderSpec(seed=seed, rows_per_batch=rows))
     return [L.next_batch(rows) for _ in range(count)]
 
 
@@ -520,18 +520,19 @@ def bf16_train():
 # ----------------------------------------------------------------------------------------- optimizer
 @stage("optimizer", 15)
 def optimizer():
-    """StableAdamW step on mmbert-base's parameters: what build_optimizer picks (triton=None: the
-    fused Triton kernels when available) vs the per-tensor loop."""
+    """StableAdamW step on mmbert-base's parameters: what build_optimizer picks (optim.step_implementation:
+    Triton kernels, else foreach, on CUDA) vs the per-tensor loop."""
     from mmbert.train.optim import build_optimizer
     m, cfg = base_model()
     for p_ in m.parameters():
         p_.grad = torch.randn_like(p_) * 1e-3
     out = {}
-    for name, triton in (("auto", None), ("loop", False)):
+    for name in ("auto", "loop"):
         opt = build_optimizer(m, lr=1e-4, weight_decay=1e-5)
-        for g in opt.param_groups:
-            g["triton"] = triton
-            g["foreach"] = False if triton is False else None
+        out[f"{name}_impl"] = {k: opt.defaults[k] for k in ("foreach", "triton")}
+        if name == "loop":
+            for g in opt.param_groups:
+                g["triton"] = g["foreach"] = False
         opt.step()
         sync()
         ts = []

@@ -30,28 +30,3 @@ def test_step_flops_from_real_document_lengths():
     # cost less than it claims
     full = {"cu_seqlens": torch.tensor([0, 32], dtype=torch.int32), "doc_lang": torch.tensor([0])}
     assert step_flops(cfg, [batch], 0) < step_flops(cfg, [full], 0) <= flops_per_token(cfg, 32, 0.0) * 32 * 1.01
-
-
-def test_optimizer_lets_optimi_fuse_on_gpu_and_falls_back_on_cpu():
-    """build_optimizer asks torch-optimi for its Triton kernels where available (triton=None); on
-    CPU that resolves to the loop/foreach path — the same update, bit for bit, as forcing it off."""
-    import optimi.utils
-
-    from mmbert.train.optim import build_optimizer
-
-    results = []
-    for triton in (None, False):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(8, 4)
-        opt = build_optimizer(model, lr=1e-2, weight_decay=1e-4)
-        assert opt.defaults["triton"] is None
-        for g in opt.param_groups:
-            g["triton"] = triton
-        for _ in range(3):
-            model(torch.randn(5, 8)).square().sum().backward()
-            opt.step()
-            opt.zero_grad()
-        results.append([p.detach().clone() for p in model.parameters()])
-    assert not optimi.utils._default_to_triton(list(model.parameters()))  # CPU: no Triton kernels
-    for a, b in zip(*results):
-        assert torch.equal(a, b)

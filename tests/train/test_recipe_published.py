@@ -228,8 +228,8 @@ def test_shares_epoch_cap_and_dropout_reach_the_training_loop(shards, tmp_path):
     from mmbert.train.checkpoint import _torch_load, latest_checkpoint
     ckpt = latest_checkpoint(out / "checkpoints" / "main")
     assert ckpt is not None
-    phase = _torch_load(ckpt / "loader.pt")["phase"]
-    probs = dict(zip(phase["languages"], phase["probs"]))
-    assert phase["shares"] == {"eng_Latn": 0.5} and probs["eng_Latn"] == 0.5
+    state = _torch_load(ckpt / "loader.pt")
+    probs = dict(zip(state["plan"]["languages"], state["plan"]["probs"]))
+    assert state["phase"]["shares"] == {"eng_Latn": 0.5} and probs["eng_Latn"] == 0.5
     # top:2 ranks the languages other than English: fra_Latn and deu_Latn
     assert sorted(probs) == ["deu_Latn", "eng_Latn", "fra_Latn"]

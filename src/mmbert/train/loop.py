@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from mmbert.data.loader import LoaderSpec, MLMLoader, StreamPhase, gather_state
 from mmbert.model.config import EncoderConfig
 from mmbert.threads import ThreadPolicy
 from mmbert.train import checkpoint as ckpt
@@ -204,28 +205,29 @@ class _Stream:
     seed: int
     d: Dist
     micro_tokens: int
+    lanes: int | None = None  # packing lanes of a new stream; None: one per rank
     loader: Any = None
     phase: Phase | None = None  # the phase the loader is known to be configured for
 
     def micro_rows(self, p: Phase) -> int:
         return max(1, self.micro_tokens // p.seq_len)
 
-    def params(self, p: Phase) -> dict[str, Any]:
-        return dict(languages=resolve_languages(p.languages, self.counts, p.shares), tau=temperature_at(p, 0),
-                    mask_rate=mask_rate_at(p, 0), seq_len=p.seq_len,
-                    language_weights=dict(p.language_weights) or None, token_budget=p.tokens,
-                    shares=dict(p.shares) or None, epoch_cap=p.epoch_cap)
+    def params(self, p: Phase) -> StreamPhase:
+        return StreamPhase(languages=resolve_languages(p.languages, self.counts, p.shares),
+                           temperature=temperature_at(p, 0), mask_rate=mask_rate_at(p, 0), seq_len=p.seq_len,
+                           language_weights=p.language_weights, token_budget=p.tokens, shares=p.shares,
+                           epoch_cap=p.epoch_cap)
 
     def open(self, p: Phase) -> None:
-        from mmbert.data.loader import MLMLoader
-
-        self.loader = MLMLoader(self.data, seed=self.seed, rank=self.d.rank, world_size=self.d.world_size,
-                                rows_per_batch=self.micro_rows(p) * self.d.world_size, **self.params(p))
+        # one packing lane per rank: each rank packs only its own rows (a resumed state brings its lanes)
+        spec = LoaderSpec(seed=self.seed, rows_per_batch=self.micro_rows(p) * self.d.world_size,
+                          lanes=self.lanes or self.d.world_size)
+        self.loader = MLMLoader(self.data, self.params(p), spec, rank=self.d.rank, world_size=self.d.world_size)
         self.phase = p
 
     def switch(self, p: Phase) -> None:
         """At a phase boundary: new language set, τ, mask rate, sequence length."""
-        self.loader.set_phase(**self.params(p))
+        self.loader.set_phase(self.params(p))
         self.phase = p
 
     # The loader runs beside the step: while step k computes, a background thread makes step k+1's
@@ -273,13 +275,14 @@ class _Stream:
             self._pool = None
 
     def step_batches(self, p: Phase, rows: int) -> list[dict[str, Any]]:
-        """The micro-batches of one step of `rows` GLOBAL rows (a multiple of world_size): chunks of
-        at most micro_rows rows per rank, in stream order; each rank gets its contiguous share of
-        every chunk, so the union over ranks equals the 1-process step."""
-        w, m = self.d.world_size, self.micro_rows(p)
-        per_rank = rows // w
-        sizes = [m] * (per_rank // m) + ([per_rank % m] if per_rank % m else [])
-        return [self.loader.next_batch(k * w) for k in sizes]
+        """The micro-batches of one step of `rows` GLOBAL rows (a multiple of the loader's
+        row_multiple = lcm(world size, lanes)): chunks of at most micro_rows rows per rank (at least
+        one row_multiple), in stream order; each rank gets its contiguous share of every chunk, so
+        the union over ranks equals the 1-process step with the same lanes."""
+        g = self.loader.row_multiple
+        most = max(g, self.micro_rows(p) * self.d.world_size // g * g)
+        sizes = [most] * (rows // most) + ([rows % most] if rows % most else [])
+        return [self.loader.next_batch(k) for k in sizes]
 
 
 # ------------------------------------------------------------------ train
@@ -289,13 +292,16 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
           micro_batch_tokens: int | None = None, parallel: str = "auto", compile: bool = False,
           device: str | None = None, keep_last: int = 3, stop_at_step: int | None = None,
           eval: bool = True, progress: bool = True, plots: bool = True, threads: int | None = None,
-          lr_scale: float | None = None) -> dict[str, Any]:
+          lr_scale: float | None = None, lanes: int | None = None) -> dict[str, Any]:
     """Run the recipe's tracks into `out`; returns {"tracks": {name: {"step", "tokens", "loss"}}}.
 
     micro_batch_tokens: tokens per micro-batch per rank (memory knob; the global batch comes from the
     recipe). stop_at_step: end a track after this global step without saving — a simulated kill.
     lr_scale: multiply the recipe's learning rate by this from now on (e.g. to continue past a
     divergence with --resume); recorded in run.json and kept by later resumes until given again.
+    lanes: packing lanes of the data stream (mmbert.data.loader), default the world size, so that
+    each rank packs only its own rows; a resume keeps the checkpoint's. The batches depend on it,
+    not on the world size: a 1-process run with lanes=W sees the batches of a W-rank run.
     Only one process writes a run directory at a time (utils.RunLock, held for the whole run).
     """
     from mmbert.data.shards import ShardIndex
@@ -341,7 +347,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
             result["tracks"]["main"] = _run_track(
                 "main", recipe.phases[:main_end], recipe, config, data, out, counts, seed, d, metrics,
                 micro_tokens, parallel, compile, keep_last, stop_at_step, eval, progress, tokenizer, None, scale,
-                threads)
+                threads, lanes)
             if main_end == len(recipe.phases) and not result["tracks"]["main"].get("stopped"):
                 branch = ckpt.latest_checkpoint(out / "checkpoints" / "main")
                 for name, track in tracks.items():
@@ -349,7 +355,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                         continue
                     result["tracks"][name] = _run_track(
                         name, track, recipe, config, data, out, counts, seed, d, metrics, micro_tokens, parallel,
-                        compile, keep_last, stop_at_step, eval, progress, tokenizer, branch, scale, threads)
+                        compile, keep_last, stop_at_step, eval, progress, tokenizer, branch, scale, threads, lanes)
                     if result["tracks"][name].get("stopped"):
                         break
         finally:
@@ -386,7 +392,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                counts: dict[str, int], seed: int, d: Dist, metrics: Metrics, micro_tokens: int, parallel: str,
                compile: bool, keep_last: int, stop_at_step: int | None, do_eval: bool, progress: bool,
                tokenizer: Any, init_from: Path | None, lr_scale: float = 1.0,
-               threads: int | None = None) -> dict[str, Any]:
+               threads: int | None = None, lanes: int | None = None) -> dict[str, Any]:
     from mmbert.model import build_model
 
     torch.manual_seed(seed)
@@ -396,7 +402,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
     model = parallelize(model, d, mode=parallel, compile=compile)
     optimizer = build_optimizer(model, lr=phases[0].lr_peak, weight_decay=phases[0].weight_decay,
                                 betas=recipe.betas, eps=recipe.eps, max_lr=max(p.lr_peak for p in phases))
-    stream = _Stream(data, counts, seed, d, micro_tokens)
+    stream = _Stream(data, counts, seed, d, micro_tokens, lanes)
     state = {"track": track, "phase": 0, "phase_tokens": 0, "tokens": 0, "step": 0}
     ck_root = out / "checkpoints" / track
     run_config = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "track": track,
@@ -448,14 +454,14 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                     stream.switch(p)
                 applied = p
             t = state["phase_tokens"]
-            rows = _step_rows(p, t, d.world_size)
+            rows = _step_rows(p, t, stream.loader.row_multiple)
             lr = lr_at(p, t) * lr_scale  # exact when 1.0 (x * 1.0 == x)
             set_lr_and_weight_decay(optimizer, lr, p.weight_decay)
             t0 = time.perf_counter()  # tokens/s below includes waiting for the batches
             micro = stream.batches(p, rows)
             t_next = t + rows * p.seq_len
             if t_next < p.tokens and (stop_at_step is None or state["step"] + 1 < stop_at_step):
-                stream.prefetch(p, _step_rows(p, t_next, d.world_size))  # overlaps the step below
+                stream.prefetch(p, _step_rows(p, t_next, stream.loader.row_multiple))  # overlaps the step below
             stats = train_step(model, optimizer, micro, mlm_loss_fn, grad_clip=recipe.grad_clip, autocast_dtype=amp)
             dt = time.perf_counter() - t0
             step_tokens = rows * p.seq_len
@@ -495,7 +501,7 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
                 try:
                     ckpt.save_checkpoint(ck_root, state["step"], model=model, optimizer=optimizer,
                                          train_state={**state, "lr_scale": lr_scale},
-                                         loader_state=stream.state_after, run_config=run_config,
+                                         loader_state=gather_state(stream.state_after), run_config=run_config,
                                          keep_last=keep_last, keep=phase_end, write=d.is_main)
                 except ckpt.NonFiniteWeights as e:
                     raise _diverged(f"{track}/{p.name}: {e}", ck_root, init_from, lr_scale) from None
@@ -513,7 +519,8 @@ def _run_track(track: str, phases: Sequence[Phase], recipe: Recipe, config: Enco
 
 def _step_rows(p: Phase, t: int, w: int) -> int:
     """Global rows of the step starting at `t` tokens into phase p: the recipe's batch (warm-up
-    included) in whole rows per rank, not overshooting the phase's budget."""
+    included) in multiples of `w` (the loader's row_multiple: whole rows per rank and per lane),
+    not overshooting the phase's budget."""
     rows = batch_rows_at(p, t, granularity=w)
     left_rows = math.ceil((p.tokens - t) / p.seq_len)
     return min(rows, math.ceil(left_rows / w) * w)

@@ -11,15 +11,20 @@ following its schedule — the convention of ModernBERT's DecoupledAdamW, where 
 dimensions, which includes the embedding LayerNorm) get no weight decay; embedding and projection
 matrices do.
 
-Implementation: `triton=None` lets torch-optimi pick its fused Triton kernels where they run (CUDA
-with bf16 support and Triton installed: one kernel per parameter, no host syncs for the update
-clipping), else its foreach path, else the per-tensor loop — which is what runs on CPU (Triton
-kernels are CUDA/XPU only), so CPU numerics are unchanged. benchmarks/gpu_check.py records the
-implementation chosen on the GPU.
+Implementation (`step_implementation`, chosen from the parameters build_optimizer is given, i.e.
+after `train.parallel` wrapped the model): torch-optimi's fused Triton kernels on CUDA when Triton is
+installed (one kernel per parameter, no host syncs for the update clipping); its foreach path on
+CUDA without Triton (grouped kernels; one `.item()` per tensor remains); the per-tensor loop on CPU —
+the path the golden losses were made with — and for FSDP2's DTensor shards on any device: optimi's
+Triton kernels take plain tensors only, and its foreach path fails on DTensors
+(`aten._foreach_copy_` has no sharding strategy; tests/train/test_optim.py). Left to itself
+(`triton=None, foreach=None`) optimi 0.3 picks Triton or the per-tensor loop, never foreach.
+benchmarks/gpu_check.py records the choice on the GPU.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -47,13 +52,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def step_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """torch-optimi's `foreach` / `triton` flags for these parameters (module docstring)."""
+    from optimi.utils import HAS_TRITON
+
+    return step_flags(plain=all(type(p) in (torch.Tensor, nn.Parameter) for p in params),  # not DTensor
+                      on_cuda=bool(params) and all(p.device.type == "cuda" for p in params), has_triton=HAS_TRITON)
+
+
+def step_flags(*, plain: bool, on_cuda: bool, has_triton: bool) -> dict[str, bool]:
+    """The choice itself: Triton, else foreach, for plain CUDA tensors; the per-tensor loop otherwise."""
+    if not (plain and on_cuda):
+        return {"foreach": False, "triton": False}
+    return {"foreach": not has_triton, "triton": has_triton}
+
+
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
                     eps: float = 1e-8, max_lr: float | None = None) -> StableAdamW:
     """StableAdamW over `param_groups(model, weight_decay)`; `max_lr` is the largest LR the
     schedule will reach (the reference for fully decoupled decay), default `lr`."""
-    return StableAdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
-                       weight_decay=weight_decay, decouple_lr=True, max_lr=max_lr or lr,
-                       foreach=None, triton=None)
+    groups = param_groups(model, weight_decay)
+    impl = step_implementation([p for g in groups for p in g["params"]])
+    with warnings.catch_warnings():  # optimi flags foreach=True as deprecated in favour of Triton, which is absent then
+        warnings.filterwarnings("ignore", "Parameter `foreach` is deprecated", DeprecationWarning)
+        return StableAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple_lr=True,
+                           max_lr=max_lr or lr, **impl)
 
 
 def set_lr_and_weight_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
