@@ -143,7 +143,7 @@ def _add_pretrain(sub):
                         "divergence); recorded in run.json and kept by later resumes")
 
     def run(args):
-        from mmbert.train.loop import pretrain
+        from mmbert.train.pretrain import pretrain
 
         res = pretrain(args.recipe, args.data, args.out, preset=args.preset, dry_run=args.dry_run,
                        threads=args.threads, seed=args.seed, resume=args.resume, phases=args.phase,
