@@ -258,7 +258,7 @@ class Trainer:
         t_next = t + rows * p.seq_len
         if t_next < p.tokens and (run.stop_at_step is None or self.state["step"] + 1 < run.stop_at_step):
             self.stream.prefetch(p, _step_rows(p, t_next, run.d.world_size))  # overlaps the step below
-        # mlm_loss_fn is looked up here, at call time (tests replace it to poison a step)
+        # mlm_loss_fn: the module's name, looked up at each call (a test swaps it to poison one step)
         stats = train_step(self.model, self.optimizer, micro, mlm_loss_fn, grad_clip=run.recipe.grad_clip,
                            autocast_dtype=self.amp)
         return stats, micro
@@ -304,7 +304,8 @@ class Trainer:
         for tier, r in res["tiers"].items():
             run.metrics.log({**base, "lang": f"tier:{tier}", "tier": tier, "loss": r["loss"],
                              "accuracy": r["accuracy"]})
-        run.metrics.log({**base, "lang": "macro", "tier": "macro", **{k: res["macro"][k] for k in ("loss", "accuracy")}})
+        run.metrics.log({**base, "lang": "macro", "tier": "macro", "loss": res["macro"]["loss"],
+                         "accuracy": res["macro"]["accuracy"]})
 
     def save(self, p: Phase, phase_end: bool) -> None:
         """A checkpoint of the state after this step (kept for good at a phase end)."""
@@ -373,7 +374,8 @@ def _run_track(run: RunSpec, track: str, phases: Sequence[Phase], init_from: Pat
             st["phase_tokens"] += step_tokens
             st["tokens"] += step_tokens
             if stats.skipped and stats.num_items > 0:
-                raise tr.diverged(p, f"loss {stats.loss} / grad norm {stats.grad_norm} is not finite at step {st['step']}")
+                raise tr.diverged(p, f"loss {stats.loss} / grad norm {stats.grad_norm} is not finite "
+                                     f"at step {st['step']}")
             loss = stats.loss
             tr.log(p, t, rows, lr, stats, micro, dt, bar)
             phase_end = st["phase_tokens"] >= p.tokens

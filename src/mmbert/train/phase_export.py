@@ -29,7 +29,8 @@ from mmbert.utils import publish_dir
 def phase_card(recipe: Recipe, done: Sequence[Phase], counts: dict[str, int], tokens: int) -> CardInfo:
     """Model card of a phase-end export: the languages of every phase so far, tokens seen, the recipe."""
     langs = list(dict.fromkeys(lang for p in done for lang in resolve_languages(p.languages, counts, p.shares)))
-    return CardInfo(languages=langs, tokens_seen=tokens, recipe=f"{recipe.name} → {' → '.join(p.name for p in done)}",
+    return CardInfo(languages=langs, tokens_seen=tokens,
+                    recipe=f"{recipe.name} → {' → '.join(p.name for p in done)}",
                     description=f"Masked-LM pretraining with the `{recipe.name}` recipe, exported at the end of "
                                 f"phase `{done[-1].name}`.")
 
