@@ -24,7 +24,7 @@ optimizer; listed here by topic; a stage is skipped when the remaining budget is
              largest loss difference after the resume)
   bench      mmbert-base fwd+bwd+MLM loss per micro-batch from MLMLoader (seq 1024 × 16 rows, mask
              .3; seq 8192 × 2, mask .15) per CUDA backend, eager; MFU from real document lengths
-             (mmbert.train.loop.step_flops) and, for comparison, the seq_len formula
+             (mmbert.train.flops.step_flops) and, for comparison, the seq_len formula
   optimizer  StableAdamW step time on mmbert-base's parameters: torch-optimi's auto choice vs the
              per-tensor loop
   memory     peak memory at 16k, 32k and 64k tokens per micro-batch (seq 1024, mask .3)
@@ -350,7 +350,7 @@ def cases():
 # ----------------------------------------------------------------------------------------- bench
 @stage("bench", 40)
 def bench():
-    from mmbert.train.loop import flops_per_token, step_flops
+    from mmbert.train.flops import flops_per_token, step_flops
     m, cfg = base_model()
     out = {}
     for seq, rows, mask in cases():
@@ -415,7 +415,7 @@ def compile_stage():
         extra[label] = round(time.perf_counter() - t, 2)
     tps = rows * seq / dt
     pk, meas = peak_flops()
-    from mmbert.train.loop import step_flops
+    from mmbert.train.flops import step_flops
     timed = bs[2:][:10 if CUDA else 1]
     real = sum(step_flops(cfg, [b], int(b["num_masked"])) for b in timed) / len(timed)
     return {"first_step_s": round(first, 1), "ms": round(dt * 1e3, 1), "tokens_per_s": round(tps),

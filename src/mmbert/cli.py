@@ -239,7 +239,7 @@ def _add_demo(sub):
 def _add_pretrain(sub):
     p = _parser(sub, "pretrain", help="run a training recipe (pretrain → mid → decay variants) on token shards; "
                                       "also under torchrun")
-    f = Flags(p, "mmbert.train.loop:pretrain", "mmbert.train.loop:train")
+    f = Flags(p, "mmbert.train.pretrain:pretrain", "mmbert.train.loop:train")
     f.add("--out", required=True)
     f.add("--recipe")
     f.add("--preset", help="model preset (default: the recipe's)")

@@ -132,13 +132,22 @@ def test_backends_match_eager_with_grad(backend):
 
 def test_rope_theta_switch_changes_outputs_and_config():
     model = tiny()
+    built_from = model.config
+    theta = (built_from.global_rope_theta, built_from.local_rope_theta)
     x = torch.randint(5, 500, (1, 60))
     with torch.no_grad():
         a = model(x).logits
         model.set_rope_theta(10000.0, 10000.0)
         b = model(x).logits
-    assert model.config.global_rope_theta == 10000.0
+    assert model.config.global_rope_theta == 10000.0 and model.model.config is model.config
+    # the config the model was built from is left as it was (a caller may build another model from it)
+    assert (built_from.global_rope_theta, built_from.local_rope_theta) == theta != (10000.0, 10000.0)
     assert not torch.allclose(a, b)  # another θ rotates q/k differently: logits move by O(0.1) ≫ 1e-5
+    # a model built with θ in its config computes what the switched one does (same tables)
+    fresh = build_model(model.config, head="mlm", init=False)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x).logits, b)
 
 
 def test_bucket_lengths_bound_waste():

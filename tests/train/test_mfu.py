@@ -4,7 +4,7 @@ enumeration of the pairs."""
 
 import torch
 
-from mmbert.train.loop import flops_per_token, step_flops
+from mmbert.train.flops import flops_per_token, step_flops
 
 from tinyrun import tiny_config
 

@@ -207,8 +207,10 @@ class Encoder(PreTrainedMixin, nn.Module):
         self.attn_backend = "auto"
 
     def set_rope_theta(self, global_theta: float, local_theta: float) -> None:
-        """Change RoPE θ (context extension between phases); the config follows."""
-        self.config.global_rope_theta, self.config.local_rope_theta = float(global_theta), float(local_theta)
+        """Change RoPE θ (context extension between phases): new cos/sin tables, and `self.config`
+        becomes a copy that says so. The config object the model was built from is never changed, so
+        a caller may build several models from one config."""
+        self.config = self.config.replace(global_rope_theta=float(global_theta), local_rope_theta=float(local_theta))
         self.rotary_emb.set_theta(global_theta, local_theta)
 
     def set_attention_output_dropout(self, p: float) -> None:
@@ -330,6 +332,7 @@ class MaskedLM(PreTrainedMixin, nn.Module):
 
     def set_rope_theta(self, global_theta: float, local_theta: float) -> None:
         self.model.set_rope_theta(global_theta, local_theta)
+        self.config = self.model.config  # the encoder's new copy (Encoder.set_rope_theta)
 
     def set_attention_output_dropout(self, p: float) -> None:
         self.model.set_attention_output_dropout(p)

@@ -48,6 +48,28 @@ def _boundaries(train: list[dict[str, Any]]) -> list[float]:
     return sorted(out)
 
 
+def _heldout_panel(ax, evals: list[dict[str, Any]], track: str) -> None:
+    """One track's held-out losses (with the main track's before its branch): a thin line per
+    language, a thick one per tier, coloured by tier."""
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    tier_of = {}
+    for r in evals:
+        if r["track"] in (track, "main"):
+            series[r["lang"]].append((r["tokens"], r["loss"]))
+            tier_of[r["lang"]] = r["tier"]
+    tiers = sorted({t for t in tier_of.values() if t != "macro"})
+    colors = {t: f"C{i}" for i, t in enumerate(tiers)}
+    for lang, pts in series.items():
+        pts.sort()
+        xs, ys = zip(*pts)
+        if lang.startswith("tier:"):
+            ax.plot(xs, ys, lw=2.5, color=colors.get(tier_of[lang], "k"), label=lang[5:])
+        elif lang != "macro":
+            ax.plot(xs, ys, lw=0.4, alpha=0.35, color=colors.get(tier_of[lang], "grey"))
+    ax.set_title(f"held-out MLM loss (15% mask) — {track}")
+    ax.legend(fontsize=8, title="tier")
+
+
 def make_plots(run: str | os.PathLike) -> list[Path]:
     import matplotlib
 
@@ -95,23 +117,7 @@ def make_plots(run: str | os.PathLike) -> list[Path]:
         for ax in axes.flat[len(tracks):]:
             ax.set_visible(False)
         for ax, track in zip(axes.flat, tracks):
-            series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            tier_of = {}
-            for r in evals:
-                if r["track"] in (track, "main"):
-                    series[r["lang"]].append((r["tokens"], r["loss"]))
-                    tier_of[r["lang"]] = r["tier"]
-            tiers = sorted({t for t in tier_of.values() if t != "macro"})
-            colors = {t: f"C{i}" for i, t in enumerate(tiers)}
-            for lang, pts in series.items():
-                pts.sort()
-                xs, ys = zip(*pts)
-                if lang.startswith("tier:"):
-                    ax.plot(xs, ys, lw=2.5, color=colors.get(tier_of[lang], "k"), label=lang[5:])
-                elif lang != "macro":
-                    ax.plot(xs, ys, lw=0.4, alpha=0.35, color=colors.get(tier_of[lang], "grey"))
-            ax.set_title(f"held-out MLM loss (15% mask) — {track}")
-            ax.legend(fontsize=8, title="tier")
+            _heldout_panel(ax, evals, track)
         for row in axes:
             row[0].set_ylabel("loss")
         finish(fig, list(axes.flat[:len(tracks)]), "heldout.png")
