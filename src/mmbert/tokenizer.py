@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
-from mmbert.utils import atomic_write
+from mmbert.utils import SPECIAL_TOKENS, atomic_write  # SPECIAL_TOKENS: at ids 0..4, in order
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 VOCAB_MULTIPLE = 64
 
@@ -126,6 +125,15 @@ def resolve_special_ids(config: Any = None, *tokenizers: Any, require: Sequence[
                                  f"defines one; add \"{_ROLE_FIX[role]}\" to config.json or a {token} special "
                                  f"token to the tokenizer")
     return ResolvedIds(**out)
+
+
+def config_special_ids(config: Any) -> set[int]:
+    """Every special id a model config names (its pad, bos/cls, eos/sep, unk and mask fields); none
+    for no config."""
+    if config is None:
+        return set()
+    keys = dict.fromkeys(k for cfg_keys, _ in _ROLE_SOURCES.values() for k in cfg_keys)
+    return {v for k in keys if (v := _lookup(config, (k,))) is not None}
 
 
 class Tokenizer:

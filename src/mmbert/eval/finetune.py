@@ -31,6 +31,7 @@ from torch import nn
 
 from mmbert.eval.backbone import Backbone
 from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
+from mmbert.utils import IGNORE_INDEX
 
 
 @dataclass
@@ -121,7 +122,7 @@ def encode_tagged(bb: Backbone, sentences: Sequence[TaggedSentence], *, max_len:
             _save_ragged(path, ids=ids, starts=starts)
     labels = []
     for x, st, s in zip(ids, starts, sentences):
-        lab = [-100] * len(x)
+        lab = [IGNORE_INDEX] * len(x)
         for pos, tag in zip(st, s.tags):
             if pos >= 0:
                 lab[pos] = tag
@@ -169,8 +170,8 @@ def task_loss_fn(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torc
     logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
     labels = batch["labels"].to(dev)
     loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-    return loss_sum, (labels != -100).sum()
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (labels != IGNORE_INDEX).sum()
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +191,7 @@ def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, to
     if data.word_starts is None:
         labels = torch.tensor([data.labels[i] for i in index], dtype=torch.long)
     else:  # a label per token, -100 on padding
-        labels = torch.full(ids.shape, -100, dtype=torch.long)
+        labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
         for j, i in enumerate(index):
             labels[j, :len(rows[j])] = torch.as_tensor(data.labels[i])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -37,7 +37,7 @@ from mmbert.eval.finetune import (FinetuneConfig, choice_collate, choice_loss_fn
 from mmbert.eval.metrics import accuracy, macro_f1, mean_std, span_f1, token_accuracy
 from mmbert.eval.taskfile import InvalidTask, Task, TaskError
 from mmbert.threads import ThreadPolicy
-from mmbert.utils import atomic_write
+from mmbert.utils import IGNORE_INDEX, atomic_write
 
 
 # ----------------------------------------------------------------------------- suites
@@ -152,7 +152,7 @@ def _finetune_eval(ctx: _Ctx, task: Task, train, evals: dict[str, tuple[Any, lis
     choice = task.type == "multiple-choice"
     seeds = _seeds(ctx, task)
     seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
-    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
+    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != IGNORE_INDEX]
     top = Counter(flat).most_common(1)[0][0] if flat else 0
     majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}

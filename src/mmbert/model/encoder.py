@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from mmbert.model.attention import AttentionPlan, attention, resolve_backend
 from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.config import EncoderConfig
+from mmbert.utils import IGNORE_INDEX
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
 
@@ -347,7 +348,7 @@ class MaskedLM(PreTrainedMixin, nn.Module):
         if labels is None:
             return EncoderOutput(last_hidden_state=hidden, logits=self.decoder(self.head(hidden)))
         # sparse prediction: decode only the labelled positions
-        keep = labels != -100
+        keep = labels != IGNORE_INDEX
         h = self.head(hidden[keep])
         targets = labels[keep]
         n = int(targets.numel())
@@ -400,7 +401,7 @@ class _Classifier(PreTrainedMixin, nn.Module):
         logits = self.classifier(self.drop(self.head(self.features(hidden, layout, attention_mask))))
         out = EncoderOutput(last_hidden_state=hidden, logits=logits)
         if labels is not None:
-            keep = labels != -100
+            keep = labels != IGNORE_INDEX
             out.loss_sum = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
             out.num_labelled = int(keep.sum())
             out.loss = out.loss_sum / max(out.num_labelled, 1)

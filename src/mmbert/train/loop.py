@@ -45,11 +45,11 @@ from mmbert.model.config import EncoderConfig
 from mmbert.threads import ThreadPolicy
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.optim import build_optimizer, set_lr_and_weight_decay
-from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize, unwrap
+from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize
 from mmbert.train.recipe import Phase, Recipe, RecipeError, resolve_languages, select_tracks, validate_recipe
 from mmbert.train.schedules import batch_rows_at, lr_at, mask_rate_at, temperature_at
 from mmbert.train.step import mlm_loss_fn, train_step
-from mmbert.utils import RunLock, atomic_write, publish_dir, sweep_stale
+from mmbert.utils import RunLock, atomic_write, publish_dir, sweep_stale, unwrap
 
 
 class RunDirError(FileExistsError):
