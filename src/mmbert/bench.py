@@ -50,6 +50,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from mmbert.data.packing import pad_rows
+from mmbert.model.encoder import mean_pool
 from mmbert.utils import atomic_write
 
 SETS = ("fixed512", "normal256", "fixed8192", "normal4096")
@@ -166,23 +169,13 @@ class System:
     sorted_batches: bool = False
 
 
+def _mean_fp32(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """A padded peer's sentence embedding, pooled in fp32 (the cosine check's common precision)."""
+    return mean_pool(hidden.float(), mask)
+
+
 def _named(name: str, dtype: torch.dtype) -> str:
     return name if dtype == torch.float32 else f"{name}_bf16"
-
-
-def padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(d) for d in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(batch), T, dtype=torch.long)
-    for i, d in enumerate(batch):
-        ids[i, :len(d)] = torch.tensor(d)
-        mask[i, :len(d)] = 1
-    return ids, mask
-
-
-def _mean_padded(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(torch.float32).unsqueeze(-1)
-    return (hidden.float() * m).sum(1) / m.sum(1)
 
 
 def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
@@ -232,11 +225,11 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
                      for pdt in peer_dtypes}
     for pdt, hf in hf_models.items():
         def run_hf(batch, hf=hf):
-            ids, mask = padded(batch, cfg.pad_token_id)
+            ids, mask = pad_rows(batch, cfg.pad_token_id)
             return mask, hf(input_ids=ids, attention_mask=mask).last_hidden_state
 
         systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm,
-                              embed=lambda b, run=run_hf: _mean_padded(*reversed(run(b))), padded=True))
+                              embed=lambda b, run=run_hf: _mean_fp32(*run(b)), padded=True))
 
     if onnx:
         systems += onnx_systems(ours, flops_mm, threads)
@@ -255,7 +248,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         xm = xlmr if pdt == torch.float32 else copy.deepcopy(xlmr).to(pdt)
 
         def run_x(batch, xm=xm):
-            ids, mask = padded(batch, 1)
+            ids, mask = pad_rows(batch, 1)
             ids = torch.where(mask.bool(), 5 + (ids - 5) % (xcfg.vocab_size - 5), ids)  # into its vocab
             xm(input_ids=ids, attention_mask=mask)
 
@@ -271,7 +264,7 @@ def onnx_systems(ours: torch.nn.Module, flops: Callable[[list[int]], float], thr
     except ImportError:
         print("onnxruntime not installed: ONNX Runtime peers skipped (pip install 'mmbert[onnx]')")
         return []
-    from mmbert.export.onnx import export_onnx, padded_numpy, session
+    from mmbert.export.onnx import export_onnx, session
 
     with tempfile.TemporaryDirectory(prefix="mmbert-bench-onnx-") as tmp:  # sessions hold the graphs in memory
         export_onnx(ours, tmp, pooling="none", quantize="int8", verify=False)
@@ -282,12 +275,12 @@ def onnx_systems(ours: torch.nn.Module, flops: Callable[[list[int]], float], thr
     for name, sess in sessions.items():
 
         def run(batch, sess=sess):
-            ids, mask = padded_numpy(batch, pad)
-            return mask, sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            ids, mask = pad_rows(batch, pad)
+            return mask, sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
         def embed(batch, run=run):
             mask, h = run(batch)
-            return _mean_padded(torch.from_numpy(h), torch.from_numpy(mask))
+            return _mean_fp32(mask, torch.from_numpy(h))
 
         out.append(System(name, torch.float32 if name == "onnxrt" else torch.int8, run, flops, embed=embed,
                           padded=True))

@@ -276,7 +276,7 @@ def _add_sampling_plan(sub):
                                                                   "(needs a budget; excess redistributed)")
 
     def run(args):
-        from mmbert.data.sampling import plan_phase, report_plans
+        from mmbert.data.sampling import language_set, plan_phase, report_plans
         from mmbert.data.shards import ShardIndex
 
         index = ShardIndex.load(args.shards)
@@ -286,8 +286,7 @@ def _add_sampling_plan(sub):
         for ph in phases:
             if len(ph) not in (3, 4):
                 raise ValueError(f"--phase takes NAME LANGUAGES TAU [BUDGET], got {' '.join(ph)!r}")
-            langs = ph[1] if ph[1] == "all" or ":" in ph[1] else ph[1].split(",")
-            plans.append(plan_phase(counts, langs, float(ph[2]), budget=float(ph[3]) if len(ph) == 4 else None,
+            plans.append(plan_phase(counts, language_set(ph[1]), float(ph[2]), budget=float(ph[3]) if len(ph) == 4 else None,
                                     epoch_cap=args.epoch_cap, name=ph[0]))
         paths = report_plans(plans, args.out)
         print(f"wrote {len(paths)} files to {args.out}")

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from mmbert.utils import atomic_write
 
@@ -260,7 +260,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     _save_random_init(config, tok_dir, random_dir, seed)
     models = {main_last: exports / main_last, **{v: exports / v for v in variants}, "ties-merge": merged / "model",
               RANDOM: random_dir}
-    tiers = _tiers(rec)
+    tiers = rec.language_tiers()
     mlm_json = out / "eval" / "mlm.json"
 
     def eval_mlm():
@@ -320,13 +320,6 @@ FILL_MASK_PROMPTS = ["The capital of France is <mask>.", "Die Hauptstadt von Deu
 
 def _round_vocab(n: int) -> int:
     return n if n % 64 == 0 else n + 64 - n % 64
-
-
-def _tiers(rec) -> list[tuple[str, Any]]:
-    """Languages by the phase that introduced them (the one tier naming of the report and of the
-    training loop's held-out evaluation): each main phase's languages, then decay-only."""
-    tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in rec.phases]
-    return tiers + [("decay-only", "all")]
 
 
 def _data_dir(data_dir) -> tuple[Path, str]:

@@ -76,12 +76,11 @@ def _phase_tokens(run: Path, rec) -> dict[str, int]:
 
 
 def _tier_members(index, rec) -> dict[str, list[str]]:
-    from mmbert.demo import _tiers
     from mmbert.eval.mlm import assign_tiers
 
     counts = {lang: index.tokens(lang) for lang in index.languages}
-    tier_of = assign_tiers(counts, _tiers(rec))
-    members: dict[str, list[str]] = {t: [] for t, _ in _tiers(rec)}
+    tier_of = assign_tiers(counts, rec.language_tiers())
+    members: dict[str, list[str]] = {t: [] for t, _ in rec.language_tiers()}
     for lang in sorted(counts, key=lambda k: (-counts[k], k)):
         members.setdefault(tier_of[lang], []).append(lang)
     return members

@@ -329,8 +329,7 @@ def study_tiers(cfg: StudyConfig) -> list[tuple[str, Any]]:
     """Languages by the phase of the recipe arm that introduced them."""
     from mmbert.train.recipe import get_recipe
 
-    rec = get_recipe(cfg.recipe("recipe"))
-    return [(p.name, p.languages) for p in rec.phases] + [("decay-only", "all")]
+    return get_recipe(cfg.recipe("recipe")).language_tiers()
 
 
 def tier_of_languages(cfg: StudyConfig, counts: dict[str, int]) -> dict[str, str]:

@@ -41,7 +41,7 @@ BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 VOCAB_MULTIPLE = 64
 
 # Spellings of each role in other tokenizers, tried in order when loading a foreign tokenizer.json.
-_ROLE_NAMES = {
+ROLE_NAMES = {
     "pad": ("<pad>", "[PAD]", "<|padding|>", "<|pad|>"),
     "eos": ("<eos>", "</s>", "[SEP]", "<|endoftext|>", "<|end_of_text|>"),
     "bos": ("<bos>", "<s>", "[CLS]", "<|begin_of_text|>", "<|startoftext|>"),
@@ -237,7 +237,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                     v = v.get("content") if isinstance(v, dict) else v
                     if isinstance(v, str) and hf.token_to_id(v) is not None and role not in named:
                         named[role] = v
-    for role, names in _ROLE_NAMES.items():
+    for role, names in ROLE_NAMES.items():
         if role not in named:
             for n in names:
                 if hf.token_to_id(n) is not None:
@@ -246,7 +246,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     missing = [r for r in ("pad", "eos", "bos", "mask") if r not in named]
     if missing:
         raise TokenizerError(f"{file} has no token for {', '.join(missing)} (looked for "
-                             f"{'; '.join('/'.join(_ROLE_NAMES[r]) for r in missing)}); add them as special "
+                             f"{'; '.join('/'.join(ROLE_NAMES[r]) for r in missing)}); add them as special "
                              f"tokens or train a tokenizer with `mmbert tokenizer train`")
     ids = SpecialIds(**{r: (hf.token_to_id(named[r]) if r in named else None)
                         for r in ("pad", "eos", "bos", "unk", "mask")})

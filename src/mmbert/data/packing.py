@@ -4,6 +4,7 @@
     rows = pack_documents(docs, seq_len=1024, bos_id=2, eos_id=1, pad_id=0)   # docs: 1-D int arrays
     rows[0].input_ids, rows[0].cu_seqlens, rows[0].position_ids, rows[0].doc_ids
     print(packing_efficiency(rows))              # non-pad tokens / all tokens
+    ids, mask = pad_rows([[2, 7, 1], [2, 1]], pad_id=0)   # the padded layout, for padded consumers
 
 Chunking (`chunk_spans`). A row holds whole chunks; each chunk is `<bos> content <eos>`, so a chunk
 carries at most C = seq_len - 2 content tokens. A document of L ≤ C tokens is one chunk. A longer
@@ -40,6 +41,20 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
+import torch
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged token rows → right-padded input_ids [B, T] and attention_mask [B, T] (both int64), T the
+    longest row: the padded layout every consumer of padded batches uses (fine-tuning collates, MLM
+    eval, backbones, ONNX sessions, benchmark peers)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[j, :len(r)] = 1
+    return ids, mask
 
 
 class PackingError(ValueError):

@@ -76,6 +76,32 @@ def temperature_probs(tokens: Mapping[str, float], tau: float) -> dict[str, floa
 _TIER = re.compile(r"^(top|min):\s*([0-9.eE+_]+)$")
 
 
+def parse_tier(spec: str) -> tuple[str, float]:
+    """A tier spec → ("all", 0), ("top", K) or ("min", X): the one reader of the syntax (recipes check
+    it before any shard exists, `select_languages` resolves it against the shards)."""
+    s = spec.strip()
+    if s == "all":
+        return "all", 0.0
+    m = _TIER.match(s)
+    try:
+        kind, num = m.group(1), float(m.group(2).replace("_", ""))
+    except (AttributeError, ValueError):  # no match, or digits float() refuses ("1e", "1.2.3")
+        raise SamplingError(f"unknown language set {spec!r}; use 'all', 'top:K' (the K largest languages), "
+                            f"'min:X' (at least X tokens, e.g. min:1e9) or a list of language names like "
+                            f"['deu_Latn', 'fra_Latn']") from None
+    if kind == "top" and (num < 1 or num != int(num)):
+        raise SamplingError(f"'top:K' needs a whole K ≥ 1, got {spec!r}")
+    if kind == "min" and not (num > 0 and math.isfinite(num)):
+        raise SamplingError(f"'min:X' needs X > 0 tokens, got {spec!r}")
+    return kind, num
+
+
+def language_set(text: str) -> str | list[str]:
+    """A command-line language set: a tier spec ("all", "top:K", "min:X") as is, else a comma-separated
+    list of language names."""
+    return text if text == "all" or ":" in text else text.split(",")
+
+
 def select_languages(available: Mapping[str, int], spec: str | Sequence[str]) -> list[str]:
     """The languages of one phase, sorted by name. `available` = {lang: train tokens}.
 
@@ -83,18 +109,11 @@ def select_languages(available: Mapping[str, int], spec: str | Sequence[str]) ->
     Every selected language must exist in `available` and hold > 0 tokens (else `SamplingError`).
     """
     if isinstance(spec, str):
-        s = spec.strip()
-        if s == "all":
+        kind, num = parse_tier(spec)
+        if kind == "all":
             chosen = list(available)
         else:
-            m = _TIER.match(s)
-            if not m:
-                raise SamplingError(f"unknown language set {spec!r}; use 'all', 'top:K', 'min:X' "
-                                    f"or a list of language names like ['deu_Latn', 'fra_Latn']")
-            kind, num = m.group(1), float(m.group(2).replace("_", ""))
             if kind == "top":
-                if num < 1 or num != int(num):
-                    raise SamplingError(f"'top:K' needs a whole K ≥ 1, got {spec!r}")
                 ranked = sorted(available, key=lambda k: (-available[k], k))
                 chosen = ranked[:int(num)]
             else:

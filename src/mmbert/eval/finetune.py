@@ -31,6 +31,8 @@ from torch import nn
 
 from mmbert.eval.backbone import Backbone
 from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
+from mmbert.data.packing import pad_rows
+from mmbert.model.encoder import mean_pool
 from mmbert.utils import IGNORE_INDEX
 
 
@@ -138,12 +140,6 @@ def hidden_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] → [B, H], averaging positions where attention_mask == 1."""
-    m = attention_mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
 class TaskModel(nn.Module):
     """Encoder + dropout + linear classifier; per_token=False mean-pools first."""
 
@@ -172,17 +168,6 @@ def task_loss_fn(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torc
     loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (labels != IGNORE_INDEX).sum()
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded [B, T] ids and attention mask of ragged token rows (every fine-tuning collate)."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.as_tensor(r)
-        mask[j, :len(r)] = 1
-    return ids, mask
 
 
 def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:

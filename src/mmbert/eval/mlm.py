@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmbert.data.packing import pad_rows
 from mmbert.tokenizer import config_special_ids, resolve_special_ids
 from mmbert.utils import IGNORE_INDEX, unwrap
 
@@ -139,13 +140,8 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
             loss_sum, n_masked, n_correct, n_tokens = 0.0, 0, 0, 0
             for s in range(0, len(rows), batch_size):
                 batch = rows[s:s + batch_size]
-                T = max(len(r) for r in batch) + 2
-                ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-                att = torch.zeros((len(batch), T), dtype=torch.long)
-                for j, r in enumerate(batch):
-                    ids[j, :len(r) + 2] = torch.tensor([cls_id] + r + [sep_id])
-                    att[j, :len(r) + 2] = 1
-                    n_tokens += len(r)
+                ids, att = pad_rows([[cls_id] + r + [sep_id] for r in batch], pad_id)
+                n_tokens += sum(len(r) for r in batch)
                 inp, labels = mask_tokens(ids, mask_rate, special_ids=specials, vocab_size=vocab,
                                           mask_id=mask_id, generator=gen)
                 ls, nm, nc = _score(model, inp.to(device), att.to(device), labels.to(device))

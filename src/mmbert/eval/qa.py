@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from mmbert.eval import data as D
 from mmbert.eval.backbone import Backbone
-from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune, pad_rows
+from mmbert.data.packing import pad_rows
+from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune
 from mmbert.eval.metrics import mean_std, squad_scores
 
 TRAIN_PARAGRAPHS = 120  # XQuAD: paragraphs [0, 120) of the English file train, [120, 240) are tested

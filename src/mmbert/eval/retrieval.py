@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from mmbert.eval.backbone import Backbone
-from mmbert.eval.finetune import mean_pool
+from mmbert.data.packing import pad_rows
+from mmbert.model.encoder import mean_pool
 from mmbert.eval.metrics import bitext_accuracy
 
 
@@ -31,7 +32,7 @@ def embed(bb: Backbone, texts: Sequence[str], *, max_len: int = 128, batch_size:
     bb.model.eval()
     for s in range(0, len(order), batch_size):
         index = order[s:s + batch_size]
-        x, m = bb.pad([ids[i] for i in index])
+        x, m = pad_rows([ids[i] for i in index], bb.pad_id)
         h = bb.encode(x.to(bb.device), m.to(bb.device))
         out[index] = mean_pool(h.float(), m.to(h.device)).cpu()
     return torch.nn.functional.normalize(out, dim=-1)

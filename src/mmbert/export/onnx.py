@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from mmbert.data.packing import pad_rows
+from mmbert.model.encoder import mean_pool
 from mmbert.utils import atomic_write
 
 POOLINGS = ("mean", "first", "none")
@@ -63,8 +65,7 @@ class OnnxEncoder(nn.Module):
             return hidden[:, 0]
         if self.pooling == "none":
             return hidden
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return mean_pool(hidden, attention_mask)
 
 
 def export_onnx(model: nn.Module | str, out_dir: str | os.PathLike, *, pooling: str = "mean",
@@ -144,22 +145,10 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def padded_numpy(docs: Sequence[Sequence[int]], pad_id: int):
-    import numpy as np
-
-    T = max(len(d) for d in docs)
-    ids = np.full((len(docs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(docs), T), dtype=np.int64)
-    for i, d in enumerate(docs):
-        ids[i, :len(d)] = d
-        mask[i, :len(d)] = 1
-    return ids, mask
-
-
 def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = 0):
     """One padded batch of token-id lists through a session; the graph's single output (numpy)."""
-    ids, mask = padded_numpy(docs, pad_id)
-    return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    ids, mask = pad_rows(docs, pad_id)
+    return sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
 
 def verify_onnx(encoder: nn.Module, out: Path, files: dict[str, str], pooling: str) -> dict[str, float]:

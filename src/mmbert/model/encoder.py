@@ -376,8 +376,13 @@ def _pool(hidden: torch.Tensor, layout: Layout, attention_mask, how: str) -> tor
         return hidden[:, 0]
     if attention_mask is None:
         return hidden.mean(1)
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1)
+    return mean_pool(hidden, attention_mask)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] → [B, H]: the mean over positions where attention_mask is 1 (0 for a row with none)."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class _Classifier(PreTrainedMixin, nn.Module):

@@ -546,12 +546,10 @@ def _evaluate(model, data: Path, recipe: Recipe, phases: Sequence[Phase], track:
         langs = _eval_subset(langs, counts, recipe.eval_max_languages)
     if not langs:
         return
-    tiers = [(ph.name, ph.languages if isinstance(ph.languages, str) else list(ph.languages))
-             for ph in recipe.phases] + [("decay-only", "all")]  # the tier names the demo report uses
     devices = [d.device.index] if d.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         res = evaluate_mlm(model, data, langs, max_tokens_per_lang=recipe.eval_tokens_per_lang, seed=0,
-                           seq_len=min(p.seq_len, 512), tiers=tiers)
+                           seq_len=min(p.seq_len, 512), tiers=recipe.language_tiers())
     base = {"type": "eval", "track": track, "phase": p.name, "step": state["step"], "tokens": state["tokens"]}
     for lang, r in res["languages"].items():
         metrics.log({**base, "lang": lang, "tier": r["tier"], "loss": r["loss"], "accuracy": r["accuracy"]})
