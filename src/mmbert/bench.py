@@ -14,7 +14,7 @@ pass gives tokens/s (real tokens only; padding is waste).
 
 Systems, same weights where they share an architecture (ours is copied into transformers through
 save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
-- mmbert: ours, the packed varlen path (no compute on padding), in the dtype `encode` picks
+- mmbert: ours, the packed varlen path (no compute on padding), in the dtype `embed` picks
   ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
 - onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder

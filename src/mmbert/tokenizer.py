@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+from mmbert.data.sampling import temperature_probs
 from mmbert.utils import SPECIAL_TOKENS, atomic_write  # SPECIAL_TOKENS: at ids 0..4, in order
 
 log = logging.getLogger(__name__)
@@ -260,20 +261,20 @@ def sampling_budgets(sizes: dict[str, int], total: int, temperature: float) -> d
     """Characters to take per language: p_l ∝ n_l^τ, capped at what the language has, with the
     surplus of capped languages handed to the others (water-filling). Sums to min(total, Σ n_l)."""
     budgets = {l: 0 for l in sizes}
-    active = {l for l, n in sizes.items() if n > 0}
+    active = [l for l, n in sizes.items() if n > 0]
     left = total
     while active and left > 0:
-        w = {l: sizes[l] ** temperature for l in active}
-        z = sum(w.values())
-        capped = {l for l in active if budgets[l] + left * w[l] / z >= sizes[l]}
+        p = temperature_probs({l: sizes[l] for l in active}, temperature, allow_zero=True)
+        capped = {l for l in active if budgets[l] + left * p[l] >= sizes[l]}
         if not capped:
             for l in active:
-                budgets[l] += int(left * w[l] / z)
+                budgets[l] += int(left * p[l])
             break
-        for l in capped:
-            left -= sizes[l] - budgets[l]
-            budgets[l] = sizes[l]
-        active -= capped
+        for l in active:
+            if l in capped:
+                left -= sizes[l] - budgets[l]
+                budgets[l] = sizes[l]
+        active = [l for l in active if l not in capped]
     return budgets
 
 

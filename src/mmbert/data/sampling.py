@@ -48,17 +48,21 @@ class SamplingError(ValueError):
     """Bad sampling input: unknown or empty language, τ ≤ 0, impossible epoch cap."""
 
 
-def _check_tau(tau: float) -> float:
+def _check_tau(tau: float, allow_zero: bool = False) -> float:
     tau = float(tau)
+    if allow_zero and tau == 0:
+        return tau
     if not math.isfinite(tau) or tau <= 0:
         raise SamplingError(f"temperature τ must be > 0 (mmBERT uses 0.7 → 0.5 → 0.3; 1 = proportional), got {tau}")
     return tau
 
 
-def temperature_probs(tokens: Mapping[str, float], tau: float) -> dict[str, float]:
-    """p_ℓ ∝ n_ℓ^τ over the given languages (in the mapping's order). Computed in log space so
-    1,800 languages spanning 10 orders of magnitude and small τ stay exact to float64."""
-    tau = _check_tau(tau)
+def temperature_probs(tokens: Mapping[str, float], tau: float, *, allow_zero: bool = False) -> dict[str, float]:
+    """p_ℓ ∝ n_ℓ^τ over the given languages (in the mapping's order): the one temperature sampling
+    (the loader's language mix, the tokenizer's training mix). Computed in log space so 1,800
+    languages spanning 10 orders of magnitude and small τ stay exact to float64. allow_zero: τ = 0
+    (equal shares) is a valid tokenizer mix, never a pretraining phase's."""
+    tau = _check_tau(tau, allow_zero)
     if not tokens:
         raise SamplingError("no languages to sample from; give at least one language with data")
     names = list(tokens)

@@ -1,10 +1,11 @@
 """One interface over every encoder the harness evaluates: ours or any transformers encoder directory.
 
-    from mmbert.eval.backbone import load_backbone
+    from mmbert.data.packing import pad_rows
+    from mmbert.eval.backbone import hidden_states, load_backbone
     bb = load_backbone("out/ckpt")                 # ModernBERT-dialect dir (ours or HF) or BERT/XLM-R dir
     ids = bb.tokenize(["Hello world"], max_len=128)
-    input_ids, mask = pad_rows(ids, bb.pad_id)       # mmbert.data.packing.pad_rows
-    h = bb.encode(input_ids, mask)                 # [B, T, H] last hidden states
+    input_ids, mask = pad_rows(ids, bb.pad_id)
+    h = hidden_states(bb.model, input_ids, mask)   # [B, T, H] last hidden states
 
 ModernBERT-dialect directories (our checkpoints, our HF exports, transformers ModernBERT) load through
 `mmbert.from_pretrained(path, head="none")`; anything else through transformers' AutoModel (BertModel,
@@ -97,6 +98,15 @@ def _name_specials(tok, config: dict):
     return tok
 
 
+def hidden_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids + mask → [B, T, H] last hidden states of any encoder the harness loads (ours returns
+    an EncoderOutput, transformers a ModelOutput or a tuple)."""
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask)
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 @dataclass
 class Backbone:
     """A bare encoder + its tokenizer, with the framing and padding the harness needs."""
@@ -110,14 +120,6 @@ class Backbone:
     native: bool  # True: the tokenizer frames pairs itself
     name: str
     _fingerprint: str = field(default="", repr=False)
-
-    # ------------------------------------------------------------------ model
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] ids + mask → [B, T, H] last hidden states."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        if hasattr(out, "last_hidden_state"):
-            return out.last_hidden_state
-        return out[0] if isinstance(out, (tuple, list)) else out
 
     @property
     def device(self) -> torch.device:

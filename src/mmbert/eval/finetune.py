@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbert.eval.backbone import Backbone
+from mmbert.eval.backbone import Backbone, hidden_states
 from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
 from mmbert.data.packing import pad_rows
 from mmbert.model.encoder import mean_pool
@@ -133,13 +133,6 @@ def encode_tagged(bb: Backbone, sentences: Sequence[TaggedSentence], *, max_len:
 
 
 # ----------------------------------------------------------------------------- model
-def hidden_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    out = encoder(input_ids=input_ids, attention_mask=attention_mask)
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 class TaskModel(nn.Module):
     """Encoder + dropout + linear classifier; per_token=False mean-pools first."""
 

@@ -18,7 +18,7 @@ TorchScript exporter (dynamo=False: dynamic batch and length without the onnxscr
 int8 is onnxruntime.quantization.quantize_dynamic (per-tensor int8 weights of every MatMul,
 activations quantised at run time) — the standard ORT recipe, a peer in `mmbert bench`.
 
-`export_onnx` runs the written files once in ONNX Runtime against our fp32 packed `encode` on a
+`export_onnx` runs the written files once in ONNX Runtime against our fp32 packed `embed` on a
 few documents of different lengths and records the largest difference (fp32) and the cosine
 (int8) in onnx_export.json beside the model.
 """
@@ -152,17 +152,17 @@ def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = 0):
 
 
 def verify_onnx(encoder: nn.Module, out: Path, files: dict[str, str], pooling: str) -> dict[str, float]:
-    """Each written file against our fp32 packed `encode` on documents of lengths 1 … past the
+    """Each written file against our fp32 packed `embed` on documents of lengths 1 … past the
     local window: largest |difference| (and the reference's largest |value|), smallest cosine."""
     import numpy as np
 
-    from mmbert.inference import encode
+    from mmbert.inference import embed
 
     cfg = encoder.config
     g = torch.Generator().manual_seed(0)
     lengths = sorted({1, 7, cfg.local_attention // 2 + 3, min(cfg.max_position_embeddings, cfg.local_attention + 9)})
     docs = [torch.randint(5, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
-    ref = encode(encoder, docs, pooling=pooling, dtype="fp32")
+    ref = embed(encoder, docs, pooling=pooling, dtype="fp32")
     res: dict[str, float] = {}
     for kind, name in files.items():
         got = run_session(session(out / name), docs, cfg.pad_token_id)

@@ -226,12 +226,12 @@ class Encoder(PreTrainedMixin, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
                 position_ids: torch.Tensor | None = None, backend: str | None = None) -> EncoderOutput:
-        hidden, _ = self.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                position_ids=position_ids, backend=backend)
+        hidden, _ = self.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                             max_seqlen=max_seqlen, position_ids=position_ids, backend=backend)
         return EncoderOutput(last_hidden_state=hidden)
 
-    def encode(self, input_ids, attention_mask=None, *, cu_seqlens=None, max_seqlen=None, position_ids=None,
-               backend=None) -> tuple[torch.Tensor, "Layout"]:
+    def forward_with_layout(self, input_ids, attention_mask=None, *, cu_seqlens=None, max_seqlen=None,
+                            position_ids=None, backend=None) -> tuple[torch.Tensor, "Layout"]:
         """Hidden states in the input's layout, plus the layout (for heads that pool or unpad)."""
         dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
             input_ids.device.type) else self.embeddings.tok_embeddings.weight.dtype
@@ -343,8 +343,8 @@ class MaskedLM(PreTrainedMixin, nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
-        hidden, _ = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                      position_ids=position_ids, backend=backend)
+        hidden, _ = self.model.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                                   max_seqlen=max_seqlen, position_ids=position_ids, backend=backend)
         if labels is None:
             return EncoderOutput(last_hidden_state=hidden, logits=self.decoder(self.head(hidden)))
         # sparse prediction: decode only the labelled positions
@@ -401,8 +401,9 @@ class _Classifier(PreTrainedMixin, nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
-        hidden, layout = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                           position_ids=position_ids, backend=backend)
+        hidden, layout = self.model.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                                        max_seqlen=max_seqlen, position_ids=position_ids,
+                                                        backend=backend)
         logits = self.classifier(self.drop(self.head(self.features(hidden, layout, attention_mask))))
         out = EncoderOutput(last_hidden_state=hidden, logits=logits)
         if labels is not None:
