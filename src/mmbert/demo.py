@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, publish_dir
 
 STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
 RANDOM = "random-init"  # the untrained model with the same architecture and tokenizer: every table's floor
@@ -357,9 +357,8 @@ def _save_random_init(config, tok_dir: Path, path: Path, seed: int) -> None:
         torch.manual_seed(seed)
         model = build_model(config, head="mlm")
     model.tokenizer = load_tokenizer(tok_dir)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    os.replace(tmp, path)
+    with publish_dir(path) as tmp:
+        model.save_pretrained(tmp)
 
 
 def _machine(torch) -> dict:

@@ -18,6 +18,8 @@ import json
 import math
 from pathlib import Path
 
+from mmbert.utils import atomic_write
+
 RANDOM = "random-init"
 MERGE = "ties-merge"
 
@@ -141,8 +143,7 @@ def _plot_sampling(plans, members: dict[str, list[str]], path: Path, max_named: 
     _plain_log_ticks(bottom)
     bottom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     caption = (f"Top: each of the {len(named)} languages of the {' and '.join(tiers[:-1])} tiers"
                + (f" — only the first {len(shown)} shown" if len(shown) < len(named) else "")
@@ -189,8 +190,7 @@ def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
     a1.set_ylabel("accuracy (%)")
     a1.legend(fontsize=8, ncol=3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 

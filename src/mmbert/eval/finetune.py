@@ -33,7 +33,7 @@ from mmbert.eval.backbone import Backbone, hidden_states
 from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
 from mmbert.data.packing import pad_rows
 from mmbert.model.encoder import mean_pool
-from mmbert.utils import IGNORE_INDEX
+from mmbert.utils import IGNORE_INDEX, atomic_write
 
 
 @dataclass
@@ -83,9 +83,11 @@ def _save_ragged(path: Path, **arrays: list[list[int]]) -> None:
     for name, rows in arrays.items():
         out[f"{name}_flat"] = np.asarray([v for r in rows for v in r], dtype=np.int64)
         out[f"{name}_off"] = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **out)
+
+    atomic_write(path, write)
 
 
 def _load_ragged(path: Path, name: str) -> list[list[int]]:

@@ -746,10 +746,7 @@ def plot_results(results: dict, plot_dir: str | os.PathLike) -> list[Path]:
         ax.set_title(f"{name} — {results['model']}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        p = plot_dir / f"{name}.png"
-        tmp = p.with_name(f".{p.stem}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        p = atomic_write(plot_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
-        os.replace(tmp, p)
         written.append(p)
     return written

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mmbert.utils import BOS_ID, EOS_ID, IGNORE_INDEX, MASK_ID, PAD_ID, UNK_ID
+from mmbert.utils import BOS_ID, EOS_ID, IGNORE_INDEX, MASK_ID, PAD_ID, UNK_ID, atomic_write
 
 
 class ConfigError(ValueError):
@@ -174,7 +174,7 @@ class EncoderConfig:
         return cls(**read_hf_dict(d))
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def load_json(cls, path: str | Path) -> "EncoderConfig":
