@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from mmbert.data.packing import pad_rows
 from mmbert.model.encoder import mean_pool
-from mmbert.utils import atomic_write
+from mmbert.utils import PAD_ID, atomic_write
 
 POOLINGS = ("mean", "first", "none")
 QUANTIZE = ("int8",)
@@ -145,7 +145,7 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = 0):
+def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = PAD_ID):
     """One padded batch of token-id lists through a session; the graph's single output (numpy)."""
     ids, mask = pad_rows(docs, pad_id)
     return sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
