@@ -80,7 +80,8 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
     import transformers
 
     from mmbert import EncoderConfig
-    from mmbert.apps.bench import make_batches, padded, set_lengths
+    from mmbert.apps.bench import make_batches, set_lengths
+    from mmbert.data.packing import pad_rows
     from mmbert.export.hf import save_pretrained
     from mmbert.inference import pack
     from mmbert.model import build_model
@@ -106,7 +107,7 @@ def bench_infer(preset: str, batch_tokens: int, n_docs: int = 4096, seed: int = 
 
     def run_hf():
         for b in batches:
-            ids, mask = padded(b, cfg.pad_token_id)
+            ids, mask = pad_rows(b, cfg.pad_token_id)
             hf(input_ids=ids.to(dev), attention_mask=mask.to(dev))
 
     res = {}

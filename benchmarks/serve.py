@@ -1,5 +1,5 @@
 """Load benchmark of `mmbert serve`: requests/s and p50/p99 latency at concurrency 1, 8 and 32,
-against `mmbert.inference.encode` called once per request in a loop and once on everything
+against `mmbert.inference.embed` called once per request in a loop and once on everything
 (offline throughput, the ceiling), on the same model and the same requests.
 
     python benchmarks/serve.py                              # mmbert-small (random init), 128 requests
@@ -129,15 +129,15 @@ def main(argv=None) -> None:
     ap.add_argument("--inputs-per-request", type=int, default=1, help="texts (token-id lists) per request")
     ap.add_argument("--mean-tokens", type=int, default=128, help="mean tokens per input (normal, sd mean/4)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads")
-    ap.add_argument("--batch-tokens", type=int, default=16384, help="encode's and the server's token budget")
+    ap.add_argument("--batch-tokens", type=int, default=16384, help="embed's and the server's token budget")
     ap.add_argument("--dtype", default="auto", help="auto, fp32/float32, bf16/bfloat16")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for encode and the server")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for embed and the server")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     import mmbert
     from mmbert.export.hf import save_pretrained
-    from mmbert.inference import cpu_model, encode, resolve_dtype
+    from mmbert.inference import cpu_model, embed, resolve_dtype
     from mmbert.model import EncoderConfig, build_model
 
     tmp = None
@@ -155,22 +155,22 @@ def main(argv=None) -> None:
     tokens = sum(len(d) for r in reqs for d in r)
     dtype = args.dtype.replace("float32", "fp32").replace("bfloat16", "bf16")
     kw = dict(dtype=dtype, batch_tokens=args.batch_tokens, threads=args.threads)
-    encode(model, reqs[0], **kw)  # warm-up (and the bf16 copy, when bf16)
+    embed(model, reqs[0], **kw)  # warm-up (and the bf16 copy, when bf16)
     rows = []
 
     t0 = time.perf_counter()
-    encode(model, [d for r in reqs for d in r], **kw)
+    embed(model, [d for r in reqs for d in r], **kw)
     offline = time.perf_counter() - t0
-    rows.append(("encode, all requests in one call (offline)", "-", len(reqs) / offline, tokens / offline, None, None))
+    rows.append(("embed, all requests in one call (offline)", "-", len(reqs) / offline, tokens / offline, None, None))
 
     lat = []
     t0 = time.perf_counter()
     for r in reqs:
         t1 = time.perf_counter()
-        encode(model, r, **kw)
+        embed(model, r, **kw)
         lat.append(time.perf_counter() - t1)
     loop = time.perf_counter() - t0
-    rows.append(("encode, one call per request (loop)", 1, len(reqs) / loop, tokens / loop,
+    rows.append(("embed, one call per request (loop)", 1, len(reqs) / loop, tokens / loop,
                  percentile(lat, 50), percentile(lat, 99)))
     del model
 
@@ -198,13 +198,13 @@ def main(argv=None) -> None:
                     "huggingface_hub→0.36.2)")
     cores = len(os.sched_getaffinity(0))
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"## mmbert serve vs encode — {cpu_model()}, {cores} cores, {now}\n")
+    print(f"## mmbert serve vs embed — {cpu_model()}, {cores} cores, {now}\n")
     print(f"model: {model_dir if args.model else args.preset + ' (random init)'}, hidden {hidden}, "
           f"dtype {dtype} → {str(resolve_dtype(dtype, torch.device('cpu'))).replace('torch.', '')}; "
           f"{len(reqs)} requests × {args.inputs_per_request} inputs, {tokens:,} tokens (mean {args.mean_tokens}); "
           f"token budget {args.batch_tokens}; threads {args.threads or 'default'}; torch {torch.__version__}; "
           f"load average at start {os.getloadavg()[0]:.1f}\n")
-    print("| system | concurrency | requests/s | tokens/s | p50 latency (ms) | p99 latency (ms) | vs offline encode |")
+    print("| system | concurrency | requests/s | tokens/s | p50 latency (ms) | p99 latency (ms) | vs offline embed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, c, rps, tps, p50, p99 in rows:
         ms = lambda x: "-" if x is None else f"{1000 * x:.0f}"  # noqa: E731

@@ -163,7 +163,7 @@ def test_the_decision_is_visible_with_verbose(cache, tmp_path, caplog):
                                     num_attention_heads=2, local_attention=16, max_position_embeddings=64)
     save_pretrained(build_model(cfg, head="mlm"), tmp_path / "m")
     with caplog.at_level(logging.INFO, logger="mmbert"):
-        vecs = inference.encode(str(tmp_path / "m"), [[5, 6, 7]])
+        vecs = inference.embed(str(tmp_path / "m"), [[5, 6, 7]])
     assert vecs.dtype == torch.float32 and np.isfinite(vecs.numpy()).all()
     msgs = [r.getMessage() for r in caplog.records if r.name == "mmbert"]
     assert any("dtype auto → bf16" in m and "2.20x" in m and str(cache) in m for m in msgs), msgs

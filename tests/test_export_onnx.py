@@ -9,7 +9,7 @@ import torch
 from mmbert import EncoderConfig
 from mmbert.export.hf import save_pretrained
 from mmbert.export.onnx import export_onnx, run_session, session
-from mmbert.inference import encode
+from mmbert.inference import embed
 from mmbert.model import build_model
 
 ort = pytest.importorskip("onnxruntime")  # in the dev and onnx extras
@@ -52,7 +52,7 @@ def test_onnx_fp32_matches_ours_and_int8_is_close(model, tmp_path, pooling):
     assert (tmp_path / "model.onnx").is_file()
     assert json.loads((tmp_path / "onnx_export.json").read_text())["pooling"] == pooling
     docs = _docs(1)  # other documents than the export's own check, in one padded batch
-    ref = encode(model, docs, pooling=pooling, dtype="fp32")
+    ref = embed(model, docs, pooling=pooling, dtype="fp32")
     got = run_session(session(tmp_path / "model.onnx", threads=1), docs, CFG.pad_token_id)
     if pooling == "none":
         assert got.shape == (len(docs), max(LENGTHS), CFG.hidden_size)

@@ -1,4 +1,4 @@
-"""mmbert.inference: packed, length-sorted encode/fill_mask against the padded eager reference."""
+"""mmbert.inference: packed, length-sorted embed/fill_mask against the padded eager reference."""
 
 import random
 import warnings
@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from mmbert import EncoderConfig
 from mmbert.export.hf import save_pretrained
-from mmbert.inference import encode, fill_mask, plan_batches, prepare
+from mmbert.inference import embed, fill_mask, plan_batches, prepare
 from mmbert.model import build_model
 from parity_tol import fp32_atol
 
@@ -60,12 +60,12 @@ def test_encode_equals_padded_eager_reference(model, order_seed):
     docs = _docs(lengths, order_seed)
     ref = _reference(model, docs)
     # a small token budget forces several batches, so sorting and un-sorting both matter
-    out = encode(model, docs, pooling="none", dtype="fp32", batch_tokens=64)
+    out = embed(model, docs, pooling="none", dtype="fp32", batch_tokens=64)
     assert len(out) == len(docs)
     for o, r in zip(out, ref):
         close(o, r)
-    mean = encode(model, docs, pooling="mean", dtype="fp32", batch_tokens=100)
-    first = encode(model, docs, pooling="first", dtype="fp32")
+    mean = embed(model, docs, pooling="mean", dtype="fp32", batch_tokens=100)
+    first = embed(model, docs, pooling="first", dtype="fp32")
     close(mean, torch.stack([r.mean(0) for r in ref]), like=torch.cat(ref))  # a mean's error ≤ its rows' largest
     close(first, torch.stack([r[0] for r in ref]), like=torch.cat(ref))
 
@@ -74,58 +74,58 @@ def test_any_model_class_and_tensor_inputs(model):
     docs = _docs([5, 12])
     enc_only = build_model(CFG, head="none").eval()
     enc_only.load_state_dict(model.model.state_dict())
-    a = encode(model, docs, dtype="fp32")
-    b = encode(enc_only, [torch.tensor(d) for d in docs], dtype="fp32")
+    a = embed(model, docs, dtype="fp32")
+    b = embed(enc_only, [torch.tensor(d) for d in docs], dtype="fp32")
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # exact: the same weights through the same ops
 
 
 def test_empty_input_gives_empty_output(model):
-    assert encode(model, [], dtype="fp32", pooling="none") == []
-    out = encode(model, [], dtype="fp32")
+    assert embed(model, [], dtype="fp32", pooling="none") == []
+    out = embed(model, [], dtype="fp32")
     assert out.shape == (0, CFG.hidden_size)
 
 
 def test_overlong_input_is_truncated_with_warning_or_rejected(model):
     docs = _docs([20, 150, 9])  # 150 > max_position_embeddings = 128
     with pytest.warns(UserWarning, match="truncated"):
-        out = encode(model, docs, pooling="none", dtype="fp32")
+        out = embed(model, docs, pooling="none", dtype="fp32")
     assert out[1].shape[0] == 128
     close(out[1], _reference(model, [docs[1][:128]])[0])
     with pytest.warns(UserWarning):
-        short = encode(model, docs, pooling="none", dtype="fp32", max_length=10)
+        short = embed(model, docs, pooling="none", dtype="fp32", max_length=10)
     assert [o.shape[0] for o in short] == [10, 10, 9]
     with pytest.raises(ValueError, match="input 1 has 150 tokens.*max_length=128"):
-        encode(model, docs, dtype="fp32", truncate="error")
+        embed(model, docs, dtype="fp32", truncate="error")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to truncate: no warning
-        encode(model, docs[:1], dtype="fp32")
+        embed(model, docs[:1], dtype="fp32")
 
 
 def test_truncation_keeps_the_closing_separator(model):
     doc = [CFG.cls_token_id] + _docs([200])[0] + [CFG.sep_token_id]
     with pytest.warns(UserWarning):
-        out = encode(model, [doc], pooling="none", dtype="fp32", max_length=30)
+        out = embed(model, [doc], pooling="none", dtype="fp32", max_length=30)
     ref = _reference(model, [doc[:29] + [CFG.sep_token_id]])[0]
     close(out[0], ref)
 
 
 def test_bad_arguments_have_clear_errors(model):
     with pytest.raises(ValueError, match="pooling"):
-        encode(model, [[5]], pooling="max")
+        embed(model, [[5]], pooling="max")
     with pytest.raises(ValueError, match="tokenizer"):
-        encode(model, ["text without a tokenizer"])
+        embed(model, ["text without a tokenizer"])
     with pytest.raises(ValueError, match="no tokens"):
-        encode(model, [[5], []])
+        embed(model, [[5], []])
     with pytest.raises(ValueError, match="dtype"):
-        encode(model, [[5]], dtype="fp8")
+        embed(model, [[5]], dtype="fp8")
     with pytest.raises(ValueError, match="list"):
-        encode(model, "a single string")
+        embed(model, "a single string")
 
 
 def test_bf16_is_close_and_leaves_the_callers_model_alone(model):
     docs = _docs([30, 5, 70])
-    ref = encode(model, docs, dtype="fp32")
-    out = encode(model, docs, dtype="bf16")
+    ref = embed(model, docs, dtype="fp32")
+    out = embed(model, docs, dtype="bf16")
     assert next(model.parameters()).dtype == torch.float32
     # bf16 keeps 8 mantissa bits: ~1% per vector, 1 - cos ≈ 1e-4; a wrong computation is far below 0.99
     assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99
@@ -170,7 +170,7 @@ def test_texts_and_fill_mask_match_the_reference(model):
     texts = ["the cat sat on the [MASK]", "a [MASK] dog ran far [MASK]", "[MASK]"]
     ids = [e.ids for e in tok.encode_batch(texts)]
     # exact: the same ids through the same ops
-    torch.testing.assert_close(encode(model, texts, tok, dtype="fp32"), encode(model, ids, dtype="fp32"),
+    torch.testing.assert_close(embed(model, texts, tok, dtype="fp32"), embed(model, ids, dtype="fp32"),
                                atol=0, rtol=0)
 
     res = fill_mask(model, texts, tok, top_k=3, dtype="fp32")
@@ -194,13 +194,13 @@ def test_texts_and_fill_mask_match_the_reference(model):
 
 
 def test_model_directories_ours_and_transformers(model, tmp_path):
-    """encode takes a path: our checkpoint, and a transformers ModernBERT directory."""
+    """embed takes a path: our checkpoint, and a transformers ModernBERT directory."""
     import transformers
 
     docs = _docs([12, 40, 1])
     save_pretrained(model, tmp_path / "ours")
     # exact: safetensors round-trips fp32 weights bit for bit, then the same ops run
-    torch.testing.assert_close(encode(str(tmp_path / "ours"), docs, dtype="fp32"), encode(model, docs, dtype="fp32"),
+    torch.testing.assert_close(embed(str(tmp_path / "ours"), docs, dtype="fp32"), embed(model, docs, dtype="fp32"),
                                atol=0, rtol=0)
 
     hcfg = transformers.ModernBertConfig(**{k: v for k, v in CFG.to_hf_dict().items()
@@ -208,7 +208,7 @@ def test_model_directories_ours_and_transformers(model, tmp_path):
     torch.manual_seed(3)
     hf = transformers.ModernBertModel(hcfg).eval()
     hf.save_pretrained(tmp_path / "hf")
-    ours = encode(str(tmp_path / "hf"), docs, pooling="none", dtype="fp32")
+    ours = embed(str(tmp_path / "hf"), docs, pooling="none", dtype="fp32")
     for d, o in zip(docs, ours):
         with torch.no_grad():
             ref = hf(input_ids=torch.tensor([d])).last_hidden_state[0]
@@ -237,7 +237,7 @@ def test_cli_embed_and_fill_mask(tmp_path, capsys):
                  "--out", str(tmp_path / "v.npy"), "--dtype", "float32"]) == 0  # either dtype spelling
     vecs = np.load(tmp_path / "v.npy")
     assert vecs.shape == (2, CFG.hidden_size)
-    ref = encode(m, [texts[0], texts[2]], tok, dtype="fp32")
+    ref = embed(m, [texts[0], texts[2]], tok, dtype="fp32")
     # the CLI's process may use other threads/blocking: the derived fp32 bound (tests/parity_tol.py)
     np.testing.assert_allclose(vecs, ref.numpy(), atol=fp32_atol(ref, widest=WIDEST, depth=DEPTH), rtol=0)
 
@@ -254,6 +254,6 @@ def test_equal_length_batches_take_the_view_path_exactly(model):
     """Documents all of one bucket length (fixed-length sets) skip the gather in global layers."""
     for n in (32, 64):
         docs = _docs([n, n, n], seed=n)
-        out = encode(model, docs, pooling="none", dtype="fp32")
+        out = embed(model, docs, pooling="none", dtype="fp32")
         for o, r in zip(out, _reference(model, docs)):
             close(o, r)

@@ -1,7 +1,7 @@
 """`mmbert serve`: the real server process, called with the official `openai` client and httpx.
 
 A tiny model with a tokenizer trained in the test is exported, `python -m mmbert serve` is started
-on a free port (fp32, one thread), and its vectors are compared with `mmbert.inference.encode` on
+on a free port (fp32, one thread), and its vectors are compared with `mmbert.inference.embed` on
 the same texts in this process. The batching worker is also unit-tested in-process.
 """
 
@@ -67,10 +67,10 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model_dir):
     import mmbert
-    from mmbert.inference import encode
+    from mmbert.inference import embed
 
     m = mmbert.from_pretrained(model_dir, head="none")
-    return lambda inputs, pooling="mean": encode(m, inputs, pooling=pooling, dtype="fp32", threads=1)
+    return lambda inputs, pooling="mean": embed(m, inputs, pooling=pooling, dtype="fp32", threads=1)
 
 
 def _start(model_dir, log_path, *extra):
@@ -227,7 +227,7 @@ def test_truncation_when_asked_and_api_key(server, reference, model_dir):
     r = httpx.post(server + "/embed", json={"inputs": [long], "truncate": True, "normalize": False}, headers=h)
     assert r.status_code == 200
     ids = _tok(server, [long])[0]
-    cut = ids[:63] + [ids[-1]]  # 64 tokens, the closing separator kept (as encode's truncation does)
+    cut = ids[:63] + [ids[-1]]  # 64 tokens, the closing separator kept (as embed's truncation does)
     _assert_close(r.json(), reference([cut]))
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         for path, body in (("/v1/embeddings", {"input": "a"}), ("/embed", {"inputs": "a"})):

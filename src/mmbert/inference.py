@@ -1,9 +1,9 @@
-"""Fast inference: `encode` (embeddings) and `fill_mask` on the unpadded, variable-length path.
+"""Fast inference: `embed` (embeddings) and `fill_mask` on the unpadded, variable-length path.
 
     import mmbert
-    from mmbert.inference import encode, fill_mask
+    from mmbert.inference import embed, fill_mask
     model = mmbert.from_pretrained("path/to/model")          # ours or a transformers ModernBERT dir
-    vecs = encode(model, ["a sentence", "another one"])       # [2, hidden] float32, mean-pooled
+    vecs = embed(model, ["a sentence", "another one"])       # [2, hidden] float32, mean-pooled
     fill_mask(model, ["Paris is the <mask> of France."], top_k=3)
 
     mmbert embed --model DIR --input texts.txt --out vectors.npy
@@ -305,7 +305,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 def _as_token_lists(inputs, tokenizer) -> list[list[int]]:
     if isinstance(inputs, (str, torch.Tensor)) and not (isinstance(inputs, torch.Tensor) and inputs.dim() == 2):
-        raise ValueError("encode takes a list of texts or of token-id lists, not a single "
+        raise ValueError("embed takes a list of texts or of token-id lists, not a single "
                          f"{type(inputs).__name__}; wrap it in a list")
     items = list(inputs)
     if not items:
@@ -388,7 +388,7 @@ class _threads:
 
 
 # ----------------------------------------------------------------------------- public API
-def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, *,
+def embed(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, *,
            pooling: str = "mean", batch_tokens: int = 16384, max_length: int | None = None,
            truncate: str = "warn", dtype: str | torch.dtype = "auto", compile: bool = False,
            threads: int | None = None, progress: bool = False) -> torch.Tensor | list[torch.Tensor]:
@@ -423,7 +423,7 @@ def encode(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="encode", unit="batch")
+        batches = tqdm(batches, desc="embed", unit="batch")
     with torch.inference_mode(), _threads(threads if threads is not None else
                                           (default_threads() if device.type == "cpu" else None)):
         for batch in batches:
@@ -497,7 +497,7 @@ def _token_str(tokenizer: Any, token_id: int) -> str | None:
 
 
 def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: str | os.PathLike, *,
-               pooling: str = "mean", **encode_kwargs) -> int:
+               pooling: str = "mean", **embed_kwargs) -> int:
     """Embed a text file (one text per line) into `out_path`: `.npy` (float32 [n, hidden]) or `.jsonl`
     (one vector per line). Row i is line i+1, so a blank line is an error naming it (nothing is
     written). Written atomically; returns n."""
@@ -522,7 +522,7 @@ def embed_file(model: nn.Module | str, input_path: str | os.PathLike, out_path: 
         more = f" (and {len(blank) - 1} more: {', '.join(map(str, blank[1:6]))}{' …' if len(blank) > 6 else ''})"
         raise ValueError(f"{src}:{blank[0]}: blank line{more if len(blank) > 1 else ''}; every line becomes one "
                          f"output row, so remove blank lines first (e.g. grep -v '^[[:space:]]*$')")
-    vecs = encode(model, texts, pooling=pooling, progress=True, **encode_kwargs).numpy()
+    vecs = embed(model, texts, pooling=pooling, progress=True, **embed_kwargs).numpy()
     if out.suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, vecs)

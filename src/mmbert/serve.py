@@ -21,7 +21,7 @@ key, 404 for another model name.
 Dynamic batching: request handlers tokenize and validate, then queue a job; one worker thread takes
 every queued job that fits in --max-batch-tokens as soon as the previous forward pass ends (no
 timer: under load the queue fills while the model runs, so batches grow with concurrency) and runs
-them through `mmbert.inference.encode` — the same length-sorted, packed, unpadded code as offline
+them through `mmbert.inference.embed` — the same length-sorted, packed, unpadded code as offline
 encoding. A client that disconnects while queued is dropped before its batch runs, and one that
 disconnects mid-batch has its result discarded; a batch that raises is retried job by job so one
 bad job cannot fail the others. SIGTERM / Ctrl-C stop accepting connections and finish in-flight
@@ -51,7 +51,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from mmbert.export.hf import from_pretrained
-from mmbert.inference import POOLINGS, _bare_encoder, encode, prepare, resolve_dtype
+from mmbert.inference import POOLINGS, _bare_encoder, embed, prepare, resolve_dtype
 from mmbert.version import __version__
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def gather(pending: deque, budget: int) -> tuple[list[Job], int]:
 
 
 class Batcher:
-    """A worker thread that runs queued jobs through `encode` in token-budget batches."""
+    """A worker thread that runs queued jobs through `embed` in token-budget batches."""
 
     def __init__(self, run_batch, max_batch_tokens: int):
         self.run_batch = run_batch  # list[list[int]] -> float32 tensor [n, hidden]
@@ -208,14 +208,14 @@ class Engine:
         self.max_length = cfg.max_length or limit
         device = next(model.parameters()).device
         self.dtype = resolve_dtype(cfg.dtype, device)
-        # cast once here; encode() then finds the model already in `dtype` and uses it as is
+        # cast once here; embed() then finds the model already in `dtype` and uses it as is
         self.encoder = prepare(_bare_encoder(model), self.dtype)
         self.dims = self.config.hidden_size
         self.name = cfg.served_name or Path(str(cfg.model).rstrip("/")).name
         self.batcher = Batcher(self._run_batch, cfg.max_batch_tokens)
 
     def _run_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        return encode(self.encoder, ids, pooling=self.cfg.pooling, batch_tokens=self.cfg.max_batch_tokens,
+        return embed(self.encoder, ids, pooling=self.cfg.pooling, batch_tokens=self.cfg.max_batch_tokens,
                       max_length=self.max_length, truncate="error", dtype=self.dtype, threads=self.cfg.threads)
 
     def info(self) -> dict:

@@ -34,16 +34,16 @@ from typing import Any, Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
 from mmbert.corpus.byo import open_corpus
-from mmbert.utils import atomic_write
+from mmbert.temperature import temperature_probs
+from mmbert.utils import SPECIAL_TOKENS, atomic_write  # SPECIAL_TOKENS: at ids 0..4, in order
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4, mmBERT / Gemma 2
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 VOCAB_MULTIPLE = 64
 
 # Spellings of each role in other tokenizers, tried in order when loading a foreign tokenizer.json.
-_ROLE_NAMES = {
+ROLE_NAMES = {
     "pad": ("<pad>", "[PAD]", "<|padding|>", "<|pad|>"),
     "eos": ("<eos>", "</s>", "[SEP]", "<|endoftext|>", "<|end_of_text|>"),
     "bos": ("<bos>", "<s>", "[CLS]", "<|begin_of_text|>", "<|startoftext|>"),
@@ -127,6 +127,15 @@ def resolve_special_ids(config: Any = None, *tokenizers: Any, require: Sequence[
                                  f"defines one; add \"{_ROLE_FIX[role]}\" to config.json or a {token} special "
                                  f"token to the tokenizer")
     return ResolvedIds(**out)
+
+
+def config_special_ids(config: Any) -> set[int]:
+    """Every special id a model config names (its pad, bos/cls, eos/sep, unk and mask fields); none
+    for no config."""
+    if config is None:
+        return set()
+    keys = dict.fromkeys(k for cfg_keys, _ in _ROLE_SOURCES.values() for k in cfg_keys)
+    return {v for k in keys if (v := _lookup(config, (k,))) is not None}
 
 
 class Tokenizer:
@@ -230,7 +239,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                     v = v.get("content") if isinstance(v, dict) else v
                     if isinstance(v, str) and hf.token_to_id(v) is not None and role not in named:
                         named[role] = v
-    for role, names in _ROLE_NAMES.items():
+    for role, names in ROLE_NAMES.items():
         if role not in named:
             for n in names:
                 if hf.token_to_id(n) is not None:
@@ -239,7 +248,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     missing = [r for r in ("pad", "eos", "bos", "mask") if r not in named]
     if missing:
         raise TokenizerError(f"{file} has no token for {', '.join(missing)} (looked for "
-                             f"{'; '.join('/'.join(_ROLE_NAMES[r]) for r in missing)}); add them as special "
+                             f"{'; '.join('/'.join(ROLE_NAMES[r]) for r in missing)}); add them as special "
                              f"tokens or train a tokenizer with `mmbert tokenizer train`")
     ids = SpecialIds(**{r: (hf.token_to_id(named[r]) if r in named else None)
                         for r in ("pad", "eos", "bos", "unk", "mask")})
@@ -253,20 +262,20 @@ def sampling_budgets(sizes: dict[str, int], total: int, temperature: float) -> d
     """Characters to take per language: p_l ∝ n_l^τ, capped at what the language has, with the
     surplus of capped languages handed to the others (water-filling). Sums to min(total, Σ n_l)."""
     budgets = {l: 0 for l in sizes}
-    active = {l for l, n in sizes.items() if n > 0}
+    active = [l for l, n in sizes.items() if n > 0]
     left = total
     while active and left > 0:
-        w = {l: sizes[l] ** temperature for l in active}
-        z = sum(w.values())
-        capped = {l for l in active if budgets[l] + left * w[l] / z >= sizes[l]}
+        p = temperature_probs({l: sizes[l] for l in active}, temperature, allow_zero=True)
+        capped = {l for l in active if budgets[l] + left * p[l] >= sizes[l]}
         if not capped:
             for l in active:
-                budgets[l] += int(left * w[l] / z)
+                budgets[l] += int(left * p[l])
             break
-        for l in capped:
-            left -= sizes[l] - budgets[l]
-            budgets[l] = sizes[l]
-        active -= capped
+        for l in active:
+            if l in capped:
+                left -= sizes[l] - budgets[l]
+                budgets[l] = sizes[l]
+        active = [l for l in active if l not in capped]
     return budgets
 
 

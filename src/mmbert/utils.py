@@ -16,6 +16,11 @@ Crash safety lives here, so every writer does it the same way:
 
 Temp names are `.<name>.<kind>-<pid>@<host>` (kind: tmp, old, del), so whoever finds one later can
 tell whether its writer is still alive.
+
+Conventions every layer shares, each written once here:
+  SPECIAL_TOKENS, PAD_ID … MASK_ID   mmBERT's special tokens and their ids 0..4
+  IGNORE_INDEX                       the label of a position that is not a target (-100)
+  unwrap(model)                      the plain module under DDP / torch.compile wrappers
 """
 
 from __future__ import annotations
@@ -35,6 +40,30 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+# ------------------------------------------------------------------ conventions
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # mmBERT's (Gemma 2's), in id order
+# Their ids: the defaults of a model config, the first ids of a tokenizer we train, and the loader's
+# fallback for shards without tokenizer info. A foreign model's ids come from its files
+# (mmbert.tokenizer.resolve_special_ids), never from these.
+PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+IGNORE_INDEX = -100  # label of a position that is not a target: torch.nn.functional.cross_entropy's default
+
+
+def unwrap(model):
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, in any
+    nesting: what checkpoints save and what the loop sets RoPE θ and dropout on."""
+    from torch import nn  # here, not at the top: utils is imported by torch-free tools (corpus, tokenizer)
+
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile(model)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)  # DistributedDataParallel(model)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
 
 HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?:[A-Za-z0-9_]+-)?(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)$")

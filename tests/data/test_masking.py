@@ -4,7 +4,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mmbert.data.masking import IGNORE_INDEX, MaskingError, mask_tokens
+from mmbert.data.masking import MaskingError, mask_tokens
+from mmbert.utils import IGNORE_INDEX
 
 V, MASK = 1000, 4
 SPECIAL = {0, 1, 2, 3, 4}

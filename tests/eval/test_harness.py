@@ -243,14 +243,14 @@ def test_bare_tokenizer_json_specials_come_from_its_tokens_not_mmbert_ids(tmp_pa
     vocabulary — never by mmBERT's ids 0–4, which are ordinary words here."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from mmbert.eval.backbone import load_tokenizer
+    from mmbert.eval.backbone import load_hf_tokenizer
 
     vocab = {w: i for i, w in enumerate(["the", "cat", "sat", "on", "mat", "[PAD]", "[UNK]", "[CLS]", "[SEP]",
                                          "[MASK]"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
-    t = load_tokenizer(tmp_path, config={})
+    t = load_hf_tokenizer(tmp_path, config={})
     assert (t.mask_token_id, t.pad_token_id, t.cls_token_id, t.sep_token_id, t.unk_token_id) == (9, 5, 7, 8, 6)
     # the config's ids win where it names them
-    assert load_tokenizer(tmp_path, config={"pad_token_id": 0}).pad_token_id == 0
+    assert load_hf_tokenizer(tmp_path, config={"pad_token_id": 0}).pad_token_id == 0

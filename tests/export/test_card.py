@@ -61,7 +61,7 @@ def test_card_front_matter_is_valid_hub_metadata(export_dir):
 def test_sentence_transformer_loads_with_mean_pooling_and_no_warning(export_dir, caplog):
     from sentence_transformers import SentenceTransformer
 
-    from mmbert.inference import encode
+    from mmbert.inference import embed
     import mmbert
 
     with caplog.at_level(logging.WARNING):
@@ -70,7 +70,7 @@ def test_sentence_transformer_loads_with_mean_pooling_and_no_warning(export_dir,
     pooling = st[1].get_config_dict()
     assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
     assert st.get_sentence_embedding_dimension() == 64
-    ours = encode(mmbert.from_pretrained(export_dir, head="none"), TEXTS, dtype="fp32")
+    ours = embed(mmbert.from_pretrained(export_dir, head="none"), TEXTS, dtype="fp32")
     theirs = torch.as_tensor(st.encode(TEXTS))
     # transformers' padded ModernBertModel vs our packed path, fp32: the derived parity bound of
     # tests/parity_tol.py (widest reduction: max_position_embeddings 128 ≥ intermediate 96; 2 layers + 2)

@@ -193,13 +193,13 @@ def test_backward_cuda_matches_cpu():
 
 
 def test_encode_on_cuda_bf16_matches_cpu_fp32():
-    from mmbert.inference import encode
+    from mmbert.inference import embed
 
     cfg = small_config()
     model = random_model(cfg)
     seqs = [list(range(5, 5 + n)) for n in (3, 50, 400, 17)]
-    ref = encode(model, seqs, dtype="fp32")
-    got = encode(model.to(CUDA), seqs, dtype="bf16")
+    ref = embed(model, seqs, dtype="fp32")
+    got = embed(model.to(CUDA), seqs, dtype="bf16")
     cos = torch.nn.functional.cosine_similarity(got.float().cpu(), ref, dim=-1)
     assert cos.min() > 0.99, cos  # bf16: ~1% per vector, 1 - cos ≈ 1e-4; a wrong computation is far below
 

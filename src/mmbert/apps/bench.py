@@ -14,7 +14,7 @@ pass gives tokens/s (real tokens only; padding is waste).
 
 Systems, same weights where they share an architecture (ours is copied into transformers through
 save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
-- mmbert: ours, the packed varlen path (no compute on padding), in the dtype `encode` picks
+- mmbert: ours, the packed varlen path (no compute on padding), in the dtype `embed` picks
   ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
 - onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder
@@ -51,10 +51,13 @@ from typing import Callable
 
 import torch
 
-from mmbert.export.onnx import export_onnx, padded_numpy, session
+from mmbert.data.packing import pad_rows
+from mmbert.export.hf import save_pretrained
+from mmbert.export.onnx import export_onnx, session
 from mmbert.inference import (DTYPES, SPEED_FLAGS, calibrate_dtype, cpu_flags, cpu_has_fast_bf16, cpu_model,
                               cpu_vendor, default_threads, pack, prepare, resolve_dtype)
 from mmbert.model import EncoderConfig, build_model
+from mmbert.model.encoder import mean_pool
 from mmbert.utils import atomic_write
 
 SETS = ("fixed512", "normal256", "fixed8192", "normal4096")
@@ -169,23 +172,13 @@ class System:
     sorted_batches: bool = False
 
 
+def _mean_fp32(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """A padded peer's sentence embedding, pooled in fp32 (the cosine check's common precision)."""
+    return mean_pool(hidden.float(), mask)
+
+
 def _named(name: str, dtype: torch.dtype) -> str:
     return name if dtype == torch.float32 else f"{name}_bf16"
-
-
-def padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(d) for d in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(batch), T, dtype=torch.long)
-    for i, d in enumerate(batch):
-        ids[i, :len(d)] = torch.tensor(d)
-        mask[i, :len(d)] = 1
-    return ids, mask
-
-
-def _mean_padded(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(torch.float32).unsqueeze(-1)
-    return (hidden.float() * m).sum(1) / m.sum(1)
 
 
 def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
@@ -231,11 +224,11 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
                      for pdt in peer_dtypes}
     for pdt, hf in hf_models.items():
         def run_hf(batch, hf=hf):
-            ids, mask = padded(batch, cfg.pad_token_id)
+            ids, mask = pad_rows(batch, cfg.pad_token_id)
             return mask, hf(input_ids=ids, attention_mask=mask).last_hidden_state
 
         systems.append(System(_named("hf_modernbert", pdt), pdt, run_hf, flops_mm,
-                              embed=lambda b, run=run_hf: _mean_padded(*reversed(run(b))), padded=True))
+                              embed=lambda b, run=run_hf: _mean_fp32(*run(b)), padded=True))
 
     if onnx:
         systems += onnx_systems(ours, flops_mm, threads)
@@ -254,7 +247,7 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
         xm = xlmr if pdt == torch.float32 else copy.deepcopy(xlmr).to(pdt)
 
         def run_x(batch, xm=xm):
-            ids, mask = padded(batch, 1)
+            ids, mask = pad_rows(batch, 1)
             ids = torch.where(mask.bool(), 5 + (ids - 5) % (xcfg.vocab_size - 5), ids)  # into its vocab
             xm(input_ids=ids, attention_mask=mask)
 
@@ -279,12 +272,12 @@ def onnx_systems(ours: torch.nn.Module, flops: Callable[[list[int]], float], thr
     for name, sess in sessions.items():
 
         def run(batch, sess=sess):
-            ids, mask = padded_numpy(batch, pad)
-            return mask, sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            ids, mask = pad_rows(batch, pad)
+            return mask, sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
         def embed(batch, run=run):
             mask, h = run(batch)
-            return _mean_padded(torch.from_numpy(h), torch.from_numpy(mask))
+            return _mean_fp32(mask, torch.from_numpy(h))
 
         out.append(System(name, torch.float32 if name == "onnxrt" else torch.int8, run, flops, embed=embed,
                           padded=True))

@@ -33,7 +33,7 @@ import torch
 from markdown_it import MarkdownIt
 from tqdm import tqdm
 
-from mmbert.apps.demo_report import MLM_TOKENS, RANDOM, STAGES, recipe_tiers, render
+from mmbert.apps.demo_report import MLM_TOKENS, RANDOM, STAGES, render
 from mmbert.corpus.build import build_corpus, summary
 from mmbert.data.prepare import prepare_shards
 from mmbert.data.shards import ShardIndex
@@ -47,7 +47,7 @@ from mmbert.model import EncoderConfig, build_model
 from mmbert.tokenizer import VOCAB_SIZE, load_tokenizer, train_tokenizer
 from mmbert.train.loop import train
 from mmbert.train.recipe import get_recipe
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, publish_dir
 
 
 def _done(folder: Path) -> dict | None:
@@ -239,7 +239,7 @@ def run_demo(out: str | os.PathLike = "out/demo", *, corpus: str | os.PathLike =
     models = {main_last: exports / main_last, **{v: exports / v for v in variants}, "ties-merge": merged / "model",
               RANDOM: random_dir}
     con.stage("eval-mlm", out / "eval" / "mlm",
-              lambda: _eval_mlm(out, models, shards, langs, recipe_tiers(rec), bars))
+              lambda: _eval_mlm(out, models, shards, langs, rec.language_tiers(), bars))
 
     # 7. the task suite on the merge, then on the random-init model (same tasks, same seed)
     _suite_stages(con, out, merged / "model", random_dir, eval_suite, root, shards, seed, bars, skip)
@@ -363,9 +363,8 @@ def _save_random_init(config, tok_dir: Path, path: Path, seed: int) -> None:
         torch.manual_seed(seed)
         model = build_model(config, head="mlm")
     model.tokenizer = load_tokenizer(tok_dir)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_pretrained(model, tmp)
-    os.replace(tmp, path)
+    with publish_dir(path) as tmp:
+        save_pretrained(model, tmp)
 
 
 def _machine() -> dict:

@@ -18,7 +18,6 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from mmbert.corpus.languages import resolve_tag
 from mmbert.data.sampling import plan_phase
@@ -26,19 +25,13 @@ from mmbert.data.shards import ShardIndex, open_shard
 from mmbert.eval.mlm import _chunks, assign_tiers
 from mmbert.model import EncoderConfig
 from mmbert.train.recipe import Recipe
+from mmbert.utils import atomic_write
 
 # the demo's stages in run order (demo.py runs them; the cost table lists them in this order)
 STAGES = ("corpus", "tokenizer", "shards", "pretrain", "merge", "eval-mlm", "eval-suite", "eval-suite-random-init")
 RANDOM = "random-init"  # the untrained model with the same architecture and tokenizer: every table's floor
 MERGE = "ties-merge"
 MLM_TOKENS = 1024  # held-out tokens per language for the variant comparison (≈150 masked)
-
-
-def recipe_tiers(rec) -> list[tuple[str, Any]]:
-    """Languages by the phase that introduced them (the one tier naming of the report and of the
-    training loop's held-out evaluation): each main phase's languages, then decay-only."""
-    tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in rec.phases]
-    return tiers + [("decay-only", "all")]
 
 
 def _se(p: float, n: int) -> float:
@@ -96,8 +89,8 @@ def _phase_tokens(run: Path, rec) -> dict[str, int]:
 
 def _tier_members(index, rec) -> dict[str, list[str]]:
     counts = {lang: index.tokens(lang) for lang in index.languages}
-    tier_of = assign_tiers(counts, recipe_tiers(rec))
-    members: dict[str, list[str]] = {t: [] for t, _ in recipe_tiers(rec)}
+    tier_of = assign_tiers(counts, rec.language_tiers())
+    members: dict[str, list[str]] = {t: [] for t, _ in rec.language_tiers()}
     for lang in sorted(counts, key=lambda k: (-counts[k], k)):
         members.setdefault(tier_of[lang], []).append(lang)
     return members
@@ -153,8 +146,7 @@ def _plot_sampling(plans, members: dict[str, list[str]], path: Path, max_named: 
     _plain_log_ticks(bottom)
     bottom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     caption = (f"Top: each of the {len(named)} languages of the {' and '.join(tiers[:-1])} tiers"
                + (f" — only the first {len(shown)} shown" if len(shown) < len(named) else "")
@@ -201,8 +193,7 @@ def _plot_variants(mlm: dict, tiers: list[str], path: Path) -> Path:
     a1.set_ylabel("accuracy (%)")
     a1.legend(fontsize=8, ncol=3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 

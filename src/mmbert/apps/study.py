@@ -59,7 +59,7 @@ from mmbert.eval.stats import hierarchical_bootstrap, holm, separable
 from mmbert.export.hf import from_pretrained
 from mmbert.merge import DECAY_TIES_DENSITY, merge
 from mmbert.train.recipe import get_recipe, resolve_languages
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, publish_dir
 
 BASE_ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
              "mbert-baseline": "cpu-demo-mbert-baseline"}
@@ -184,29 +184,27 @@ def cap_shards(src: Path, dst: Path, languages: Sequence[str], cap_tokens: int, 
     if (dst / "index.json").is_file():
         return
     index = ShardIndex.load(src)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    for lang in index.languages:
-        counts[lang] = {}
-        for split in ("train", "heldout"):
-            if not index.has(lang, split):
-                continue
-            shard = open_shard(src, lang, split, index=index)
-            with ShardWriter(tmp, lang, split, index.dtype) as w:
-                kept = 0
-                cap = cap_tokens if lang in languages else other_cap_tokens
-                for i in range(len(shard)):
-                    if split == "train" and cap is not None and kept and kept + len(shard[i]) > cap:
-                        break
-                    w.add(shard[i])
-                    kept += len(shard[i])
-            counts[lang][split] = w.counts
-    for extra in src.iterdir():  # the tokenizer the shards were made with travels with them
-        if extra.is_file() and extra.name != "index.json":
-            shutil.copy2(extra, tmp / extra.name)
-    write_index(tmp, counts, index.dtype, index.vocab_size, index.tokenizer)
-    os.replace(tmp, dst)
+    with publish_dir(dst) as tmp:
+        for lang in index.languages:
+            counts[lang] = {}
+            for split in ("train", "heldout"):
+                if not index.has(lang, split):
+                    continue
+                shard = open_shard(src, lang, split, index=index)
+                with ShardWriter(tmp, lang, split, index.dtype) as w:
+                    kept = 0
+                    cap = cap_tokens if lang in languages else other_cap_tokens
+                    for i in range(len(shard)):
+                        if split == "train" and cap is not None and kept and kept + len(shard[i]) > cap:
+                            break
+                        w.add(shard[i])
+                        kept += len(shard[i])
+                counts[lang][split] = w.counts
+        for extra in src.iterdir():  # the tokenizer the shards were made with travels with them
+            if extra.is_file() and extra.name != "index.json":
+                shutil.copy2(extra, tmp / extra.name)
+        write_index(tmp, counts, index.dtype, index.vocab_size, index.tokenizer)
 
 
 def prepare_arms(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
@@ -319,8 +317,7 @@ def _model_path(cfg: StudyConfig, arm: str, seed: int, model: str) -> Path:
 
 def study_tiers(cfg: StudyConfig) -> list[tuple[str, Any]]:
     """Languages by the phase of the recipe arm that introduced them."""
-    rec = get_recipe(cfg.recipe("recipe"))
-    return [(p.name, p.languages) for p in rec.phases] + [("decay-only", "all")]
+    return get_recipe(cfg.recipe("recipe")).language_tiers()
 
 
 def tier_of_languages(cfg: StudyConfig, counts: dict[str, int]) -> dict[str, str]:
@@ -557,8 +554,7 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -39,7 +38,7 @@ from mmbert.corpus.clean import LineCleaner
 from mmbert.corpus.languages import UnknownLanguageError, resolve_tag
 from mmbert.corpus.sources import (DEBIAN_PACKAGES, NPM_PACKAGES, PYPI_PACKAGES, Package, copyright_text,
                                    fetch_all, read_package)
-from mmbert.utils import atomic_write
+from mmbert.utils import atomic_write, publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,63 @@ def _process_package(args: tuple[Package, int]) -> _PackageResult:
     return _PackageResult(pkg.name, docs, warnings, dropped, lic, time.perf_counter() - t0)
 
 
+def _write_docs(docs, tmp: Path, seen: dict[str, set[bytes]], files: dict, stats: dict[str, _LangStats],
+                dropped: Counter) -> None:
+    """Append one package's documents to <tmp>/<tag>/<source>.jsonl, lines deduplicated exactly per
+    language across all sources, and count what was kept."""
+    for tag, source, ref, lines in docs:
+        kept = []
+        for line in lines:  # exact dedup per language, across all sources
+            h = hashlib.blake2b(line.encode("utf-8"), digest_size=12).digest()
+            if h in seen[tag]:
+                dropped["duplicate"] += 1
+                continue
+            seen[tag].add(h)
+            kept.append(line)
+        if not kept:
+            continue
+        text = "\n".join(kept)
+        f = files.get((tag, source))
+        if f is None:
+            (tmp / tag).mkdir(exist_ok=True)
+            f = files[(tag, source)] = open(tmp / tag / f"{source}.jsonl", "w", encoding="utf-8")
+        f.write(json.dumps({"text": text, "source": source, "ref": ref}, ensure_ascii=False) + "\n")
+        n = len(text.encode("utf-8"))
+        st = stats[tag]
+        st.bytes += n
+        st.docs += 1
+        st.lines += len(kept)
+        s = st.sources[source]
+        s["bytes"] += n
+        s["docs"] += 1
+        s["lines"] += len(kept)
+
+
+def _stats_doc(stats: dict[str, _LangStats], dropped: Counter, warnings: Counter, packages: list[Package],
+               timings: dict[str, float], t0: float, fetch_seconds: float) -> dict:
+    """The corpus's stats.json."""
+    langs = {tag: {"bytes": st.bytes, "docs": st.docs, "lines": st.lines,
+                   "sources": {k: dict(v) for k, v in sorted(st.sources.items())}}
+             for tag, st in sorted(stats.items())}
+    doc = {
+        "format": FORMAT,
+        "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "fetch_seconds": round(fetch_seconds, 1),
+        "num_languages": len({t.split("_")[0] for t in langs}),
+        "num_tags": len(langs),
+        "total_bytes": sum(v["bytes"] for v in langs.values()),
+        "total_docs": sum(v["docs"] for v in langs.values()),
+        "total_lines": sum(v["lines"] for v in langs.values()),
+        "dropped_lines": dict(sorted(dropped.items())),
+        "warnings": dict(sorted(warnings.items())),
+        "packages": [{"kind": p.kind, "name": p.name, "version": p.version} for p in packages],
+        "package_seconds": timings,
+        "languages": langs,
+    }
+    return doc
+
+
 def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                  packages: list[Package] | None = None, sources: list[str] | None = None,
                  workers: int = 2, min_chars: int = 20, progress: bool = True) -> dict:
@@ -122,91 +178,40 @@ def build_corpus(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | N
                          "`apt-get update` for the Debian packages, then build again")
     fetch_seconds = time.perf_counter() - t0
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "LICENSES").mkdir(parents=True)
     seen: dict[str, set[bytes]] = defaultdict(set)
     stats: dict[str, _LangStats] = defaultdict(_LangStats)
     files: dict[tuple[str, str], object] = {}
     dropped: Counter = Counter()
     timings: dict[str, float] = {}
-    try:
-        jobs = [(p, min_chars) for p in packages]
-        ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-        with ctx.Pool(max(1, workers)) as pool:
-            results = pool.imap(_process_package, jobs) if workers > 1 else map(_process_package, jobs)
-            bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress,
-                       smoothing=0)  # the average since the start: package sizes differ a lot
-            for res in bar:
-                bar.set_postfix_str(res.name)
-                warnings.update(res.warnings)
-                dropped.update(res.dropped)
-                timings[res.name] = round(res.seconds, 2)
-                if res.license:
-                    pkg = next(p for p in packages if p.name == res.name)
-                    (tmp / "LICENSES" / f"{pkg.kind}-{pkg.name}.txt").write_text(res.license, encoding="utf-8")
-                for tag, source, ref, lines in res.docs:
-                    kept = []
-                    for line in lines:  # exact dedup per language, across all sources
-                        h = hashlib.blake2b(line.encode("utf-8"), digest_size=12).digest()
-                        if h in seen[tag]:
-                            dropped["duplicate"] += 1
-                            continue
-                        seen[tag].add(h)
-                        kept.append(line)
-                    if not kept:
-                        continue
-                    text = "\n".join(kept)
-                    f = files.get((tag, source))
-                    if f is None:
-                        (tmp / tag).mkdir(exist_ok=True)
-                        f = files[(tag, source)] = open(tmp / tag / f"{source}.jsonl", "w", encoding="utf-8")
-                    f.write(json.dumps({"text": text, "source": source, "ref": ref}, ensure_ascii=False) + "\n")
-                    n = len(text.encode("utf-8"))
-                    st = stats[tag]
-                    st.bytes += n
-                    st.docs += 1
-                    st.lines += len(kept)
-                    s = st.sources[source]
-                    s["bytes"] += n
-                    s["docs"] += 1
-                    s["lines"] += len(kept)
-        for f in files.values():
-            f.close()
-        if not stats:
-            raise ValueError("the corpus build produced no text: every document was filtered out or in "
-                             f"an unknown language (warnings: {dict(warnings)})")
-        langs = {tag: {"bytes": st.bytes, "docs": st.docs, "lines": st.lines,
-                       "sources": {k: dict(v) for k, v in sorted(st.sources.items())}}
-                 for tag, st in sorted(stats.items())}
-        doc = {
-            "format": FORMAT,
-            "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "build_seconds": round(time.perf_counter() - t0, 1),
-            "fetch_seconds": round(fetch_seconds, 1),
-            "num_languages": len({t.split("_")[0] for t in langs}),
-            "num_tags": len(langs),
-            "total_bytes": sum(v["bytes"] for v in langs.values()),
-            "total_docs": sum(v["docs"] for v in langs.values()),
-            "total_lines": sum(v["lines"] for v in langs.values()),
-            "dropped_lines": dict(sorted(dropped.items())),
-            "warnings": dict(sorted(warnings.items())),
-            "packages": [{"kind": p.kind, "name": p.name, "version": p.version} for p in packages],
-            "package_seconds": timings,
-            "languages": langs,
-        }
-        atomic_write(tmp / "stats.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-        # Swap the finished corpus into place; the old one is removed only after the swap.
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        for f in files.values():
-            f.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # built in a sibling temp dir and swapped into place whole (the old corpus stays until then)
+    with publish_dir(out) as tmp:
+        (tmp / "LICENSES").mkdir()
+        try:
+            jobs = [(p, min_chars) for p in packages]
+            ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+            with ctx.Pool(max(1, workers)) as pool:
+                results = pool.imap(_process_package, jobs) if workers > 1 else map(_process_package, jobs)
+                bar = tqdm(results, total=len(jobs), desc="corpus", unit="pkg", disable=not progress,
+                           smoothing=0)  # the average since the start: package sizes differ a lot
+                for res in bar:
+                    bar.set_postfix_str(res.name)
+                    warnings.update(res.warnings)
+                    dropped.update(res.dropped)
+                    timings[res.name] = round(res.seconds, 2)
+                    if res.license:
+                        pkg = next(p for p in packages if p.name == res.name)
+                        (tmp / "LICENSES" / f"{pkg.kind}-{pkg.name}.txt").write_text(res.license, encoding="utf-8")
+                    _write_docs(res.docs, tmp, seen, files, stats, dropped)
+            for f in files.values():
+                f.close()
+            if not stats:
+                raise ValueError("the corpus build produced no text: every document was filtered out or in "
+                                 f"an unknown language (warnings: {dict(warnings)})")
+            doc = _stats_doc(stats, dropped, warnings, packages, timings, t0, fetch_seconds)
+            atomic_write(tmp / "stats.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        finally:  # the per-source files are closed on success and on error alike
+            for f in files.values():
+                f.close()
     if progress:
         log.info(summary(doc))
     return doc

@@ -27,13 +27,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from mmbert.corpus.languages import UnknownLanguageError, split_tag, to_iso639_3
+from mmbert.utils import atomic_write
 
 SUFFIXES = (".jsonl", ".txt", ".parquet")
 
@@ -253,10 +253,11 @@ def import_hf_dataset(path: str, out_dir: str | os.PathLike, lang: str, *, confi
                          f"pass text_column=<name of the text column>")
     out.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"hf-{path.rstrip('/').split('/')[-1]}" + (f"-{config}" if config else ""))
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
     n = nbytes = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        nonlocal n, nbytes
+        with open(tmp, "w", encoding="utf-8") as f:
             for row in tqdm(ds, desc=f"import {lang}", unit="doc", disable=not progress, total=max_docs):
                 doc = row.get(text_column)
                 if not isinstance(doc, str) or not doc.strip():
@@ -266,13 +267,11 @@ def import_hf_dataset(path: str, out_dir: str | os.PathLike, lang: str, *, confi
                 nbytes += len(doc.encode("utf-8"))
                 if (max_docs is not None and n >= max_docs) or (max_bytes is not None and nbytes >= max_bytes):
                     break
-        if n == 0:
+        if n == 0:  # raised inside atomic_write: the temp file is removed, nothing is written
             raise ValueError(f"dataset {path!r} ({config or 'default'}, {split}) yielded no text in column "
                              f"{text_column!r}; nothing written")
-        os.replace(tmp, out / f"{name}.jsonl")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out / f"{name}.jsonl", write)
     return {"docs": n, "bytes": nbytes}
 
 

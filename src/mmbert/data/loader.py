@@ -95,10 +95,11 @@ from mmbert.data.packing import (BestFitPacker, PackingError, chunk_spans, mater
 from mmbert.data.sampling import SamplingError, SamplingPlan, plan_phase
 from mmbert.data.shards import Shard, ShardIndex, open_shard
 from mmbert.tokenizer import resolve_special_ids
+from mmbert.utils import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 STATE_VERSION = 2
-DEFAULT_SPECIAL_IDS = (0, 1, 2, 3, 4)   # pad, eos/sep, bos/cls, unk, mask (mmBERT / Gemma 2 ids)
-_MMBERT_IDS = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3, "mask_id": 4}
+DEFAULT_SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))  # mmBERT's: pad, eos/sep, bos/cls, unk, mask
+_MMBERT_IDS = {"pad_id": PAD_ID, "eos_id": EOS_ID, "bos_id": BOS_ID, "unk_id": UNK_ID, "mask_id": MASK_ID}
 
 
 class LoaderError(ValueError):

@@ -19,7 +19,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from mmbert.utils import IGNORE_INDEX
+
 
 
 class MaskingError(ValueError):

@@ -7,6 +7,7 @@
     refs, lens = packer.pop()                         # one row (pop once packer.full, or to drain)
     input_ids = materialize_row([doc[s:e] for s, e in refs], 1024, bos_id=2, eos_id=1, pad_id=0)
     cu_seqlens, position_ids = row_layout(lens, 1024)
+    ids, mask = pad_rows([[2, 7, 1], [2, 1]], pad_id=0)   # the padded layout, for padded consumers
 
 `mmbert.data.loader` runs this online over the shards; tests/packing_ref.py packs a finite list of
 documents the same way (the tests' and benchmarks' reference).
@@ -45,6 +46,20 @@ from collections import deque
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged token rows → right-padded input_ids [B, T] and attention_mask [B, T] (both int64), T the
+    longest row: the padded layout every consumer of padded batches uses (fine-tuning collates, MLM
+    eval, backbones, ONNX sessions, benchmark peers)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[j, :len(r)] = 1
+    return ids, mask
 
 
 class PackingError(ValueError):

@@ -39,42 +39,40 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from mmbert.data.shards import ShardIndex
+from mmbert.temperature import SamplingError, temperature_probs  # noqa: F401 (SamplingError re-exported)
 from mmbert.utils import atomic_write
 
 
 SHARES_COMPLETE = 1e-9  # fixed shares summing to 1 within this cover the whole phase
 
 
-class SamplingError(ValueError):
-    """Bad sampling input: unknown or empty language, τ ≤ 0, impossible epoch cap."""
-
-
-def _check_tau(tau: float) -> float:
-    tau = float(tau)
-    if not math.isfinite(tau) or tau <= 0:
-        raise SamplingError(f"temperature τ must be > 0 (mmBERT uses 0.7 → 0.5 → 0.3; 1 = proportional), got {tau}")
-    return tau
-
-
-def temperature_probs(tokens: Mapping[str, float], tau: float) -> dict[str, float]:
-    """p_ℓ ∝ n_ℓ^τ over the given languages (in the mapping's order). Computed in log space so
-    1,800 languages spanning 10 orders of magnitude and small τ stay exact to float64."""
-    tau = _check_tau(tau)
-    if not tokens:
-        raise SamplingError("no languages to sample from; give at least one language with data")
-    names = list(tokens)
-    n = np.array([float(tokens[k]) for k in names])
-    bad = [k for k, v in zip(names, n) if not (v > 0 and math.isfinite(v))]
-    if bad:
-        raise SamplingError(f"language(s) with no tokens cannot be sampled: {', '.join(bad[:10])}; "
-                            f"drop them from the phase's language set or rebuild their shards")
-    logits = tau * np.log(n)
-    w = np.exp(logits - logits.max())
-    p = w / w.sum()
-    return dict(zip(names, p.tolist()))
-
-
 _TIER = re.compile(r"^(top|min):\s*([0-9.eE+_]+)$")
+
+
+def parse_tier(spec: str) -> tuple[str, float]:
+    """A tier spec → ("all", 0), ("top", K) or ("min", X): the one reader of the syntax (recipes check
+    it before any shard exists, `select_languages` resolves it against the shards)."""
+    s = spec.strip()
+    if s == "all":
+        return "all", 0.0
+    m = _TIER.match(s)
+    try:
+        kind, num = m.group(1), float(m.group(2).replace("_", ""))
+    except (AttributeError, ValueError):  # no match, or digits float() refuses ("1e", "1.2.3")
+        raise SamplingError(f"unknown language set {spec!r}; use 'all', 'top:K' (the K largest languages), "
+                            f"'min:X' (at least X tokens, e.g. min:1e9) or a list of language names like "
+                            f"['deu_Latn', 'fra_Latn']") from None
+    if kind == "top" and (num < 1 or num != int(num)):
+        raise SamplingError(f"'top:K' needs a whole K ≥ 1, got {spec!r}")
+    if kind == "min" and not (num > 0 and math.isfinite(num)):
+        raise SamplingError(f"'min:X' needs X > 0 tokens, got {spec!r}")
+    return kind, num
+
+
+def language_set(text: str) -> str | list[str]:
+    """A command-line language set: a tier spec ("all", "top:K", "min:X") as is, else a comma-separated
+    list of language names."""
+    return text if text == "all" or ":" in text else text.split(",")
 
 
 def select_languages(available: Mapping[str, int], spec: str | Sequence[str]) -> list[str]:
@@ -84,18 +82,11 @@ def select_languages(available: Mapping[str, int], spec: str | Sequence[str]) ->
     Every selected language must exist in `available` and hold > 0 tokens (else `SamplingError`).
     """
     if isinstance(spec, str):
-        s = spec.strip()
-        if s == "all":
+        kind, num = parse_tier(spec)
+        if kind == "all":
             chosen = list(available)
         else:
-            m = _TIER.match(s)
-            if not m:
-                raise SamplingError(f"unknown language set {spec!r}; use 'all', 'top:K', 'min:X' "
-                                    f"or a list of language names like ['deu_Latn', 'fra_Latn']")
-            kind, num = m.group(1), float(m.group(2).replace("_", ""))
             if kind == "top":
-                if num < 1 or num != int(num):
-                    raise SamplingError(f"'top:K' needs a whole K ≥ 1, got {spec!r}")
                 ranked = sorted(available, key=lambda k: (-available[k], k))
                 chosen = ranked[:int(num)]
             else:
@@ -332,6 +323,6 @@ def plan_shards(shards: str | os.PathLike, out_dir: str | os.PathLike,
         if len(ph) not in (3, 4):
             raise ValueError(f"--phase takes NAME LANGUAGES TAU [BUDGET], got {' '.join(map(str, ph))!r}")
         name, langs = str(ph[0]), str(ph[1])
-        plans.append(plan_phase(counts, langs if langs == "all" or ":" in langs else langs.split(","), float(ph[2]),
+        plans.append(plan_phase(counts, language_set(langs), float(ph[2]),
                                 budget=float(ph[3]) if len(ph) == 4 else None, epoch_cap=epoch_cap, name=name))
     return report_plans(plans, out_dir, print_fn=print_fn)

@@ -1,10 +1,11 @@
 """One interface over every encoder the harness evaluates: ours or any transformers encoder directory.
 
-    from mmbert.eval.backbone import load_backbone
+    from mmbert.data.packing import pad_rows
+    from mmbert.eval.backbone import hidden_states, load_backbone
     bb = load_backbone("out/ckpt")                 # ModernBERT-dialect dir (ours or HF) or BERT/XLM-R dir
     ids = bb.tokenize(["Hello world"], max_len=128)
-    input_ids, mask = bb.pad(ids)
-    h = bb.encode(input_ids, mask)                 # [B, T, H] last hidden states
+    input_ids, mask = pad_rows(ids, bb.pad_id)
+    h = hidden_states(bb.model, input_ids, mask)   # [B, T, H] last hidden states
 
 ModernBERT-dialect directories (our checkpoints, our HF exports, transformers ModernBERT) load through
 `mmbert.from_pretrained(path, head="none")`; anything else through transformers' AutoModel (BertModel,
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 from mmbert.export.hf import from_pretrained
+from mmbert.tokenizer import ROLE_NAMES, resolve_special_ids
+from mmbert.utils import BOS_ID, EOS_ID, PAD_ID
 
 
 class BackboneError(ValueError):
@@ -57,8 +60,10 @@ def _read_config(path: Path) -> dict:
     return json.loads(cfg_path.read_text())
 
 
-def load_tokenizer(path: str | os.PathLike, config: dict | None = None):
-    """The directory's tokenizer: AutoTokenizer, or a bare tokenizer.json wrapped as a fast tokenizer.
+def load_hf_tokenizer(path: str | os.PathLike, config: dict | None = None):
+    """The directory's tokenizer as a transformers tokenizer (what the harness calls for any encoder;
+    `mmbert.tokenizer.load_tokenizer` gives our own Tokenizer): AutoTokenizer, or a bare
+    tokenizer.json wrapped as a fast tokenizer.
     Special tokens it does not name are taken from the config's ids, else from the file's own special
     tokens by their usual names — never from a guessed id (mmBERT's 0–4 are words in other vocabularies)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -79,18 +84,12 @@ def load_tokenizer(path: str | os.PathLike, config: dict | None = None):
                         f"tokenizer into the model directory (tokenizer.json)")
 
 
-_SPECIAL_NAMES = (("pad", ("<pad>", "[PAD]")), ("unk", ("<unk>", "[UNK]")), ("mask", ("<mask>", "[MASK]")),
-                  ("bos", ("<bos>", "[CLS]", "<s>")), ("eos", ("<eos>", "[SEP]", "</s>")))
-
-
 def _name_specials(tok, config: dict):
     """Fill the special-token roles a transformers tokenizer leaves unset (resolution order in
     mmbert.tokenizer.resolve_special_ids: config ids, the tokenizer's own roles, its usual names)."""
-    from mmbert.tokenizer import resolve_special_ids
-
     vocab = tok.get_vocab()
     named = {f"{role}_id": next(vocab[c] for c in cands if c in vocab)
-             for role, cands in _SPECIAL_NAMES if any(c in vocab for c in cands)}
+             for role, cands in ROLE_NAMES.items() if any(c in vocab for c in cands)}
     ids = resolve_special_ids(config, tok, named)
     missing = {f"{role}_token": tok.convert_ids_to_tokens(tid) for role, tid in
                (("pad", ids.pad), ("unk", ids.unk), ("mask", ids.mask), ("cls", ids.cls), ("sep", ids.sep))
@@ -98,6 +97,15 @@ def _name_specials(tok, config: dict):
     if missing:
         tok.add_special_tokens(missing)  # existing tokens: no new ids
     return tok
+
+
+def hidden_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids + mask → [B, T, H] last hidden states of any encoder the harness loads (ours returns
+    an EncoderOutput, transformers a ModelOutput or a tuple)."""
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask)
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @dataclass
@@ -113,14 +121,6 @@ class Backbone:
     native: bool  # True: the tokenizer frames pairs itself
     name: str
     _fingerprint: str = field(default="", repr=False)
-
-    # ------------------------------------------------------------------ model
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] ids + mask → [B, T, H] last hidden states."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        if hasattr(out, "last_hidden_state"):
-            return out.last_hidden_state
-        return out[0] if isinstance(out, (tuple, list)) else out
 
     @property
     def device(self) -> torch.device:
@@ -189,16 +189,6 @@ class Backbone:
             all_starts.append(starts)
         return all_ids, all_starts
 
-    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad id lists → (input_ids [B, T] long, attention_mask [B, T] long)."""
-        T = max(len(x) for x in batch)
-        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for i, x in enumerate(batch):
-            ids[i, :len(x)] = torch.as_tensor(x, dtype=torch.long)
-            mask[i, :len(x)] = 1
-        return ids, mask
-
     def fingerprint(self) -> str:
         """Hash of the tokenizer + framing: the key of the tokenized-data cache."""
         return self._fingerprint
@@ -212,11 +202,9 @@ def _framing(tokenizer, cfg: dict) -> tuple[list[int], list[int], bool]:
         for i in range(len(full) - len(bare) + 1):
             if full[i:i + len(bare)] == bare:
                 return full[:i], full[i + len(bare):], True
-    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    cls = cls if cls is not None else cfg.get("cls_token_id", cfg.get("bos_token_id", 2))
-    sep = sep if sep is not None else cfg.get("sep_token_id", cfg.get("eos_token_id", 1))
-    return [int(cls)], [int(sep)], False
+    # the tokenizer's cls/bos and sep/eos, else the config's, else mmBERT's
+    ids = resolve_special_ids(None, tokenizer, cfg, {"bos_id": BOS_ID, "eos_id": EOS_ID})
+    return [int(ids.cls)], [int(ids.sep)], False
 
 
 def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -231,7 +219,7 @@ def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"tokenizer directory {tokenizer} not found; pass the folder holding "
                                 f"tokenizer.json")
-    tokenizer = load_tokenizer(tokenizer if tokenizer is not None else path, cfg)
+    tokenizer = load_hf_tokenizer(tokenizer if tokenizer is not None else path, cfg)
     model = None
     name = cfg.get("model_type", "?")
     if cfg.get("model_type") == "modernbert":
@@ -245,7 +233,7 @@ def load_backbone(path: str | os.PathLike, *, device: str | torch.device = "cpu"
         name = "transformers:" + type(model).__name__
     model = model.to(device).eval()
     hidden = int(cfg.get("hidden_size") or cfg.get("d_model"))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.get("pad_token_id", 0)
+    pad = resolve_special_ids(None, tokenizer, cfg, {"pad_id": PAD_ID}).pad  # tokenizer's, config's, mmBERT's
     prefix, suffix, native = _framing(tokenizer, cfg)
     h = hashlib.sha1()
     try:

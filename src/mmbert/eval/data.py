@@ -357,14 +357,29 @@ def xquad_languages(root: Path) -> list[str]:
     return sorted(p.name.split(".")[1] for p in d.glob("xquad.*.json"))
 
 
-def load_xquad(root: Path, lang: str) -> list[dict]:
-    """xquad/xquad.<ll>.json (SQuAD v1.1) → [{"id", "question", "context", "answers": [...]}]."""
-    return squad_questions(require_dir(root, "xquad") / f"xquad.{lang}.json")
+def xquad_file(root: Path, lang: str) -> Path:
+    """xquad/xquad.<ll>.json (SQuAD v1.1; read with `load_squad`)."""
+    return require_dir(root, "xquad") / f"xquad.{lang}.json"
 
 
-def squad_questions(path: str | os.PathLike) -> list[dict]:
-    """The questions and contexts of a SQuAD v1.1 file, answers unchecked (question → paragraph retrieval;
-    extractive QA reads through the strict mmbert.eval.qa.load_squad)."""
+@dataclass(frozen=True)
+class QAExample:
+    """One SQuAD-format question. answer_starts are character offsets into context."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+    paragraph: int  # index of its paragraph in file order (across articles)
+
+
+def load_squad(path: str | os.PathLike, *, answers_required: bool = True) -> list[QAExample]:
+    """A SQuAD v1.1 JSON file → questions, checked: a structural problem raises EvalDataError naming
+    the file and where in it (e.g. `data[3].paragraphs[1].qas[0]`), not a bare KeyError. The one
+    SQuAD/XQuAD reader: extractive QA needs answer spans (each answer_start pointing at its text);
+    answers_required=False (question → paragraph retrieval) reads questions whose answers are
+    missing or unchecked (answer_starts then hold what the file gives, -1 where it gives none)."""
     path = Path(path)
     if not path.is_file():
         raise EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${ENV_VAR}")
@@ -372,18 +387,55 @@ def squad_questions(path: str | os.PathLike) -> list[dict]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise EvalDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    out = []
-    try:
-        for article in doc.get("data", []):
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    out.append({"id": qa["id"], "question": qa["question"], "context": para["context"],
-                                "answers": [a["text"] for a in qa.get("answers", [])]})
-    except (KeyError, TypeError, AttributeError) as e:
-        raise EvalDataError(f"{path}: not SQuAD v1.1 JSON (missing {e}); expected "
-                            '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}'
-                            ) from None
-    return check_split(path, out)
+    except UnicodeDecodeError as e:
+        raise EvalDataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+    def bad(where: str, problem: str) -> EvalDataError:
+        return EvalDataError(f"{path}: {where}: {problem}; expected SQuAD v1.1 JSON "
+                               '({"data": [{"paragraphs": [{"context", "qas": [{"id", "question", '
+                               '"answers": [{"text", "answer_start"}]}]}]}]})')
+
+    def field_of(obj, key: str, kind: type, where: str):
+        if not isinstance(obj, dict) or key not in obj:
+            raise bad(where, f"missing {key!r}")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise bad(f"{where}.{key}", f"is {type(obj[key]).__name__}, not {kind.__name__}")
+        return obj[key]
+
+    out: list[QAExample] = []
+    k = 0
+    for a, article in enumerate(field_of(doc, "data", list, "top level")):
+        for p, para in enumerate(field_of(article, "paragraphs", list, f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = field_of(para, "context", str, where)
+            for q, qa in enumerate(field_of(para, "qas", list, where)):
+                w = f"{where}.qas[{q}]"
+                answers = field_of(qa, "answers", list, w) if answers_required or "answers" in qa else []
+                if not answers and answers_required:
+                    raise bad(f"{w}.answers", "empty (SQuAD v1.1 questions have at least one answer)")
+                texts, starts = [], []
+                for i, ans in enumerate(answers):
+                    text = field_of(ans, "text", str, f"{w}.answers[{i}]")
+                    if not answers_required:
+                        texts.append(text)
+                        starts.append(ans.get("answer_start", -1))
+                        continue
+                    start = field_of(ans, "answer_start", int, f"{w}.answers[{i}]")
+                    if context[start:start + len(text)] != text:
+                        raise bad(f"{w}.answers[{i}]", f"answer_start {start} does not point at {text!r} "
+                                                       f"in the context")
+                    texts.append(text)
+                    starts.append(start)
+                out.append(QAExample(id=str(field_of(qa, "id", str, w)), question=field_of(qa, "question", str, w),
+                                     context=context, answers=tuple(texts), answer_starts=tuple(starts),
+                                     paragraph=k))
+            k += 1
+    if not out:
+        raise EvalDataError(f"{path}: no questions (empty split); fill the file or point the task at the right one")
+    if answers_required and not any(t for e in out for t in e.answers):
+        raise EvalDataError(f"{path}: every answer text is empty; extractive QA needs answer spans "
+                              f"(SQuAD v1.1 `answers: [{{text, answer_start}}]` with non-empty text)")
+    return out
 
 
 # ----------------------------------------------------------------------------- generic readers (task files)

@@ -29,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbert.eval.backbone import Backbone
+from mmbert.eval.backbone import Backbone, hidden_states
 from mmbert.eval.data import ChoiceExample, Example, TaggedSentence
+from mmbert.data.packing import pad_rows
+from mmbert.model.encoder import mean_pool
+from mmbert.utils import IGNORE_INDEX, atomic_write
 
 
 @dataclass
@@ -80,9 +83,11 @@ def _save_ragged(path: Path, **arrays: list[list[int]]) -> None:
     for name, rows in arrays.items():
         out[f"{name}_flat"] = np.asarray([v for r in rows for v in r], dtype=np.int64)
         out[f"{name}_off"] = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **out)
+
+    atomic_write(path, write)
 
 
 def _load_ragged(path: Path, name: str) -> list[list[int]]:
@@ -121,7 +126,7 @@ def encode_tagged(bb: Backbone, sentences: Sequence[TaggedSentence], *, max_len:
             _save_ragged(path, ids=ids, starts=starts)
     labels = []
     for x, st, s in zip(ids, starts, sentences):
-        lab = [-100] * len(x)
+        lab = [IGNORE_INDEX] * len(x)
         for pos, tag in zip(st, s.tags):
             if pos >= 0:
                 lab[pos] = tag
@@ -130,19 +135,6 @@ def encode_tagged(bb: Backbone, sentences: Sequence[TaggedSentence], *, max_len:
 
 
 # ----------------------------------------------------------------------------- model
-def hidden_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    out = encoder(input_ids=input_ids, attention_mask=attention_mask)
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] → [B, H], averaging positions where attention_mask == 1."""
-    m = attention_mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
 class TaskModel(nn.Module):
     """Encoder + dropout + linear classifier; per_token=False mean-pools first."""
 
@@ -169,19 +161,8 @@ def task_loss_fn(model: TaskModel, batch: dict[str, torch.Tensor]) -> tuple[torc
     logits = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
     labels = batch["labels"].to(dev)
     loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-    return loss_sum, (labels != -100).sum()
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded [B, T] ids and attention mask of ragged token rows (every fine-tuning collate)."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.as_tensor(r)
-        mask[j, :len(r)] = 1
-    return ids, mask
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (labels != IGNORE_INDEX).sum()
 
 
 def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -190,7 +171,7 @@ def collate(data: EncodedSet, index: Sequence[int], pad_id: int) -> dict[str, to
     if data.word_starts is None:
         labels = torch.tensor([data.labels[i] for i in index], dtype=torch.long)
     else:  # a label per token, -100 on padding
-        labels = torch.full(ids.shape, -100, dtype=torch.long)
+        labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
         for j, i in enumerate(index):
             labels[j, :len(rows[j])] = torch.as_tensor(data.labels[i])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

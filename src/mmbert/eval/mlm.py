@@ -36,8 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmbert.data.packing import pad_rows
+from mmbert.tokenizer import config_special_ids, resolve_special_ids
+from mmbert.utils import IGNORE_INDEX, unwrap
+
 DEFAULT_TIERS: tuple[tuple[str, str], ...] = (("high", "top:60"), ("mid", "top:110"), ("low", "all"))
-IGNORE_INDEX = -100
 
 
 def assign_tiers(token_counts: dict[str, int], tiers: Sequence[tuple[str, Any]] = DEFAULT_TIERS) -> dict[str, str]:
@@ -65,27 +68,6 @@ def spread_subset(token_counts: dict[str, int], k: int) -> list[str]:
         return sorted(ranked)
     idx = sorted({round(i * (len(ranked) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
     return sorted(ranked[i] for i in idx)
-
-
-def _config(model: nn.Module):
-    """The model's config, also through DDP (.module) and torch.compile (._orig_mod) wrappers."""
-    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if m is not None and getattr(m, "config", None) is not None:
-            return m.config
-    return None
-
-
-def _special_ids(model: nn.Module) -> set[int]:
-    cfg = _config(model)
-    if cfg is None:
-        return set()  # no config: the resolved ids (evaluate_mlm) are the specials
-    ids = set()
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
-                "unk_token_id", "mask_token_id"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int):
-            ids.add(v)
-    return ids
 
 
 def _chunks(shard, seq_len: int, max_tokens: int) -> list[list[int]]:
@@ -131,20 +113,18 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
     if missing:
         raise ValueError(f"evaluate_mlm: no '{split}' split in {shards_root} for {missing}; run "
                          f"`mmbert data prepare` with a held-out split or pick other languages")
-    cfg = _config(model)
+    cfg = getattr(unwrap(model), "config", None)  # DDP / torch.compile wrappers see through
     vocab = int(getattr(cfg, "vocab_size", index.vocab_size))
     if index.vocab_size > vocab:
         raise ValueError(f"evaluate_mlm: shards use a {index.vocab_size}-token vocabulary but the model has "
                          f"{vocab}; evaluate with shards made by the model's tokenizer")
     # explicit ids, else the model config's, else the shards' tokenizer, else the model's own tokenizer;
     # no guessing (a ModernBERT config has no mask_token_id, and id 4 is an ordinary token there)
-    from mmbert.tokenizer import resolve_special_ids
-
     special = resolve_special_ids(cfg, index.tokenizer if isinstance(index.tokenizer, dict) else None,
                                   getattr(model, "tokenizer", None), require=("mask", "pad", "cls", "sep"),
                                   mask=mask_id, pad=pad_id, cls=cls_id, sep=sep_id)
     mask_id, pad_id, cls_id, sep_id = special.mask, special.pad, special.cls, special.sep
-    specials = _special_ids(model) | special.all()
+    specials = config_special_ids(cfg) | special.all()
     counts = {l: index.tokens(l, "train") if index.has(l, "train") else 0 for l in index.languages}
     tier_of = assign_tiers(counts, tiers if tiers is not None else DEFAULT_TIERS)
 
@@ -160,13 +140,8 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
             loss_sum, n_masked, n_correct, n_tokens = 0.0, 0, 0, 0
             for s in range(0, len(rows), batch_size):
                 batch = rows[s:s + batch_size]
-                T = max(len(r) for r in batch) + 2
-                ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-                att = torch.zeros((len(batch), T), dtype=torch.long)
-                for j, r in enumerate(batch):
-                    ids[j, :len(r) + 2] = torch.tensor([cls_id] + r + [sep_id])
-                    att[j, :len(r) + 2] = 1
-                    n_tokens += len(r)
+                ids, att = pad_rows([[cls_id] + r + [sep_id] for r in batch], pad_id)
+                n_tokens += sum(len(r) for r in batch)
                 inp, labels = mask_tokens(ids, mask_rate, special_ids=specials, vocab_size=vocab,
                                           mask_id=mask_id, generator=gen)
                 ls, nm, nc = _score(model, inp.to(device), att.to(device), labels.to(device))

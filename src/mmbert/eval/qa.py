@@ -23,7 +23,6 @@ question (by start + end logit), mapped back to the context text through the fas
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,83 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from mmbert.eval import data as D
+from mmbert.eval.data import QAExample, load_squad
 from mmbert.eval.backbone import Backbone
-from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune, pad_rows
+from mmbert.data.packing import pad_rows
+from mmbert.eval.finetune import FinetuneConfig, _cache_path, _load_ragged, _save_ragged, finetune
 from mmbert.eval.metrics import mean_std, squad_scores
 
 TRAIN_PARAGRAPHS = 120  # XQuAD: paragraphs [0, 120) of the English file train, [120, 240) are tested
 MAX_QUERY_LEN = 64  # question tokens kept (the end is cut), as in the SQuAD BERT scripts
 MAX_ANSWER_LEN = 30  # tokens, as in HF run_qa
-
-
-@dataclass(frozen=True)
-class QAExample:
-    """One SQuAD-format question. answer_starts are character offsets into context."""
-
-    id: str
-    question: str
-    context: str
-    answers: tuple[str, ...]
-    answer_starts: tuple[int, ...]
-    paragraph: int  # index of its paragraph in file order (across articles)
-
-
-# ----------------------------------------------------------------------------- reading
-def load_squad(path: str | os.PathLike) -> list[QAExample]:
-    """A SQuAD v1.1 JSON file → questions, checked: a structural problem raises EvalDataError naming
-    the file and where in it (e.g. `data[3].paragraphs[1].qas[0]`), not a bare KeyError."""
-    path = Path(path)
-    if not path.is_file():
-        raise D.EvalDataMissing(f"eval data file {path} not found; check --data-dir / ${D.ENV_VAR}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise D.EvalDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise D.EvalDataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-
-    def bad(where: str, problem: str) -> D.EvalDataError:
-        return D.EvalDataError(f"{path}: {where}: {problem}; expected SQuAD v1.1 JSON "
-                               '({"data": [{"paragraphs": [{"context", "qas": [{"id", "question", '
-                               '"answers": [{"text", "answer_start"}]}]}]}]})')
-
-    def field_of(obj, key: str, kind: type, where: str):
-        if not isinstance(obj, dict) or key not in obj:
-            raise bad(where, f"missing {key!r}")
-        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            raise bad(f"{where}.{key}", f"is {type(obj[key]).__name__}, not {kind.__name__}")
-        return obj[key]
-
-    out: list[QAExample] = []
-    k = 0
-    for a, article in enumerate(field_of(doc, "data", list, "top level")):
-        for p, para in enumerate(field_of(article, "paragraphs", list, f"data[{a}]")):
-            where = f"data[{a}].paragraphs[{p}]"
-            context = field_of(para, "context", str, where)
-            for q, qa in enumerate(field_of(para, "qas", list, where)):
-                w = f"{where}.qas[{q}]"
-                answers = field_of(qa, "answers", list, w)
-                if not answers:
-                    raise bad(f"{w}.answers", "empty (SQuAD v1.1 questions have at least one answer)")
-                texts, starts = [], []
-                for i, ans in enumerate(answers):
-                    text = field_of(ans, "text", str, f"{w}.answers[{i}]")
-                    start = field_of(ans, "answer_start", int, f"{w}.answers[{i}]")
-                    if context[start:start + len(text)] != text:
-                        raise bad(f"{w}.answers[{i}]", f"answer_start {start} does not point at {text!r} "
-                                                       f"in the context")
-                    texts.append(text)
-                    starts.append(start)
-                out.append(QAExample(id=str(field_of(qa, "id", str, w)), question=field_of(qa, "question", str, w),
-                                     context=context, answers=tuple(texts), answer_starts=tuple(starts),
-                                     paragraph=k))
-            k += 1
-    if not out:
-        raise D.EvalDataError(f"{path}: no questions (empty split); fill the file or point the task at the right one")
-    if not any(t for e in out for t in e.answers):
-        raise D.EvalDataError(f"{path}: every answer text is empty; extractive QA needs answer spans "
-                              f"(SQuAD v1.1 `answers: [{{text, answer_start}}]` with non-empty text)")
-    return out
 
 
 def xquad_split(root: Path, lang: str, pivot: list[QAExample] | None = None,
@@ -119,7 +50,7 @@ def xquad_split(root: Path, lang: str, pivot: list[QAExample] | None = None,
     pivot: the English questions; when given, the file must be parallel to it (same ids in the same
     paragraphs), else the held-out half would not be the same paragraphs in every language.
     """
-    ex = load_squad(D.require_dir(root, "xquad") / f"xquad.{lang}.json")
+    ex = load_squad(D.xquad_file(root, lang))
     if pivot is not None and [(e.id, e.paragraph) for e in ex] != [(e.id, e.paragraph) for e in pivot]:
         raise D.EvalDataError(f"{root / 'xquad' / f'xquad.{lang}.json'}: question ids / paragraphs differ from "
                               f"xquad.en.json; XQuAD files must be parallel")

@@ -17,9 +17,10 @@ from typing import Sequence
 
 import torch
 
-from mmbert.eval.backbone import Backbone
-from mmbert.eval.finetune import mean_pool
+from mmbert.data.packing import pad_rows
+from mmbert.eval.backbone import Backbone, hidden_states
 from mmbert.eval.metrics import bitext_accuracy
+from mmbert.model.encoder import mean_pool
 
 
 @torch.no_grad()
@@ -31,8 +32,8 @@ def embed(bb: Backbone, texts: Sequence[str], *, max_len: int = 128, batch_size:
     bb.model.eval()
     for s in range(0, len(order), batch_size):
         index = order[s:s + batch_size]
-        x, m = bb.pad([ids[i] for i in index])
-        h = bb.encode(x.to(bb.device), m.to(bb.device))
+        x, m = pad_rows([ids[i] for i in index], bb.pad_id)
+        h = hidden_states(bb.model, x.to(bb.device), m.to(bb.device))
         out[index] = mean_pool(h.float(), m.to(h.device)).cpu()
     return torch.nn.functional.normalize(out, dim=-1)
 

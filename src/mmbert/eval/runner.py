@@ -37,7 +37,7 @@ from mmbert.eval.finetune import (FinetuneConfig, choice_collate, choice_loss_fn
 from mmbert.eval.metrics import accuracy, macro_f1, mean_std, span_f1, token_accuracy
 from mmbert.eval.taskfile import InvalidTask, Task, TaskError
 from mmbert.threads import ThreadPolicy
-from mmbert.utils import atomic_write
+from mmbert.utils import IGNORE_INDEX, atomic_write
 
 
 # ----------------------------------------------------------------------------- suites
@@ -152,7 +152,7 @@ def _finetune_eval(ctx: _Ctx, task: Task, train, evals: dict[str, tuple[Any, lis
     choice = task.type == "multiple-choice"
     seeds = _seeds(ctx, task)
     seq = lambda y: hasattr(y, "__len__")  # noqa: E731  (token tasks: a label per word)
-    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != -100]
+    flat = [int(y) for ys in train.labels for y in (ys if seq(ys) else [ys]) if y != IGNORE_INDEX]
     top = Counter(flat).most_common(1)[0][0] if flat else 0
     majority = {l: score([[top] * len(g) if seq(g) else top for g in gold], gold) for l, (_, gold) in evals.items()}
     per_seed: dict[str, list[float]] = {l: [] for l in evals}
@@ -435,20 +435,20 @@ def run_bitext(ctx: _Ctx, task: Task) -> dict:
         if not fixed_target:
             raise task.error("squad retrieval maps questions to the paragraphs of ONE target file: drop {lang} "
                              "from `target:`")
-        pivot = [q for f in target_files("") for q in D.squad_questions(f)]
-        paragraphs = list(dict.fromkeys(q["context"] for q in pivot))
+        pivot = [q for f in target_files("") for q in D.load_squad(f, answers_required=False)]
+        paragraphs = list(dict.fromkeys(q.context for q in pivot))
         where = {c: i for i, c in enumerate(paragraphs)}
-        target = torch.tensor([where[q["context"]] for q in pivot])
+        target = torch.tensor([where[q.context] for q in pivot])
         para_emb = embed(ctx.bb, paragraphs, max_len=p.max_len)
         res = {}
         for l, files in tqdm(sources.items(), desc=task.name, disable=not ctx.progress, leave=False):
-            qa = [q for f in files for q in D.squad_questions(f)]
+            qa = [q for f in files for q in D.load_squad(f, answers_required=False)]
             if len(qa) != len(pivot):
                 raise D.EvalDataError(f"{files[0]}: {len(qa)} questions, the target {target_files('')[0].name} has "
                                       f"{len(pivot)}; question i of every file must belong to paragraph i's pivot "
                                       f"(parallel files)")
             n = p.max_eval or len(qa)
-            res[l] = {"q2p": question_to_paragraph(ctx.bb, [q["question"] for q in qa[:n]], para_emb, target[:n],
+            res[l] = {"q2p": question_to_paragraph(ctx.bb, [q.question for q in qa[:n]], para_emb, target[:n],
                                                    max_len=p.max_len), "n": len(qa[:n])}
         langs = {l: {"mean": v["q2p"], "std": 0.0, **v} for l, v in res.items()}
         return {"metric": "accuracy@1 question → target paragraph", "languages": langs,
@@ -502,7 +502,7 @@ def run_bitext(ctx: _Ctx, task: Task) -> dict:
 
 def run_qa(ctx: _Ctx, task: Task) -> dict:
     """extractive-qa on SQuAD v1.1 files: span head fine-tuned on train, SQuAD EM / F1 per language."""
-    from mmbert.eval.qa import MAX_ANSWER_LEN, finetune_qa, load_squad
+    from mmbert.eval.qa import MAX_ANSWER_LEN, finetune_qa
 
     root, p = _root(ctx, task), task.protocol
 
@@ -516,7 +516,7 @@ def run_qa(ctx: _Ctx, task: Task) -> dict:
     langs = list(evals_files)
     train_files = [f for l in (langs if p.transfer != "zero-shot" else [""])
                    for f in _paths(task, root, task.train.path.replace("{lang}", l), "train")]
-    full_train = {f: load_squad(f) for f in train_files}
+    full_train = {f: D.load_squad(f) for f in train_files}
     train_ex = _cap([e for f in train_files for e in paragraphs(full_train[f], task.train)], p.max_train)
     if not train_ex:
         raise D.EvalDataError(f"{train_files[0]}: no questions left to fine-tune on after `paragraphs: "
@@ -524,7 +524,7 @@ def run_qa(ctx: _Ctx, task: Task) -> dict:
     pivot = next(iter(full_train.values()))
     tests = {}
     for l, files in evals_files.items():
-        ex = [e for f in files for e in load_squad(f)]
+        ex = [e for f in files for e in D.load_squad(f)]
         if task.parallel and [(e.id, e.paragraph) for e in ex] != [(e.id, e.paragraph) for e in pivot]:
             raise D.EvalDataError(f"{files[0]}: question ids / paragraphs differ from {train_files[0].name}; the "
                                   f"files of a `parallel: true` task must hold the same questions in the same "
@@ -751,10 +751,7 @@ def plot_results(results: dict, plot_dir: str | os.PathLike) -> list[Path]:
         ax.set_title(f"{name} — {results['model']}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        p = plot_dir / f"{name}.png"
-        tmp = p.with_name(f".{p.stem}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        p = atomic_write(plot_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
-        os.replace(tmp, p)
         written.append(p)
     return written

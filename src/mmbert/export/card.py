@@ -156,9 +156,9 @@ def render_card(info: CardInfo, config: dict[str, Any], name: str) -> str:
               'fill = pipeline("fill-mask", model="MODEL_DIR")',
               "", f"from sentence_transformers import SentenceTransformer  # {pool}, as in modules.json",
               'vectors = SentenceTransformer("MODEL_DIR").encode(["a sentence", "eine Satz"])', "",
-              "import mmbert", "from mmbert.inference import encode",
+              "import mmbert", "from mmbert.inference import embed",
               'model = mmbert.from_pretrained("MODEL_DIR")',
-              f'vectors = encode(model, ["a sentence"], pooling="{info.pooling}")', "```", "",
+              f'vectors = embed(model, ["a sentence"], pooling="{info.pooling}")', "```", "",
               "Served over HTTP (OpenAI- and TEI-compatible): `mmbert serve --model MODEL_DIR`.", "",
               "This card was written by mmbert; training data licences are those of the corpus used.", ""]
     return "\n".join(lines)

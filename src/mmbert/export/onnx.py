@@ -18,7 +18,7 @@ TorchScript exporter (dynamo=False: dynamic batch and length without the onnxscr
 int8 is onnxruntime.quantization.quantize_dynamic (per-tensor int8 weights of every MatMul,
 activations quantised at run time) — the standard ORT recipe, a peer in `mmbert bench`.
 
-`export_onnx` runs the written files once in ONNX Runtime against our fp32 packed `encode` on a
+`export_onnx` runs the written files once in ONNX Runtime against our fp32 packed `embed` on a
 few documents of different lengths and records the largest difference (fp32) and the cosine
 (int8) in onnx_export.json beside the model.
 """
@@ -34,9 +34,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from mmbert.inference import _bare_encoder, _load, encode
+from mmbert.data.packing import pad_rows
+from mmbert.inference import _bare_encoder, _load, embed
+from mmbert.model.encoder import mean_pool
 from mmbert.threads import default_threads
-from mmbert.utils import atomic_write
+from mmbert.utils import PAD_ID, atomic_write
 
 POOLINGS = ("mean", "first", "none")
 QUANTIZE = ("int8",)
@@ -65,8 +67,7 @@ class OnnxEncoder(nn.Module):
             return hidden[:, 0]
         if self.pooling == "none":
             return hidden
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return mean_pool(hidden, attention_mask)
 
 
 def export_onnx(model: nn.Module | str, out_dir: str | os.PathLike, *, pooling: str = "mean",
@@ -142,26 +143,14 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def padded_numpy(docs: Sequence[Sequence[int]], pad_id: int):
-    import numpy as np
-
-    T = max(len(d) for d in docs)
-    ids = np.full((len(docs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(docs), T), dtype=np.int64)
-    for i, d in enumerate(docs):
-        ids[i, :len(d)] = d
-        mask[i, :len(d)] = 1
-    return ids, mask
-
-
-def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = 0):
+def run_session(sess, docs: Sequence[Sequence[int]], pad_id: int = PAD_ID):
     """One padded batch of token-id lists through a session; the graph's single output (numpy)."""
-    ids, mask = padded_numpy(docs, pad_id)
-    return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    ids, mask = pad_rows(docs, pad_id)
+    return sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
 
 def verify_onnx(encoder: nn.Module, out: Path, files: dict[str, str], pooling: str) -> dict[str, float]:
-    """Each written file against our fp32 packed `encode` on documents of lengths 1 … past the
+    """Each written file against our fp32 packed `embed` on documents of lengths 1 … past the
     local window: largest |difference| (and the reference's largest |value|), smallest cosine."""
     import numpy as np
 
@@ -169,7 +158,7 @@ def verify_onnx(encoder: nn.Module, out: Path, files: dict[str, str], pooling: s
     g = torch.Generator().manual_seed(0)
     lengths = sorted({1, 7, cfg.local_attention // 2 + 3, min(cfg.max_position_embeddings, cfg.local_attention + 9)})
     docs = [torch.randint(5, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
-    ref = encode(encoder, docs, pooling=pooling, dtype="fp32")
+    ref = embed(encoder, docs, pooling=pooling, dtype="fp32")
     res: dict[str, float] = {}
     for kind, name in files.items():
         got = run_session(session(out / name), docs, cfg.pad_token_id)

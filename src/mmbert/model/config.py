@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mmbert.utils import BOS_ID, EOS_ID, IGNORE_INDEX, MASK_ID, PAD_ID, UNK_ID, atomic_write
+
 
 class ConfigError(ValueError):
     """An invalid configuration: the message names the field and how to fix it."""
@@ -50,13 +52,13 @@ class EncoderConfig:
     classifier_activation: str = "gelu"
     num_labels: int = 2
     # special tokens: mmBERT uses the Gemma 2 ids
-    pad_token_id: int = 0
-    eos_token_id: int = 1
-    bos_token_id: int = 2
-    cls_token_id: int = 2
-    sep_token_id: int = 1
-    unk_token_id: int | None = 3
-    mask_token_id: int | None = 4
+    pad_token_id: int = PAD_ID
+    eos_token_id: int = EOS_ID
+    bos_token_id: int = BOS_ID
+    cls_token_id: int = BOS_ID
+    sep_token_id: int = EOS_ID
+    unk_token_id: int | None = UNK_ID
+    mask_token_id: int | None = MASK_ID
     tie_word_embeddings: bool = True
     # label names for classification heads, kept for export (id2label in HF terms)
     id2label: dict[int, str] | None = None
@@ -155,7 +157,7 @@ class EncoderConfig:
         id2label = d.pop("id2label")
         d.pop("num_labels")
         d.update(model_type="modernbert", architectures=["ModernBertForMaskedLM"],
-                 sparse_prediction=False, sparse_pred_ignore_index=-100,
+                 sparse_prediction=False, sparse_pred_ignore_index=IGNORE_INDEX,
                  classifier_pooling=self.classifier_pooling, repad_logits_with_grad=False,
                  deterministic_flash_attn=False)
         if id2label is not None:
@@ -172,7 +174,7 @@ class EncoderConfig:
         return cls(**read_hf_dict(d))
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def load_json(cls, path: str | Path) -> "EncoderConfig":

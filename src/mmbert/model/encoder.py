@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from mmbert.model.attention import AttentionPlan, attention, resolve_backend
 from mmbert.model.loss import linear_cross_entropy
 from mmbert.model.config import EncoderConfig
+from mmbert.utils import IGNORE_INDEX
 
 HEADS = ("mlm", "none", "sequence-classification", "token-classification")
 
@@ -221,12 +222,12 @@ class Encoder(PreTrainedMixin, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
                 position_ids: torch.Tensor | None = None, backend: str | None = None) -> EncoderOutput:
-        hidden, _ = self.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                position_ids=position_ids, backend=backend)
+        hidden, _ = self.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                             max_seqlen=max_seqlen, position_ids=position_ids, backend=backend)
         return EncoderOutput(last_hidden_state=hidden)
 
-    def encode(self, input_ids, attention_mask=None, *, cu_seqlens=None, max_seqlen=None, position_ids=None,
-               backend=None) -> tuple[torch.Tensor, "Layout"]:
+    def forward_with_layout(self, input_ids, attention_mask=None, *, cu_seqlens=None, max_seqlen=None,
+                            position_ids=None, backend=None) -> tuple[torch.Tensor, "Layout"]:
         """Hidden states in the input's layout, plus the layout (for heads that pool or unpad)."""
         dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
             input_ids.device.type) else self.embeddings.tok_embeddings.weight.dtype
@@ -339,12 +340,12 @@ class MaskedLM(PreTrainedMixin, nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
-        hidden, _ = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                      position_ids=position_ids, backend=backend)
+        hidden, _ = self.model.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                                   max_seqlen=max_seqlen, position_ids=position_ids, backend=backend)
         if labels is None:
             return EncoderOutput(last_hidden_state=hidden, logits=self.decoder(self.head(hidden)))
         # sparse prediction: decode only the labelled positions
-        keep = labels != -100
+        keep = labels != IGNORE_INDEX
         h = self.head(hidden[keep])
         targets = labels[keep]
         n = int(targets.numel())
@@ -372,8 +373,13 @@ def _pool(hidden: torch.Tensor, layout: Layout, attention_mask, how: str) -> tor
         return hidden[:, 0]
     if attention_mask is None:
         return hidden.mean(1)
-    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1)
+    return mean_pool(hidden, attention_mask)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] → [B, H]: the mean over positions where attention_mask is 1 (0 for a row with none)."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class _Classifier(PreTrainedMixin, nn.Module):
@@ -392,12 +398,13 @@ class _Classifier(PreTrainedMixin, nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, *, cu_seqlens=None, max_seqlen=None,
                 position_ids=None, backend=None) -> EncoderOutput:
-        hidden, layout = self.model.encode(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                           position_ids=position_ids, backend=backend)
+        hidden, layout = self.model.forward_with_layout(input_ids, attention_mask, cu_seqlens=cu_seqlens,
+                                                        max_seqlen=max_seqlen, position_ids=position_ids,
+                                                        backend=backend)
         logits = self.classifier(self.drop(self.head(self.features(hidden, layout, attention_mask))))
         out = EncoderOutput(last_hidden_state=hidden, logits=logits)
         if labels is not None:
-            keep = labels != -100
+            keep = labels != IGNORE_INDEX
             out.loss_sum = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
             out.num_labelled = int(keep.sum())
             out.loss = out.loss_sum / max(out.num_labelled, 1)

@@ -37,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmbert.utils import crash_point, publish_dir, sweep_stale, temp_name
+from mmbert.utils import crash_point, publish_dir, sweep_stale, temp_name, unwrap
 
 PREFIX = "step_"
 
@@ -109,19 +109,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ model weights
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def _is_sharded(model: nn.Module) -> bool:
     return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full (unsharded) state dict on CPU, tied duplicates dropped (decoder.weight)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     if _is_sharded(model):  # FSDP2: gather full tensors (every rank must call this)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -143,7 +137,7 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_shapes(path: Path, model: nn.Module) -> None:
     """Clear error when the checkpoint was written for a model of another shape."""
-    expected = {k: tuple(v.shape) for k, v in _unwrap(model).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in unwrap(model).state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     for k, shape in stored.items():
@@ -160,7 +154,7 @@ def check_shapes(path: Path, model: nn.Module) -> None:
 def load_model_weights(path: Path, model: nn.Module, sd: dict[str, torch.Tensor] | None = None) -> None:
     check_shapes(path, model)
     sd = load_file(str(path)) if sd is None else sd
-    inner = _unwrap(model)
+    inner = unwrap(model)
     if _is_sharded(inner):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -180,19 +174,19 @@ def load_model_weights(path: Path, model: nn.Module, sd: dict[str, torch.Tensor]
 # ------------------------------------------------------------------ optimizer
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
-    if _is_sharded(_unwrap(model)):
+    if _is_sharded(unwrap(model)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(_unwrap(model), optimizer,
+        return get_optimizer_state_dict(unwrap(model), optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd: dict[str, Any]) -> None:
-    if _is_sharded(_unwrap(model)):
+    if _is_sharded(unwrap(model)):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(_unwrap(model), optimizer, sd, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(unwrap(model), optimizer, sd, options=StateDictOptions(full_state_dict=True))
         return
     optimizer.load_state_dict(sd)
 
@@ -302,7 +296,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, model: nn.Module, opt
     sweep_stale(root)  # temps and half-deleted checkpoints of dead processes
     with publish_dir(final) as tmp:  # re-saving the same step replaces it in one rename
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = _unwrap(model).config
+        config = unwrap(model).config
         _write_json(tmp / "config.json", config.to_hf_dict())
         _torch_save(optim, tmp / "optimizer.pt")
         _torch_save(loader_state, tmp / "loader.pt")

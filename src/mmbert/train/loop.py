@@ -53,14 +53,14 @@ from mmbert.threads import ThreadPolicy
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.flops import peak_flops, step_flops
 from mmbert.train.optim import build_optimizer, set_lr_and_weight_decay
-from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize, unwrap
+from mmbert.train.parallel import Dist, barrier, cleanup, init_distributed, parallelize
 from mmbert.train.phase_export import export_phase, phase_card, remake_exports
 from mmbert.train.plots import make_plots
 from mmbert.train.recipe import Phase, Recipe, RecipeError, resolve_languages, select_tracks, validate_recipe
 from mmbert.train.rundir import Metrics, RunDirError, open_run_dir, run_lr_scale
 from mmbert.train.schedules import batch_rows_at, lr_at, mask_rate_at, temperature_at
 from mmbert.step import StepStats, mlm_loss_fn, train_step
-from mmbert.utils import RunLock
+from mmbert.utils import RunLock, unwrap
 
 __all__ = ["RunDirError", "RunSpec", "Trainer", "TrainingDiverged", "train"]
 
@@ -296,12 +296,10 @@ class Trainer:
             langs = _eval_subset(langs, run.counts, run.recipe.eval_max_languages)
         if not langs:
             return
-        tiers = [(ph.name, ph.languages if isinstance(ph.languages, str) else list(ph.languages))
-                 for ph in run.recipe.phases] + [("decay-only", "all")]  # the tier names the demo report uses
         devices = [run.d.device.index] if run.d.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             res = evaluate_mlm(self.inner, run.data, langs, max_tokens_per_lang=run.recipe.eval_tokens_per_lang,
-                               seed=0, seq_len=min(p.seq_len, 512), tiers=tiers)
+                               seed=0, seq_len=min(p.seq_len, 512), tiers=run.recipe.language_tiers())
         base = {"type": "eval", "track": self.track, "phase": p.name, "step": st["step"], "tokens": st["tokens"]}
         for lang, r in res["languages"].items():
             run.metrics.log({**base, "lang": lang, "tier": r["tier"], "loss": r["loss"], "accuracy": r["accuracy"]})

@@ -116,11 +116,6 @@ def _layers(model: nn.Module) -> list[nn.Module]:
     return list(getattr(enc, "layers", []))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The single-device module under a DDP wrapper."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

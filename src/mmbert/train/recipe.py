@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from mmbert.data.sampling import SHARES_COMPLETE, SamplingError, select_languages
+from mmbert.data.sampling import SHARES_COMPLETE, SamplingError, parse_tier, select_languages
 
 DECAY_SHAPES = ("none", "linear", "1-sqrt")
 
@@ -128,6 +128,13 @@ class Recipe:
     def all_phases(self) -> list[Phase]:
         return list(self.phases) + [p for v in self.variants.values() for p in v]
 
+    def language_tiers(self) -> list[tuple[str, str | list[str]]]:
+        """Languages by the phase that introduced them, as `mmbert.eval.mlm.assign_tiers` takes them:
+        each main phase's language set (first match wins), then "decay-only" for the rest. The one
+        tier naming of the loop's held-out evaluation, the demo report and the study."""
+        tiers = [(p.name, p.languages if isinstance(p.languages, str) else list(p.languages)) for p in self.phases]
+        return tiers + [("decay-only", "all")]
+
     @property
     def max_seq_len(self) -> int:
         return max(p.seq_len for p in self.all_phases())
@@ -191,18 +198,11 @@ def _fmt(n: float) -> str:
 # ------------------------------------------------------------------ validation
 
 def _parse_tier(spec: str) -> tuple[str, float]:
-    """Syntax check of a tier spec without the shards (the data sampler resolves it)."""
-    if spec == "all":
-        return "all", 0
-    kind, _, num = spec.partition(":")
+    """Syntax check of a tier spec without the shards (mmbert.data.sampling.parse_tier), as a RecipeError."""
     try:
-        val = float(num.replace("_", ""))
-    except ValueError:
-        val = -1.0
-    if kind not in ("top", "min") or not val > 0 or (kind == "top" and val != int(val)):
-        raise RecipeError(f"language tier spec {spec!r} is not understood; use 'all', 'top:K' (K largest "
-                          f"languages) or 'min:X' (at least X tokens, e.g. min:1e9), or an explicit list of tags")
-    return kind, val
+        return parse_tier(spec)
+    except SamplingError as e:
+        raise RecipeError(f"recipe language tier spec: {e}") from None
 
 
 def validate_phase(p: Phase, *, where: str = "") -> None:

@@ -19,9 +19,11 @@ with `batch_warmup_increment_tokens` in steps of that size as ModernBERT/mmBERT 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 from mmbert.train.recipe import Phase
+from mmbert.utils import atomic_write
 
 
 def lr_at(p: Phase, t: float) -> float:
@@ -141,7 +143,7 @@ def plot_schedules(recipe, path) -> None:
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"recipe {recipe.name}: schedules over tokens (dotted: phase boundaries)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 
