@@ -16,6 +16,7 @@ Systems, same weights where they share an architecture (ours is copied into tran
 save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
 - mmbert: ours, the packed varlen path (no compute on padding), in the dtype `encode` picks
   ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
+  mmbert_fp32 and mmbert_int8 (`encode(dtype="int8")`, dynamic quantisation) beside it;
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
 - onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder
   exported by torch.onnx.export, fp32 and int8 dynamic quantisation (onnxruntime.quantization),
@@ -186,7 +187,7 @@ def _mean_padded(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
-                  seed: int = 0, onnx: bool = True, threads: int | None = None) -> list[System]:
+                  seed: int = 0, onnx: bool = True, threads: int | None = None, int8: bool = True) -> list[System]:
     try:
         import transformers
     except ImportError as e:
@@ -224,6 +225,8 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     systems = [packed_system("mmbert", dt)]
     if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
         systems.append(packed_system("mmbert_fp32", torch.float32))
+    if dt != torch.qint8 and int8:  # our opt-in int8 path, next to ONNX Runtime's int8
+        systems.append(packed_system("mmbert_int8", torch.qint8))
 
     with tempfile.TemporaryDirectory() as d:
         ours.save_pretrained(d)  # identical weights in transformers' ModernBertModel

@@ -39,7 +39,7 @@ def command(fn: Callable[[argparse._SubParsersAction], None]):
 
 # One dtype vocabulary for every subcommand: both spellings accepted, the short one is canonical.
 DTYPE_SPELLINGS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                   "fp16": "fp16", "float16": "fp16"}
+                   "fp16": "fp16", "float16": "fp16", "int8": "int8"}
 
 
 def dtype_arg(*allowed: str) -> Callable[[str], str]:
@@ -434,9 +434,9 @@ def _add_embed(sub):
     p.add_argument("--batch-tokens", type=int, default=16384, help="token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="default: the model's max positions")
     p.add_argument("--truncate", choices=("warn", "error"), default="warn", help="what to do with longer texts")
-    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16", "int8"), default="auto",
                    help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
-                        "(fp32/float32, bf16/bfloat16)")
+                        "(fp32/float32, bf16/bfloat16); int8: dynamic quantisation of the layers (CPU, opt-in)")
 
     def run(args):
         from mmbert.inference import embed_file
@@ -455,9 +455,9 @@ def _add_fill_mask(sub):
     _common(p, "model")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
     p.add_argument("--top-k", type=int, default=5, help="predictions per mask")
-    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--dtype", type=dtype_arg("auto", "fp32", "bf16", "int8"), default="auto",
                    help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32 "
-                        "(fp32/float32, bf16/bfloat16)")
+                        "(fp32/float32, bf16/bfloat16); int8: dynamic quantisation of the layers (CPU, opt-in)")
 
     def run(args):
         from mmbert.inference import fill_mask
@@ -518,7 +518,7 @@ def _add_bench(sub):
                    help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
     p.add_argument("--peer-dtypes", nargs="+", default=["fp32"], type=dtype_arg("fp32", "bf16"),
                    help="dtypes the transformers peers run in")
-    p.add_argument("--dtype", default="auto", type=dtype_arg("auto", "fp32", "bf16"), help="our dtype")
+    p.add_argument("--dtype", default="auto", type=dtype_arg("auto", "fp32", "bf16", "int8"), help="our dtype")
     p.add_argument("--batch-tokens", type=int, default=8192, help="token budget per batch (same for all systems)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per cell (median reported)")
     p.add_argument("--cell-budget", type=float, default=20.0,
