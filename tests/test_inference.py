@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from mmbert import EncoderConfig
 from mmbert.export.hf import save_pretrained
-from mmbert.inference import embed, fill_mask, plan_batches, prepare
+from mmbert.inference import embed, fill_mask, plan_batches, prepare, resolve_dtype
 from mmbert.model import build_model
 from parity_tol import fp32_atol
 
@@ -257,3 +257,38 @@ def test_equal_length_batches_take_the_view_path_exactly(model):
         out = embed(model, docs, pooling="none", dtype="fp32")
         for o, r in zip(out, _reference(model, docs)):
             close(o, r)
+
+
+def test_int8_quantises_the_layers_and_stays_close(model):
+    """dtype="int8": every linear layer of the encoder layers becomes a dynamically quantised one
+    (so the path cannot silently fall back to fp32), the caller's model is untouched, and the
+    embeddings stay close to fp32. Tolerance: weights are int8 per output channel and activations
+    uint8 over their range, so each quantised matmul's output carries a relative error of order
+    1/127; 5 such matmuls per layer (Wqkv, Wo, the two GeGLU halves, MLP Wo) × 3 layers add up to
+    √15/127 ≈ 0.03 ≲ 0.05 relative (errors of independent
+    roundings add in quadrature), i.e. cosine ≥ 1 − 0.05²/2 ≈ 0.9987 — asserted with margin at 0.99."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    docs = _docs([30, 5, 70, 1])
+    ref = embed(model, docs, dtype="fp32")
+    out = embed(model, docs, dtype="int8")
+    assert next(model.parameters()).dtype == torch.float32
+    assert all(type(m).__name__ == "MLP" for m in (layer.mlp for layer in model.model.layers))
+    q = prepare(model.model, torch.qint8)
+    lin = [m for layer in q.layers for m in layer.modules() if isinstance(m, (torch.nn.Linear, DynamicInt8Linear))]
+    assert len(lin) == 5 * CFG.num_hidden_layers and all(isinstance(m, DynamicInt8Linear) for m in lin)
+    assert not torch.equal(out, ref)  # it really computed in int8
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))
+
+
+def test_split_geglu_is_the_same_mlp_exactly(model):
+    """The int8 path's GeGLU with Wi as two modules computes exactly what MLP computes (before any
+    quantisation): the same two matmuls on the same weight halves."""
+    from mmbert.inference import _SplitGeGLU
+
+    mlp = model.model.layers[1].mlp
+    x = torch.randn(37, CFG.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(_SplitGeGLU(mlp)(x), mlp(x), rtol=0, atol=0)

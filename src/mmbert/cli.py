@@ -500,7 +500,7 @@ def _add_eval(sub):
 @command
 def _add_embed(sub):
     p = _parser(sub, "embed", help="embed a text file (one text per line) into a .npy or .jsonl file")
-    f = Flags(p, "mmbert.inference:embed_file", "mmbert.inference:encode")
+    f = Flags(p, "mmbert.inference:embed_file", "mmbert.inference:embed")
     f.add("--model", required=True)
     f.add("--input", param="input_path", required=True,
           help="text file, one text per line; row i of the output is line i+1 (a blank line is an error)")
@@ -509,8 +509,9 @@ def _add_embed(sub):
     f.add("--batch-tokens", type=int, help="token budget per packed batch")
     f.add("--max-length", type=int, help="default: the model's max positions")
     f.add("--truncate", choices=("warn", "error"), help="what to do with longer texts")
-    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16"),
-          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
+    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16", "int8"),
+          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32; "
+               "int8: dynamic quantisation of the layers (CPU, opt-in)")
     p.set_defaults(func=lambda args: print(f"embedded {f.call(args)} texts into {args.out}"))
 
 
@@ -521,8 +522,9 @@ def _add_fill_mask(sub):
     f.add("--model", required=True)
     f.add("texts", nargs="+", metavar="TEXT", help="texts containing the tokenizer's mask token")
     f.add("--top-k", type=int, help="predictions per mask")
-    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16"),
-          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32")
+    f.add("--dtype", **dtype_flag("auto", "fp32", "bf16", "int8"),
+          help="auto: bf16 on GPUs and where a one-time CPU calibration measured it faster, else fp32; "
+               "int8: dynamic quantisation of the layers (CPU, opt-in)")
 
     def run(args):
         for text, masks in zip(args.texts, f.call(args)):
@@ -575,7 +577,7 @@ def _add_bench(sub):
     f.add("--sets", nargs="+", choices=("fixed512", "normal256", "fixed8192", "normal4096"),
           help="synthetic token sets to run (default: all; --quick: fixed512 normal256)")
     f.add("--peer-dtypes", nargs="+", **dtype_flag("fp32", "bf16"), help="dtypes the transformers peers run in")
-    f.add("--dtype", param="ours_dtype", **dtype_flag("auto", "fp32", "bf16"), help="our dtype")
+    f.add("--dtype", param="ours_dtype", **dtype_flag("auto", "fp32", "bf16", "int8"), help="our dtype")
     f.add("--batch-tokens", type=int, help="token budget per batch (same for all systems)")
     f.add("--repeats", type=int, help="timed passes per cell (median reported)")
     f.add("--cell-budget", param="cell_budget_s", type=float,

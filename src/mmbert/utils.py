@@ -430,7 +430,7 @@ def storage_problem(exc: BaseException, default_path: str | os.PathLike | None =
 # One dtype vocabulary for the CLI and the library: the short name is canonical (and the one help
 # texts show); the torch name is accepted too, in any case.
 DTYPE_NAMES = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-               "fp16": "fp16", "float16": "fp16"}
+               "fp16": "fp16", "float16": "fp16", "int8": "int8"}
 
 
 def canonical_dtype(name: str, allowed: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")) -> str:

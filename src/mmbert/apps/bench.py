@@ -16,6 +16,7 @@ Systems, same weights where they share an architecture (ours is copied into tran
 save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
 - mmbert: ours, the packed varlen path (no compute on padding), in the dtype `embed` picks
   ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
+  mmbert_fp32 and mmbert_int8 (`embed(dtype="int8")`, dynamic quantisation) beside it;
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
 - onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder
   exported by torch.onnx.export, fp32 and int8 dynamic quantisation (onnxruntime.quantization),
@@ -182,7 +183,7 @@ def _named(name: str, dtype: torch.dtype) -> str:
 
 
 def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str = "auto",
-                  seed: int = 0, onnx: bool = True, threads: int | None = None) -> list[System]:
+                  seed: int = 0, onnx: bool = True, threads: int | None = None, int8: bool = True) -> list[System]:
     try:
         import transformers
     except ImportError as e:
@@ -216,6 +217,8 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     systems = [packed_system("mmbert", dt)]
     if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
         systems.append(packed_system("mmbert_fp32", torch.float32))
+    if dt != torch.qint8 and int8:  # our opt-in int8 path, next to ONNX Runtime's int8
+        systems.append(packed_system("mmbert_int8", torch.qint8))
 
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(ours, d)  # identical weights in transformers' ModernBertModel
