@@ -23,6 +23,7 @@ from mmbert.corpus.languages import resolve_tag
 from mmbert.data.sampling import plan_phase
 from mmbert.data.shards import ShardIndex, open_shard
 from mmbert.eval.mlm import _chunks, assign_tiers
+from mmbert.eval.runner import task_failure
 from mmbert.model import EncoderConfig
 from mmbert.train.recipe import Recipe
 from mmbert.utils import atomic_write
@@ -505,9 +506,8 @@ def _suite_section(suites: dict, tier_of: dict[str, str], readings: list[str], v
          "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     details = []
     for name, r in main["tasks"].items():
-        if "skipped" in r or "error" in r:
-            L.append(f"| {name} | {'skipped' if 'skipped' in r else 'error'}: {r.get('skipped') or r.get('error')} "
-                     f"| – | – | – | – | – | – | |")
+        if failed := task_failure(r):
+            L.append(f"| {name} | {failed[0]}: {failed[1]} | – | – | – | – | – | – | |")
             continue
         langs = r["languages"]
         ns = [_n(v) for v in langs.values() if _n(v)]

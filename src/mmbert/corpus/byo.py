@@ -160,11 +160,8 @@ def _read_file(path: Path, skipped: SkipLog) -> Iterator[str]:
         data = path.read_bytes().removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n")
         good = bad = 0
         for j, raw in enumerate(re.split(rb"\n[ \t\r\f\v]*\n", data), 1):
-            try:
-                d = raw.decode("utf-8")
-            except UnicodeDecodeError:
+            if (d := _decode(raw, f"{path} (document {j})", skipped)) is None:
                 bad += 1
-                skipped.add("invalid-utf8", f"{path} (document {j})")
                 continue
             if d.strip():
                 good += 1
@@ -177,11 +174,8 @@ def _read_file(path: Path, skipped: SkipLog) -> Iterator[str]:
         for i, raw in enumerate(f, 1):
             if i == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
+            if (line := _decode(raw, f"{path}:{i}", skipped)) is None:
                 bad += 1
-                skipped.add("invalid-utf8", f"{path}:{i}")
                 continue
             if not line.strip():
                 continue
@@ -197,6 +191,15 @@ def _read_file(path: Path, skipped: SkipLog) -> Iterator[str]:
             yield doc
     if good == 0 and not bad:
         skipped.add("empty-file", path)
+
+
+def _decode(raw: bytes, where: str, skipped: SkipLog) -> str | None:
+    """`raw` as UTF-8, or None once it is logged as invalid-utf8 at `where` (the caller skips it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        skipped.add("invalid-utf8", where)
+        return None
 
 
 def _has_nul(path: Path, block: int = 1 << 20) -> bool:

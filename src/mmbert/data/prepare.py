@@ -273,6 +273,48 @@ def _language_fingerprint(files: list[Path], args: PrepareArgs) -> list[dict]:
     return [_fingerprint(f, args) for f in files]
 
 
+def _tokens(counts: dict[str, dict[str, int]]) -> int:
+    """Train + held-out tokens of one language's counts."""
+    return counts["train"]["tokens"] + counts.get("heldout", {}).get("tokens", 0)
+
+
+def _jobs_to_do(files: dict[str, list[Path]], args: PrepareArgs, results: dict[str, dict],
+                skipped: Counter) -> list[tuple[str, int, str, PrepareArgs]]:
+    """(language, part, file, args) for every file of the languages not yet finished, in `files`' order.
+    A language that an earlier (killed) run finished with the same inputs is not redone: its counts go
+    into `results` and its skips into `skipped`."""
+    jobs = []
+    for l, fs in files.items():
+        marker = Path(args.out_dir) / l / ".done.json"
+        if marker.is_file():  # finished by an earlier (killed) run with the same inputs
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == _language_fingerprint(fs, args):
+                skipped.update(done["skipped"])
+                if done["counts"]:
+                    results[l] = done["counts"]
+                continue
+        jobs += [(l, k, str(f), args) for k, f in enumerate(fs)]
+    return jobs
+
+
+def _finish_language(lang: str, parts: list[dict], files: list[Path], args: PrepareArgs,
+                     skipped: Counter) -> dict[str, dict[str, int]]:
+    """Every file of `lang` is tokenized (`parts`): split it into its shards, add its skips to
+    `skipped`, mark it done (for a resumed run) and drop its parts; return its counts."""
+    out = Path(args.out_dir)
+    lang_skipped: Counter = Counter()
+    for p in parts:
+        lang_skipped.update(p["skipped"])
+    if sum(p["docs"] for p in parts) == 0:
+        lang_skipped["empty-language"] += 1  # as Corpus.documents() counts it
+    counts = _split_language(lang, len(files), args)
+    skipped.update(lang_skipped)
+    atomic_write(out / lang / ".done.json", json.dumps(
+        {"fingerprint": _language_fingerprint(files, args), "counts": counts, "skipped": dict(lang_skipped)}))
+    shutil.rmtree(out / lang / ".parts", ignore_errors=True)
+    return counts
+
+
 def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, out_dir: str | os.PathLike, *,
                    languages: list[str] | None = None, workers: int = 2, heldout_fraction: float = 0.01,
                    max_heldout_docs: int = 200, min_docs_for_heldout: int = 2, batch_size: int = 256,
@@ -302,21 +344,10 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
     files = {l: corpus.files(l) for l in order}
     results: dict[str, dict] = {}
     skipped: Counter = Counter(corpus.skipped.counts)
-    left: dict[str, int] = {}  # language → parts still to come
-    got: dict[str, list] = {}
-    jobs = []
-    for l in order:
-        marker = out / l / ".done.json"
-        if marker.is_file():  # finished by an earlier (killed) run with the same inputs
-            done = json.loads(marker.read_text())
-            if done.get("fingerprint") == _language_fingerprint(files[l], args):
-                skipped.update(done["skipped"])
-                if done["counts"]:
-                    results[l] = done["counts"]
-                continue
-        left[l], got[l] = len(files[l]), [None] * len(files[l])
-        jobs += [(l, k, str(f), args) for k, f in enumerate(files[l])]
-    total_tokens = sum(c["train"]["tokens"] + c.get("heldout", {}).get("tokens", 0) for c in results.values())
+    jobs = _jobs_to_do(files, args, results, skipped)
+    left = {l: len(files[l]) for l, _, _, _ in jobs}  # language → parts still to come
+    got: dict[str, list] = {l: [None] * n for l, n in left.items()}
+    total_tokens = sum(_tokens(c) for c in results.values())
     # counted in corpus bytes, not files or languages: the largest languages go first, so a
     # per-language rate would promise hours at the start and seconds at the end
     size = {job[2]: Path(job[2]).stat().st_size for job in jobs}
@@ -338,21 +369,10 @@ def prepare_shards(corpus_dir: str | os.PathLike, tokenizer: str | os.PathLike, 
             bar.update(size[str(files[lang][k])])
             if left[lang]:
                 continue
-            # every file of the language is tokenized: split it into its shards
-            lang_skipped = Counter()
-            for p in got[lang]:
-                lang_skipped.update(p["skipped"])
-            if sum(p["docs"] for p in got[lang]) == 0:
-                lang_skipped["empty-language"] += 1  # as Corpus.documents() counts it
-            counts = _split_language(lang, len(files[lang]), args)
-            skipped.update(lang_skipped)
-            atomic_write(out / lang / ".done.json", json.dumps(
-                {"fingerprint": _language_fingerprint(files[lang], args), "counts": counts,
-                 "skipped": dict(lang_skipped)}))
-            shutil.rmtree(out / lang / ".parts", ignore_errors=True)
+            counts = _finish_language(lang, got[lang], files[lang], args, skipped)
             if counts:  # (a language without documents is counted as "empty-language")
                 results[lang] = counts
-                total_tokens += counts["train"]["tokens"] + counts.get("heldout", {}).get("tokens", 0)
+                total_tokens += _tokens(counts)
             bar.set_postfix_str(f"{lang} {total_tokens / 1e6:.1f}M tokens")
     finally:
         bar.close()

@@ -582,6 +582,55 @@ RUNNERS: dict[str, Callable[[_Ctx, Task], dict]] = {
 
 
 # ----------------------------------------------------------------------------- the runner
+def _select_tasks(suite: str, tasks: Sequence[str] | None, task_specs: Sequence | None,
+                  task_file: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                  data_dir: str | os.PathLike | None) -> tuple[list, str]:
+    """The tasks run_suite runs (task files, else task_specs, else the suite; then only `tasks`), and
+    the suite's name in the results (the task files' paths when they are given)."""
+    if task_file is not None:
+        files = [task_file] if isinstance(task_file, (str, os.PathLike)) else list(task_file)
+        specs: list = [t for f in files for t in TF.load_task_file(f, data_dir=data_dir)]
+        suite = ",".join(str(f) for f in files)
+    elif task_specs is not None:
+        specs = [s.to_task() if isinstance(s, TaskSpec) else s for s in task_specs]
+    else:
+        specs = suite_tasks(suite)
+    if tasks is not None:
+        unknown = set(tasks) - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {sorted(s.name for s in specs)}")
+        specs = [s for s in specs if s.name in tasks]
+    return specs, suite
+
+
+def _check_shards_tokenizer(shards: str | os.PathLike, tp: Path) -> None:
+    """Raise unless the shards were tokenized by the tokenizer at `tp` (a directory or tokenizer.json)."""
+    from mmbert.data.shards import ShardIndex, check_tokenizer
+
+    check_tokenizer(ShardIndex.load(shards), tp / "tokenizer.json" if tp.is_dir() else tp,
+                    role="the model's tokenizer")
+
+
+def _run_task(ctx: _Ctx, spec: Task | InvalidTask, log: Callable[[str], None]) -> dict:
+    """One task's result: its runner's, or {"skipped": why} / {"error": message} (logged)."""
+    if isinstance(spec, InvalidTask):
+        log(f"error: {spec.error}")
+        return {"error": spec.error}
+    if spec.requires is not None and not (_root(ctx, spec) / spec.requires).is_dir():
+        if _root(ctx, spec).is_dir():
+            log(f"{spec.name}: skipped, {_root(ctx, spec) / spec.requires} not found")
+        return {"skipped": f"data folder {spec.requires}/ absent"}
+    try:
+        return RUNNERS[spec.type](ctx, spec)
+    except _Skip as e:
+        log(f"{spec.name}: skipped, {e}")
+        return {"skipped": str(e)}
+    except (D.EvalDataError, D.EvalDataMissing, TaskError) as e:
+        msg = str(e) if str(e).startswith("task ") else f"task {spec.name!r}: {e}"
+        log(f"error: {msg}")
+        return {"error": msg}
+
+
 def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: str | os.PathLike | None = None,
               out_dir: str | os.PathLike = "out/eval", seeds: Sequence[int] | None = None, seed: int = 0,
               num_seeds: int | None = None,
@@ -599,19 +648,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     that has none (e.g. a training checkpoint).
     """
     t_start, c_start = time.perf_counter(), time.process_time()
-    if task_file is not None:
-        files = [task_file] if isinstance(task_file, (str, os.PathLike)) else list(task_file)
-        specs: list = [t for f in files for t in TF.load_task_file(f, data_dir=data_dir)]
-        suite = ",".join(str(f) for f in files)
-    elif task_specs is not None:
-        specs = [s.to_task() if isinstance(s, TaskSpec) else s for s in task_specs]
-    else:
-        specs = suite_tasks(suite)
-    if tasks is not None:
-        unknown = set(tasks) - {s.name for s in specs}
-        if unknown:
-            raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {sorted(s.name for s in specs)}")
-        specs = [s for s in specs if s.name in tasks]
+    specs, suite = _select_tasks(suite, tasks, task_specs, task_file, data_dir)
     if num_seeds is None:
         num_seeds = 3 if suite == "full" else 1
     if num_seeds < 1:
@@ -621,11 +658,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if shards is not None:  # the MLM task reads token ids: they must be the model tokenizer's
-        from mmbert.data.shards import ShardIndex, check_tokenizer
-
-        tp = Path(tokenizer or model_path)
-        check_tokenizer(ShardIndex.load(shards), tp / "tokenizer.json" if tp.is_dir() else tp,
-                        role="the model's tokenizer")
+        _check_shards_tokenizer(shards, Path(tokenizer or model_path))
     if str(device) == "cpu":
         ThreadPolicy()  # threads = the cores other processes leave free (at most the current count)
     bb = load_backbone(model_path, device=device, tokenizer=tokenizer)
@@ -642,23 +675,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": {}}
     for spec in tqdm(specs, desc=f"eval {suite}", disable=not progress):
         t0, c0 = time.perf_counter(), time.process_time()
-        if isinstance(spec, InvalidTask):
-            r = {"error": spec.error}
-            log(f"error: {spec.error}")
-        elif spec.requires is not None and not (_root(ctx, spec) / spec.requires).is_dir():
-            r = {"skipped": f"data folder {spec.requires}/ absent"}
-            if _root(ctx, spec).is_dir():
-                log(f"{spec.name}: skipped, {_root(ctx, spec) / spec.requires} not found")
-        else:
-            try:
-                r = RUNNERS[spec.type](ctx, spec)
-            except _Skip as e:
-                r = {"skipped": str(e)}
-                log(f"{spec.name}: skipped, {e}")
-            except (D.EvalDataError, D.EvalDataMissing, TaskError) as e:
-                msg = str(e) if str(e).startswith("task ") else f"task {spec.name!r}: {e}"
-                r = {"error": msg}
-                log(f"error: {msg}")
+        r = _run_task(ctx, spec, log)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         # CPU time of this process (all its threads): on a shared machine, the wall clock on an idle one
         # lies between cpu_seconds / threads and cpu_seconds
@@ -682,6 +699,13 @@ def _fmt(m: float | None, s: float | None = None) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}" if s else f"{100 * m:.1f}"
 
 
+def task_failure(r: dict) -> tuple[str, str] | None:
+    """("skipped", why) or ("error", message) for a task result without scores; None for a scored one."""
+    if "skipped" not in r and "error" not in r:
+        return None
+    return ("skipped" if "skipped" in r else "error"), r.get("skipped") or r.get("error")
+
+
 def format_markdown(results: dict) -> str:
     """Summary table (one row per task) + one per-language table per task."""
     lines = [f"# Eval `{results['suite']}` — {results['model']}", "",
@@ -691,9 +715,10 @@ def format_markdown(results: dict) -> str:
              "| task | metric | average (×100, mean ± std over seeds) | languages | protocol | seconds | CPU s |",
              "|---|---|---:|---:|---|---:|---:|"]
     for name, r in results["tasks"].items():
-        if "skipped" in r or "error" in r:
-            lines.append(f"| {name} | {'skipped' if 'skipped' in r else 'ERROR'} | – | – | "
-                         f"{r.get('skipped') or r.get('error')} | {r['seconds']} | {r['cpu_seconds']} |")
+        if failed := task_failure(r):
+            kind, why = failed
+            lines.append(f"| {name} | {'ERROR' if kind == 'error' else kind} | – | – | "
+                         f"{why} | {r['seconds']} | {r['cpu_seconds']} |")
             continue
         a = r["average"]
         lines.append(f"| {name} | {r['metric']} | {_fmt(a['mean'], a['std'])} | {len(r['languages'])} | "

@@ -240,6 +240,101 @@ def _split(value: Any, key: str, fail) -> Split | None:
     return Split(str(value["path"]), rng(value.get("rows"), "rows"), rng(value.get("paragraphs"), "paragraphs"))
 
 
+def _protocol(proto_raw: Any, fail) -> Protocol:
+    """The `protocol:` mapping of a task entry → Protocol (numbers checked and normalised)."""
+    if not isinstance(proto_raw, dict):
+        raise fail("`protocol` must be a mapping (epochs, lr, max_len, seeds, …)")
+    names = {f.name: f for f in dataclasses.fields(Protocol)}
+    bad = sorted(set(proto_raw) - set(names))
+    if bad:
+        raise fail(f"unknown protocol key(s) {', '.join(bad)}; the protocol takes {', '.join(names)}")
+    proto = {k: v for k, v in proto_raw.items()}
+    if "seeds" in proto and proto["seeds"] is not None:
+        seeds = proto["seeds"] if isinstance(proto["seeds"], list) else [proto["seeds"]]
+        if not seeds or not all(isinstance(s, int) for s in seeds):
+            raise fail("`protocol.seeds` must be a list of integers")
+        proto["seeds"] = tuple(seeds)
+    for k in ("epochs", "lr"):
+        if k in proto and (not isinstance(proto[k], (int, float)) or proto[k] <= 0):
+            raise fail(f"`protocol.{k}` must be a positive number")
+    for k in ("batch_size", "max_len", "max_train", "max_eval", "sample_seed", "stride", "max_languages",
+              "max_tokens"):
+        low = 0 if k == "sample_seed" else 1
+        if k in proto and proto[k] is not None and (not isinstance(proto[k], int) or proto[k] < low):
+            raise fail(f"`protocol.{k}` must be an integer ≥ {low}")
+    if proto.get("train_sample", "first") not in ("first", "random"):
+        raise fail("`protocol.train_sample` must be first or random")
+    if proto.get("transfer") not in (None,) + TRANSFERS:
+        raise fail(f"`protocol.transfer` must be one of {', '.join(TRANSFERS)}")
+    if "epochs" in proto:
+        proto["epochs"] = float(proto["epochs"])
+    if "lr" in proto:
+        proto["lr"] = float(proto["lr"])
+    return Protocol(**proto)
+
+
+def _splits(raw: dict, kind: str, protocol: Protocol,
+            fail) -> tuple[Split | None, Split | None, Split | None, Split | None, Protocol]:
+    """train / eval / source / target of a task entry, checked against its type; the protocol's
+    transfer is filled in from the train path. Returns (train, eval, source, target, protocol)."""
+    train, ev = _split(raw.get("train"), "train", fail), _split(raw.get("eval"), "eval", fail)
+    source, target = _split(raw.get("source"), "source", fail), _split(raw.get("target"), "target", fail)
+    if kind == "bitext-retrieval":
+        if source is None or target is None or train is not None or ev is not None:
+            raise fail("a bitext-retrieval task takes `source:` (per language, with {lang}) and `target:` "
+                       "(the pivot side), and no train/eval")
+    elif kind == "mlm":
+        if any(s is not None for s in (train, ev, source, target)):
+            raise fail("type mlm reads the held-out token shards (--shards): drop the data paths")
+    else:
+        if train is None or ev is None:
+            raise fail(f"missing `{'train' if train is None else 'eval'}:` (a path or glob; {{lang}} for "
+                       f"per-language files)")
+        if source is not None or target is not None:
+            raise fail("`source:` / `target:` are for bitext-retrieval; use `train:` and `eval:`")
+        has_lang = "{lang}" in train.path
+        transfer = protocol.transfer or ("in-language" if has_lang else "zero-shot")
+        if (transfer == "zero-shot") == has_lang:
+            raise fail(f"protocol.transfer {transfer} needs a train path "
+                       f"{'without' if transfer == 'zero-shot' else 'with'} {{lang}}")
+        protocol = dataclasses.replace(protocol, transfer=transfer)
+        if "{lang}" not in ev.path and transfer != "zero-shot":
+            raise fail("an eval path without {lang} is one language: use transfer zero-shot")
+    if kind != "extractive-qa" and any(s is not None and s.paragraphs is not None for s in (train, ev)):
+        raise fail("`paragraphs:` selects squad paragraphs; use `rows:` for other formats")
+    if kind == "extractive-qa" and any(s is not None and s.rows is not None for s in (train, ev)):
+        raise fail("squad files are selected by `paragraphs: [start, stop]`, not rows")
+    return train, ev, source, target, protocol
+
+
+def _columns(columns: Any, kind: str, fmt: str | None, fail) -> tuple[dict, tuple[str, ...]]:
+    """The `columns:` mapping of a task entry, merged over the format's defaults → (columns, optional
+    roles left unnamed)."""
+    if not isinstance(columns, dict):
+        raise fail("`columns` must map roles to column names / indices (e.g. {text: sentence, label: label})")
+    defaults = COLUMNS.get((kind, fmt), {})
+    optional: tuple[str, ...] = ()
+    if defaults or columns:
+        if not defaults:
+            raise fail(f"format {fmt} of type {kind} takes no `columns:`")
+        extra = sorted(set(columns) - set(defaults))
+        if extra:
+            raise fail(f"unknown column role(s) {', '.join(extra)} for {kind} / {fmt}; roles: {', '.join(defaults)}")
+        optional = tuple(r for r in ("question",) if r in defaults and r not in columns)  # COPA's, if present
+        columns = {**defaults, **columns}
+        missing = [r for r, c in columns.items() if c is None]
+        if missing:
+            raise fail(f"`columns:` must name the {', '.join(missing)} column(s) (a header name or a 0-based index)")
+        columns = {r: c for r, c in columns.items() if c != ""}  # "" = optional role unused
+        if fmt == "conllu" and columns["tag"] not in ("upos", "xpos"):
+            raise fail("a conllu tag column is upos or xpos")
+        if fmt == "conll" and not all(isinstance(c, int) for c in columns.values()):
+            raise fail("conll columns are 0-based indices (negative counts from the end)")
+        if kind == "multiple-choice" and not isinstance(columns["choices"], (list, str)):
+            raise fail("`columns.choices` is a list of columns, or one jsonl field holding a list")
+    return columns, optional
+
+
 def parse_task(raw: Any, *, where: str, base: Path | None) -> Task:
     """One task entry (a mapping) → Task; raises TaskError naming the task, where it is and the fix."""
     name = raw.get("name") if isinstance(raw, dict) else None
@@ -275,88 +370,9 @@ def parse_task(raw: Any, *, where: str, base: Path | None) -> Task:
     metric = raw.get("metric", default_metric)
     if metric not in metrics:
         raise fail(f"unknown metric {metric!r} for type {kind}; use one of {', '.join(metrics)}")
-    proto_raw = raw.get("protocol") or {}
-    if not isinstance(proto_raw, dict):
-        raise fail("`protocol` must be a mapping (epochs, lr, max_len, seeds, …)")
-    names = {f.name: f for f in dataclasses.fields(Protocol)}
-    bad = sorted(set(proto_raw) - set(names))
-    if bad:
-        raise fail(f"unknown protocol key(s) {', '.join(bad)}; the protocol takes {', '.join(names)}")
-    proto = {k: v for k, v in proto_raw.items()}
-    if "seeds" in proto and proto["seeds"] is not None:
-        seeds = proto["seeds"] if isinstance(proto["seeds"], list) else [proto["seeds"]]
-        if not seeds or not all(isinstance(s, int) for s in seeds):
-            raise fail("`protocol.seeds` must be a list of integers")
-        proto["seeds"] = tuple(seeds)
-    for k in ("epochs", "lr"):
-        if k in proto and (not isinstance(proto[k], (int, float)) or proto[k] <= 0):
-            raise fail(f"`protocol.{k}` must be a positive number")
-    for k in ("batch_size", "max_len", "max_train", "max_eval", "sample_seed", "stride", "max_languages",
-              "max_tokens"):
-        low = 0 if k == "sample_seed" else 1
-        if k in proto and proto[k] is not None and (not isinstance(proto[k], int) or proto[k] < low):
-            raise fail(f"`protocol.{k}` must be an integer ≥ {low}")
-    if proto.get("train_sample", "first") not in ("first", "random"):
-        raise fail("`protocol.train_sample` must be first or random")
-    if proto.get("transfer") not in (None,) + TRANSFERS:
-        raise fail(f"`protocol.transfer` must be one of {', '.join(TRANSFERS)}")
-    if "epochs" in proto:
-        proto["epochs"] = float(proto["epochs"])
-    if "lr" in proto:
-        proto["lr"] = float(proto["lr"])
-    protocol = Protocol(**proto)
-
-    train, ev = _split(raw.get("train"), "train", fail), _split(raw.get("eval"), "eval", fail)
-    source, target = _split(raw.get("source"), "source", fail), _split(raw.get("target"), "target", fail)
-    if kind == "bitext-retrieval":
-        if source is None or target is None or train is not None or ev is not None:
-            raise fail("a bitext-retrieval task takes `source:` (per language, with {lang}) and `target:` "
-                       "(the pivot side), and no train/eval")
-    elif kind == "mlm":
-        if any(s is not None for s in (train, ev, source, target)):
-            raise fail("type mlm reads the held-out token shards (--shards): drop the data paths")
-    else:
-        if train is None or ev is None:
-            raise fail(f"missing `{'train' if train is None else 'eval'}:` (a path or glob; {{lang}} for "
-                       f"per-language files)")
-        if source is not None or target is not None:
-            raise fail("`source:` / `target:` are for bitext-retrieval; use `train:` and `eval:`")
-        has_lang = "{lang}" in train.path
-        transfer = protocol.transfer or ("in-language" if has_lang else "zero-shot")
-        if (transfer == "zero-shot") == has_lang:
-            raise fail(f"protocol.transfer {transfer} needs a train path "
-                       f"{'without' if transfer == 'zero-shot' else 'with'} {{lang}}")
-        protocol = dataclasses.replace(protocol, transfer=transfer)
-        if "{lang}" not in ev.path and transfer != "zero-shot":
-            raise fail("an eval path without {lang} is one language: use transfer zero-shot")
-    if kind != "extractive-qa" and any(s is not None and s.paragraphs is not None for s in (train, ev)):
-        raise fail("`paragraphs:` selects squad paragraphs; use `rows:` for other formats")
-    if kind == "extractive-qa" and any(s is not None and s.rows is not None for s in (train, ev)):
-        raise fail("squad files are selected by `paragraphs: [start, stop]`, not rows")
-
-    columns = raw.get("columns") or {}
-    if not isinstance(columns, dict):
-        raise fail("`columns` must map roles to column names / indices (e.g. {text: sentence, label: label})")
-    defaults = COLUMNS.get((kind, fmt), {})
-    optional: tuple[str, ...] = ()
-    if defaults or columns:
-        if not defaults:
-            raise fail(f"format {fmt} of type {kind} takes no `columns:`")
-        extra = sorted(set(columns) - set(defaults))
-        if extra:
-            raise fail(f"unknown column role(s) {', '.join(extra)} for {kind} / {fmt}; roles: {', '.join(defaults)}")
-        optional = tuple(r for r in ("question",) if r in defaults and r not in columns)  # COPA's, if present
-        columns = {**defaults, **columns}
-        missing = [r for r, c in columns.items() if c is None]
-        if missing:
-            raise fail(f"`columns:` must name the {', '.join(missing)} column(s) (a header name or a 0-based index)")
-        columns = {r: c for r, c in columns.items() if c != ""}  # "" = optional role unused
-        if fmt == "conllu" and columns["tag"] not in ("upos", "xpos"):
-            raise fail("a conllu tag column is upos or xpos")
-        if fmt == "conll" and not all(isinstance(c, int) for c in columns.values()):
-            raise fail("conll columns are 0-based indices (negative counts from the end)")
-        if kind == "multiple-choice" and not isinstance(columns["choices"], (list, str)):
-            raise fail("`columns.choices` is a list of columns, or one jsonl field holding a list")
+    protocol = _protocol(raw.get("protocol") or {}, fail)
+    train, ev, source, target, protocol = _splits(raw, kind, protocol, fail)
+    columns, optional = _columns(raw.get("columns") or {}, kind, fmt, fail)
     if raw.get("separator") is not None and fmt != "conll":
         raise fail("`separator:` is for conll files (tsv splits on tabs, csv on commas)")
     header = raw.get("header")
