@@ -8,15 +8,15 @@
 #
 # Every stage is reused when its output exists (rerun after an interruption: finished trainings,
 # merges and scores are kept, an unfinished training resumes from its last checkpoint).
-# Cost on the 2-core development machine (Xeon with AMX, torch 2.13 CPU), measured on 2026-11-22 for
-# the three base arms: nine trainings, 29.2M tokens, 111 CPU-minutes at one thread per run (≈ 56 min
-# two at a time on an idle machine); scoring ≈ 15 min; corpus + tokenizer + shards ≈ 3 min, set-up
-# ≈ 2 min. The five derived arms (time-shuffled, tau-0.3, tau-1.0, rep-progressive, rep-fixed-tau)
-# train the decay-all track only (3.09M tokens, ≈ 11 CPU-minutes a run): 15 more runs ≈ 165
-# CPU-minutes, ≈ 85 min two at a time, plus ≈ 6 min of scoring. Measured on 2026-11-30 (AMD EPYC Zen 4,
-# 2 cores, other work on the machine): the time-shuffled arm's three runs took 808–825 CPU-s each
-# and 58 min wall two-then-one at a time, scoring included. The whole study is ≈ 2¾ h from
-# scratch, ≈ 1 h when the base and time-shuffled arms' runs exist.
+# Cost (the page's compute table, from the committed logs): 24 trainings (8 arms × 3 seeds), 75.6M tokens,
+# 293 CPU-minutes at one thread per run — the nine base-arm runs (three tracks each) ≈ 12 CPU-minutes
+# apiece on a Xeon with AMX (2026-11-22), the fifteen derived-arm runs (decay-all track only, 3.09M
+# tokens) 11–14 CPU-minutes apiece on an AMD EPYC Zen 4 (2026-11-30). Two at a time on 2 idle cores that
+# is ≈ 2½ h of training, plus scoring (≈ 1 min per model) and corpus + tokenizer + shards (3 min on the
+# Xeon, ≈ 15 min on a loaded EPYC): ≈ 3 h from scratch — over the 2 h that issue 19 asked for; nothing
+# short of fewer runs or tokens (which would change the committed numbers) brings it under. Measured on
+# 2026-11-30 with other work on the machine: the last 12 derived runs took 116 min wall, scoring
+# included. With the base and time-shuffled arms' runs present, the rest is ≈ 1½ h.
 # Outputs: out/ (ignored: corpus, shards, runs, checkpoints), runs/study/*.json (the run logs the
 # page is built from; commit them), docs/reproduction.md and docs/reproduction_files/*.png.
 set -euo pipefail
