@@ -88,7 +88,7 @@ def _chunks(shard, seq_len: int, max_tokens: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None = None, *,
+def evaluate_mlm(model: nn.Module, shards, languages: Sequence[str] | None = None, *,
                  max_tokens_per_lang: int = 8192, seed: int = 0, mask_rate: float = 0.15,
                  seq_len: int = 256, batch_size: int = 16, split: str = "heldout",
                  tiers: Sequence[tuple[str, Any]] | None = None, mask_id: int | None = None,
@@ -107,11 +107,11 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
     from mmbert.data.masking import mask_tokens
     from mmbert.data.shards import ShardIndex, open_shard
 
-    index = ShardIndex.load(shards_root)
+    index = ShardIndex.load(shards)
     langs = list(languages) if languages is not None else [l for l in index.languages if index.has(l, split)]
     missing = [l for l in langs if not index.has(l, split)]
     if missing:
-        raise ValueError(f"evaluate_mlm: no '{split}' split in {shards_root} for {missing}; run "
+        raise ValueError(f"evaluate_mlm: no '{split}' split in {shards} for {missing}; run "
                          f"`mmbert data prepare` with a held-out split or pick other languages")
     cfg = getattr(unwrap(model), "config", None)  # DDP / torch.compile wrappers see through
     vocab = int(getattr(cfg, "vocab_size", index.vocab_size))
@@ -134,7 +134,7 @@ def evaluate_mlm(model: nn.Module, shards_root, languages: Sequence[str] | None 
     per_lang: dict[str, dict] = {}
     try:
         for lang in tqdm(langs, desc="mlm eval", disable=not progress, leave=False):
-            rows = _chunks(open_shard(shards_root, lang, split), seq_len, max_tokens_per_lang)
+            rows = _chunks(open_shard(shards, lang, split), seq_len, max_tokens_per_lang)
             # a per-language generator: the mask of a language never depends on the others evaluated
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(lang.encode()))
             loss_sum, n_masked, n_correct, n_tokens = 0.0, 0, 0, 0

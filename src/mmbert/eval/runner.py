@@ -109,7 +109,7 @@ class _Ctx:
     cache: Path
     progress: bool
     model_path: Path
-    shards_root: Path | None
+    shards: Path | None
 
 
 class _Skip(Exception):
@@ -550,7 +550,7 @@ def run_mlm(ctx: _Ctx, task: Task) -> dict:
     from mmbert.eval.backbone import load_mlm_model
     from mmbert.eval.mlm import evaluate_mlm, spread_subset
 
-    if ctx.shards_root is None:
+    if ctx.shards is None:
         raise _Skip("no --shards given (held-out token shards made with the model's tokenizer)")
     model = load_mlm_model(ctx.model_path, device=ctx.bb.device)
     p = task.protocol
@@ -558,11 +558,11 @@ def run_mlm(ctx: _Ctx, task: Task) -> dict:
     if langs is None and p.max_languages is not None:
         from mmbert.data.shards import ShardIndex
 
-        index = ShardIndex.load(ctx.shards_root)
+        index = ShardIndex.load(ctx.shards)
         held = {l: index.tokens(l, "train") if index.has(l, "train") else 0
                 for l in index.languages if index.has(l, "heldout")}
         langs = spread_subset(held, p.max_languages)
-    res = evaluate_mlm(model, ctx.shards_root, langs, max_tokens_per_lang=p.max_tokens or 8192,
+    res = evaluate_mlm(model, ctx.shards, langs, max_tokens_per_lang=p.max_tokens or 8192,
                        progress=ctx.progress)
     langs = {l: {"mean": v["accuracy"], "std": 0.0, **v} for l, v in res["languages"].items()}
     return {"metric": "masked-token accuracy (15% masking, seed 0)", "protocol": _describe(task) or "held-out shards",
@@ -668,7 +668,7 @@ def run_suite(model_path: str | os.PathLike, suite: str = "quick", *, data_dir: 
         log(f"eval data directory {root} not found: data tasks skipped "
             f"(pass --data-dir or set ${D.ENV_VAR})")
     ctx = _Ctx(bb=bb, root=root, seeds=seeds, cache=out / "cache", progress=progress,
-               model_path=Path(model_path), shards_root=Path(shards) if shards else None)
+               model_path=Path(model_path), shards=Path(shards) if shards else None)
     results: dict[str, Any] = {
         "model": str(model_path), "backbone": bb.name, "suite": suite, "seeds": list(seeds),
         "data_dir": str(root), "device": str(device), "torch": torch.__version__,

@@ -76,7 +76,7 @@ def _warn(msg: str) -> None:
 
 # ------------------------------------------------------------------ train
 
-def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: str | os.PathLike, *,
+def train(recipe: Recipe, config: EncoderConfig, shards: str | os.PathLike, out: str | os.PathLike, *,
           seed: int = 0, resume: bool = False, phases: Sequence[str] | None = None,
           micro_batch_tokens: int | None = None, parallel: str = "auto", compile: bool = False,
           device: str | None = None, keep_last: int = 3, stop_at_step: int | None = None,
@@ -94,14 +94,14 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
     Only one process writes a run directory at a time (utils.RunLock, held for the whole run); a
     directory holding anything else is refused (RunDirError) before a byte is written.
     """
-    data, out = Path(data), Path(out)
+    shards, out = Path(shards), Path(out)
     d = init_distributed(device)
-    index, counts = _check_inputs(recipe, config, data)
+    index, counts = _check_inputs(recipe, config, shards)
     tracks = select_tracks(recipe, phases)
     if lr_scale is not None and not (math.isfinite(lr_scale) and lr_scale > 0):
         raise RecipeError(f"--lr-scale must be a positive number (e.g. 0.5 halves the learning rate), got {lr_scale}")
-    tokenizer = shards_tokenizer(index, data)  # written into every phase-end export
-    identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "data": str(data.resolve())}
+    tokenizer = shards_tokenizer(index, shards)  # written into every phase-end export
+    identity = {"recipe": recipe.to_dict(), "model": config.to_dict(), "seed": seed, "data": str(shards.resolve())}  # "data": the key old runs have
     with contextlib.ExitStack() as held:
         if d.is_main:
             held.enter_context(RunLock(out))
@@ -109,7 +109,7 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
                          launch={"world_size": d.world_size, "device": str(d.device), "resume": resume,
                                  "time": time.strftime("%Y-%m-%d %H:%M:%S")})
         barrier(d)
-        run = RunSpec(recipe=recipe, config=config, data=data, out=out, counts=counts, d=d,
+        run = RunSpec(recipe=recipe, config=config, shards=shards, out=out, counts=counts, d=d,
                       metrics=Metrics(out, enabled=d.is_main), tokenizer=tokenizer, seed=seed,
                       micro_tokens=micro_batch_tokens or (16384 if d.device.type == "cuda" else 4096),
                       lr_scale=run_lr_scale(out), parallel=parallel, compile=compile, keep_last=keep_last,
@@ -133,13 +133,13 @@ def train(recipe: Recipe, config: EncoderConfig, data: str | os.PathLike, out: s
     return {"tracks": result}
 
 
-def _check_inputs(recipe: Recipe, config: EncoderConfig, data: Path) -> tuple[ShardIndex, dict[str, int]]:
+def _check_inputs(recipe: Recipe, config: EncoderConfig, shards: Path) -> tuple[ShardIndex, dict[str, int]]:
     """The recipe against the model and the shards, before anything is written: the shards' index
     and their training tokens per language."""
     validate_recipe(recipe, max_position_embeddings=config.max_position_embeddings)
-    index = ShardIndex.load(data)
+    index = ShardIndex.load(shards)
     if index.vocab_size > config.vocab_size:
-        raise RecipeError(f"the shards in {data} use a {index.vocab_size}-token vocabulary but the model has "
+        raise RecipeError(f"the shards in {shards} use a {index.vocab_size}-token vocabulary but the model has "
                           f"vocab_size {config.vocab_size}; build the model with vocab_size={index.vocab_size}")
     counts = {lang: index.tokens(lang) for lang in index.languages}
     for p in recipe.all_phases():  # every language set resolves
@@ -169,7 +169,7 @@ class RunSpec:
 
     recipe: Recipe
     config: EncoderConfig  # the model as built; each phase's RoPE θ is applied to the model, not written here
-    data: Path  # the shard directory
+    shards: Path  # the shard directory
     out: Path  # the run directory
     counts: dict[str, int]  # training tokens per language in the shards
     d: Dist
@@ -203,7 +203,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, lr=phases[0].lr_peak, weight_decay=phases[0].weight_decay,
                                          betas=run.recipe.betas, eps=run.recipe.eps,
                                          max_lr=max(p.lr_peak for p in phases))
-        self.stream = _Stream(run.data, run.counts, run.seed, run.d, run.micro_tokens, run.lanes)
+        self.stream = _Stream(run.shards, run.counts, run.seed, run.d, run.micro_tokens, run.lanes)
         self.state = {"track": track, "phase": 0, "phase_tokens": 0, "tokens": 0, "step": 0}
         self.ck_root = run.out / "checkpoints" / track
         self.entered: Phase | None = None  # the phase whose θ and dropout the model has
@@ -290,7 +290,7 @@ class Trainer:
         """Per-language held-out MLM loss/accuracy (mmbert.eval.mlm) into metrics.jsonl. Runs under
         fork_rng so evaluating (or not) never changes the training stream."""
         run, st = self.run, self.state
-        index = ShardIndex.load(run.data)
+        index = ShardIndex.load(run.shards)
         langs = [lang for lang in index.languages if index.has(lang, "heldout")]
         if run.recipe.eval_max_languages and len(langs) > run.recipe.eval_max_languages:
             langs = _eval_subset(langs, run.counts, run.recipe.eval_max_languages)
@@ -298,7 +298,7 @@ class Trainer:
             return
         devices = [run.d.device.index] if run.d.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            res = evaluate_mlm(self.inner, run.data, langs, max_tokens_per_lang=run.recipe.eval_tokens_per_lang,
+            res = evaluate_mlm(self.inner, run.shards, langs, max_tokens_per_lang=run.recipe.eval_tokens_per_lang,
                                seed=0, seq_len=min(p.seq_len, 512), tiers=run.recipe.language_tiers())
         base = {"type": "eval", "track": self.track, "phase": p.name, "step": st["step"], "tokens": st["tokens"]}
         for lang, r in res["languages"].items():
@@ -467,7 +467,7 @@ def _resume_point(ck_root: Path, init_from: Path | None, model, optimizer, d: Di
 class _Stream:
     """The data loader (mmbert.data.loader) driven by Phase records."""
 
-    data: Path
+    shards: Path
     counts: dict[str, int]
     seed: int
     d: Dist
@@ -489,7 +489,7 @@ class _Stream:
         # one packing lane per rank: each rank packs only its own rows (a resumed state brings its lanes)
         spec = LoaderSpec(seed=self.seed, rows_per_batch=self.micro_rows(p) * self.d.world_size,
                           lanes=self.lanes or self.d.world_size)
-        self.loader = MLMLoader(self.data, self.params(p), spec, rank=self.d.rank, world_size=self.d.world_size)
+        self.loader = MLMLoader(self.shards, self.params(p), spec, rank=self.d.rank, world_size=self.d.world_size)
         self.phase = p
 
     def switch(self, p: Phase) -> None:
