@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serve_proc import start_serve  # noqa: E402  (tests/serve_proc.py: the serve tests' start-up loop)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -54,28 +56,12 @@ def make_requests(n: int, per_request: int, mean_tokens: int, vocab: int, seed: 
 
 def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str, Path]:
     log = Path(tempfile.mkdtemp()) / "server.log"
-    cmd = [sys.executable, "-m", "mmbert", "serve", "--model", str(model_dir), "--port", "0", "--dtype", args.dtype,
-           "--max-batch-tokens", str(args.batch_tokens), "--max-inputs", str(max(512, args.inputs_per_request))]
+    cmd = ["--model", str(model_dir), "--dtype", args.dtype, "--max-batch-tokens", str(args.batch_tokens),
+           "--max-inputs", str(max(512, args.inputs_per_request))]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    import httpx
-
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
-        if m:
-            url = f"http://127.0.0.1:{m.group(1)}"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    return proc, url, log
-            except httpx.TransportError:
-                pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {log.read_text()}")
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start in 300 s")
+    proc, url = start_serve(cmd, log, timeout=300)
+    return proc, url, log
 
 
 def load_test(url: str, reqs: list, concurrency: int, hidden: int) -> dict:

@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ httpx = pytest.importorskip("httpx")
 
 from mmbert.export.hf import save_pretrained  # noqa: E402
 from mmbert.serve import Batcher, Job, decode_base64, gather  # noqa: E402
+from serve_proc import start_serve  # noqa: E402
 
 KEY = "test-key"
 WORDS = ("the cat sat on the mat der Hund lief weit weg le chat noir dort "
@@ -75,24 +75,7 @@ def reference(model_dir):
 
 def _start(model_dir, log_path, *extra):
     env = dict(os.environ, MMBERT_API_KEY="")  # only --api-key below counts
-    proc = subprocess.Popen([sys.executable, "-m", "mmbert", "serve", "--model", str(model_dir), "--port", "0",
-                             "--dtype", "fp32", "--threads", "1", *extra],
-                            stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", log_path.read_text())
-        if m:
-            url = f"http://127.0.0.1:{m.group(1)}"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {log_path.read_text()}")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server did not come up: {log_path.read_text()}")
+    return start_serve(["--model", str(model_dir), "--dtype", "fp32", "--threads", "1", *extra], log_path, env=env)
 
 
 def _stop(proc):

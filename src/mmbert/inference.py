@@ -70,11 +70,8 @@ DTYPES = {name: {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "i
 
 # ----------------------------------------------------------------------------- hardware
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
+    """The CPU's feature flags (/proc/cpuinfo), empty where that file does not exist."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def _cpuinfo(field: str) -> str | None:

@@ -23,7 +23,7 @@ from mmbert.train import checkpoint as C
 from mmbert.train.loop import TrainingDiverged, train
 from mmbert.utils import RunLocked
 
-from tinyrun import tiny_config, tiny_recipe
+from tinyrun import poison_loss_after, tiny_config, tiny_recipe
 
 KW = dict(micro_batch_tokens=128, progress=False, plots=False)
 TIMING = ("tokens_per_s", "mfu")  # wall-clock fields of a metrics record
@@ -177,14 +177,7 @@ def test_divergence_is_one_line_and_lr_scale_continues_it(reference, shards, tmp
     import mmbert.train.loop as L
     from mmbert.cli import main
 
-    real, calls = L.mlm_loss_fn, {"n": 0}
-
-    def poisoned(model, batch):
-        calls["n"] += 1
-        loss, n = real(model, batch)
-        return (loss * float("nan") if calls["n"] > 40 else loss), n
-
-    monkeypatch.setattr(L, "mlm_loss_fn", poisoned)
+    real = poison_loss_after(monkeypatch, 40)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as e:
         train(tiny_recipe(), tiny_config(), shards, out, eval=False, **KW)

@@ -11,7 +11,7 @@ import pytest
 from mmbert.train.loop import RunDirError, TrainingDiverged, train
 from mmbert.train.recipe import RecipeError
 
-from tinyrun import tiny_config, tiny_recipe
+from tinyrun import poison_loss_after, tiny_config, tiny_recipe
 
 GOLDEN = Path(__file__).parent.parent / "assets" / "golden_losses_tiny.json"
 KW = dict(micro_batch_tokens=128, progress=False)
@@ -152,15 +152,6 @@ def test_bad_input_fails_before_writing(shards, tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(shards, tmp_path, monkeypatch):
-    import mmbert.train.loop as L
-
-    real, calls = L.mlm_loss_fn, {"n": 0}
-
-    def poisoned(model, batch):
-        calls["n"] += 1
-        loss, n = real(model, batch)
-        return (loss * float("nan") if calls["n"] > 40 else loss), n
-
-    monkeypatch.setattr(L, "mlm_loss_fn", poisoned)
+    poison_loss_after(monkeypatch, 40)
     with pytest.raises(TrainingDiverged, match=r"not finite.*Last good checkpoint: .*step_000000\d\d"):
         train(tiny_recipe(), tiny_config(), shards, tmp_path / "run", eval=False, **KW)

@@ -61,3 +61,19 @@ def tiny_recipe(scale: float = 1, batch_warmup: bool = True, **kw) -> Recipe:
                 grad_clip=1.0)  # the golden losses were recorded with clipping (the Recipe default is off)
     args.update(kw)
     return Recipe(**args)
+
+
+def poison_loss_after(monkeypatch, calls: int = 40):
+    """Make the training loop's loss NaN from micro-batch `calls`+1 on (a divergence mid-run, after
+    some checkpoints exist); returns the real loss function, to put back with monkeypatch.setattr."""
+    import mmbert.train.loop as loop
+
+    real, seen = loop.mlm_loss_fn, {"n": 0}
+
+    def poisoned(model, batch):
+        seen["n"] += 1
+        loss, n = real(model, batch)
+        return (loss * float("nan") if seen["n"] > calls else loss), n
+
+    monkeypatch.setattr(loop, "mlm_loss_fn", poisoned)
+    return real
