@@ -10,7 +10,7 @@ never one above, and the components of one layer must not import each other in a
     train, eval, export, merge, init_from,          the library's stages
     inference, serve
     model, data, tokenizer, corpus, step            building blocks (model/ imports no stage)
-    utils, threads                                  helpers that know nothing of the rest
+    utils, threads, allocator, …                    helpers that know nothing of the rest
 
 A component is the first name under `mmbert` (`mmbert.train.loop` → train). Every import counts,
 those inside functions included. Inside the package nothing imports the package root (`import
@@ -31,7 +31,7 @@ LAYERS = [
     {"apps"},
     {"train", "eval", "export", "merge", "init_from", "inference", "serve"},
     {"model", "data", "tokenizer", "corpus", "step"},
-    {"utils", "threads", "version", "temperature"},
+    {"utils", "threads", "version", "temperature", "allocator"},
 ]
 LAYER_OF = {c: i for i, layer in enumerate(LAYERS) for c in layer}
 

@@ -694,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug)
+    from mmbert.allocator import tune_malloc
+
+    tune_malloc()  # activation buffers reused, not re-mapped every pass (mmbert/allocator.py)
     out = effective(args, "out")
     out_existed = out is None or os.path.lexists(out)
     try:
