@@ -26,10 +26,21 @@ AVX512_BF16 = dict(fp32_s=0.100, bf16_s=0.045, cosine=0.99995)  # Zen 4: 2.2x
 FP32_ONLY = dict(fp32_s=0.100, bf16_s=0.400, cosine=0.99995)  # bf16 emulated: slower
 
 
+# int8 timings: Zen 4 with malloc tuned (1.25x bf16), AMX (bf16 on tiles beats VNNI int8), and a
+# VNNI-only CPU whose bf16 is emulated (int8 against fp32)
+INT8_ZEN4 = dict(AVX512_BF16, int8_s=0.036, int8_cosine=0.99990)
+INT8_AMX = dict(AMX, int8_s=0.030, int8_cosine=0.99990)
+INT8_VNNI_ONLY = dict(FP32_ONLY, int8_s=0.070, int8_cosine=0.99990)
+
+
 @pytest.mark.parametrize("timings, want", [(AMX, "bf16"), (AVX512_BF16, "bf16"), (FP32_ONLY, "fp32"),
                                            (dict(fp32_s=0.100, bf16_s=0.095, cosine=0.99995), "fp32"),  # in the noise
                                            (dict(AVX512_BF16, cosine=0.998), "fp32"),  # fast but not close
-                                           (dict(AVX512_BF16, cosine=float("nan")), "fp32")])
+                                           (dict(AVX512_BF16, cosine=float("nan")), "fp32"),
+                                           (INT8_ZEN4, "int8"), (INT8_AMX, "bf16"), (INT8_VNNI_ONLY, "int8"),
+                                           (dict(INT8_ZEN4, int8_s=0.043), "bf16"),  # 1.05x bf16: in the noise
+                                           (dict(INT8_ZEN4, int8_cosine=0.9985), "bf16"),  # fast but not close
+                                           (dict(INT8_ZEN4, int8_s=None, int8_cosine=None), "bf16")])  # no kernels
 def test_decision_from_injected_timings(timings, want):
     dtype, why = decide_dtype(**timings)
     assert dtype == want, why
@@ -53,7 +64,7 @@ def test_calibration_is_measured_once_and_cached(cache):
     assert entry["dtype"] == "bf16" and entry["fp32_s"] == 0.100 and entry["bf16_s"] == 0.045
     # exact: the same float division, and JSON round-trips floats
     assert entry["speedup"] == 0.100 / 0.045 and entry["cosine"] == AVX512_BF16["cosine"]
-    assert {"reason", "threads", "date", "load_avg_1m"} <= set(entry)
+    assert {"reason", "threads", "date", "load_avg_1m"} <= set(entry) and entry["fallback"] == "bf16"
 
     again = calibrate_dtype(measure=measure)
     assert (again["dtype"], again["source"]) == ("bf16", "cache") and len(calls) == 1
@@ -70,8 +81,11 @@ def test_calibration_is_measured_once_and_cached(cache):
 
 
 def test_unreadable_or_foreign_cache_is_measured_again(cache):
-    for bad in ("not json", json.dumps({"format": CALIBRATION_FORMAT + 1, "entries": {calibration_key(): {"dtype": "bf16"}}}),
-                json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {"dtype": "int4"}}})):
+    good = {"dtype": "bf16", "fallback": "bf16"}
+    for bad in ("not json", json.dumps({"format": CALIBRATION_FORMAT + 1, "entries": {calibration_key(): good}}),
+                json.dumps({"format": 1, "entries": {calibration_key(): good}}),  # before int8 was timed
+                json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {"dtype": "int4"}}}),
+                json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {"dtype": "int8"}}})):
         cache.write_text(bad)
         rec = calibrate_dtype(measure=lambda: dict(FP32_ONLY, threads=1, rounds=5, tokens=506))
         assert rec["source"] == "measured" and rec["dtype"] == "fp32"
@@ -88,6 +102,8 @@ def test_environment_overrides(cache, monkeypatch):
     assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32  # explicit dtypes win
     assert not cache.exists()
+    monkeypatch.setenv("MMBERT_DTYPE", "int8")  # forced: no per-model check
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.qint8
     monkeypatch.setenv("MMBERT_DTYPE", "fp16")
     with pytest.raises(ValueError, match="MMBERT_DTYPE"):
         resolve_dtype("auto", torch.device("cpu"))
@@ -100,6 +116,8 @@ def test_real_measurement_is_sane(cache):
     # bf16 keeps 8 bits of mantissa (relative error 2^-9 per rounding); two random-init layers
     # give a mean-pooled embedding whose cosine to fp32 sits far above the decision's bar
     assert m["cosine"] >= MIN_COSINE
+    if inference.int8_available():  # int8: 255 levels per channel/batch, same argument
+        assert m["int8_s"] > 0 and m["int8_cosine"] >= MIN_COSINE
 
 
 def test_thread_choice():
@@ -158,7 +176,8 @@ def test_the_decision_is_visible_with_verbose(cache, tmp_path, caplog):
     from mmbert.model import build_model
 
     cache.write_text(json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {
-        "dtype": "bf16", "reason": "bf16 2.20x fp32, cosine 0.99990", "fp32_s": 0.1, "bf16_s": 0.045}}}))
+        "dtype": "bf16", "fallback": "bf16", "reason": "bf16 2.20x fp32, cosine 0.99990", "fp32_s": 0.1,
+        "bf16_s": 0.045}}}))
     cfg = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                     num_attention_heads=2, local_attention=16, max_position_embeddings=64)
     save_pretrained(build_model(cfg, head="mlm"), tmp_path / "m")
@@ -196,3 +215,91 @@ def test_thread_policy_keeps_the_faster_count(monkeypatch):
             assert policy.threads == expect == torch.get_num_threads(), seen
     finally:
         torch.set_num_threads(old)
+
+
+def _tiny_model(tmp_path, layers: int = 2):
+    from mmbert import EncoderConfig
+    from mmbert.model import build_model
+
+    cfg = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                                    num_attention_heads=2, local_attention=16, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return build_model(cfg, head="none").eval()
+
+
+def _int8_cache(cache):
+    cache.write_text(json.dumps({"format": CALIBRATION_FORMAT, "entries": {calibration_key(): {
+        "dtype": "int8", "fallback": "bf16", "reason": "int8 1.25x bf16", "fp32_s": 0.1, "bf16_s": 0.045,
+        "int8_s": 0.036}}}))
+
+
+@pytest.mark.skipif(not inference.int8_available(), reason="this torch build has no x86/fbgemm int8 kernels")
+def test_auto_int8_is_checked_on_each_model(cache, monkeypatch, caplog, tmp_path):
+    """A machine whose calibration says int8: a model whose int8 embeddings stay close gets int8, one
+    that does not gets the float fallback; the check runs once per model and weights version, and
+    without a model (nothing to check) "auto" never means int8."""
+    import logging
+
+    _int8_cache(cache)
+    cpu = torch.device("cpu")
+    model = _tiny_model(tmp_path)
+    probe = [[5, 6, 7, 8, 9], [10, 11, 12], list(range(20, 60))]
+    assert resolve_dtype("auto", cpu) == torch.bfloat16  # no model: the fallback
+    with caplog.at_level(logging.INFO, logger="mmbert"):
+        assert resolve_dtype("auto", cpu, model, lambda: probe) == torch.qint8
+    assert any("int8 on this model" in r.getMessage() for r in caplog.records)
+    # the real check: int8 of a random-init 2-layer model is far inside the bar (as measure_dtypes)
+    assert inference.check_int8(model, probe) >= MIN_COSINE
+
+    calls = []
+
+    def poor(m, p):
+        calls.append(1)
+        return 0.9962
+
+    monkeypatch.setattr(inference, "check_int8", poor)
+    other = _tiny_model(tmp_path)
+    with caplog.at_level(logging.INFO, logger="mmbert"):
+        assert resolve_dtype("auto", cpu, other, lambda: probe) == torch.bfloat16
+    assert any("0.99620 < 0.999" in r.getMessage() for r in caplog.records)
+    # embed with "auto" follows the same rule and returns what the fallback dtype computes
+    ids = [[5, 6, 7], [8, 9, 10, 11]]
+    assert torch.equal(inference.embed(other, ids), inference.embed(other, ids, dtype="bf16"))
+
+
+@pytest.mark.skipif(not inference.int8_available(), reason="this torch build has no x86/fbgemm int8 kernels")
+def test_check_int8_is_cached_per_weights_version(tmp_path):
+    model = _tiny_model(tmp_path)
+    probe = [[5, 6, 7, 8, 9], list(range(20, 50))]
+    first = inference.check_int8(model, probe)
+    assert inference.check_int8(model, [[1, 2]]) == first  # cached: the probe is not run again
+    with torch.no_grad():
+        model.layers[0].mlp.Wo.weight.mul_(3.0)  # an in-place update moves the version counter
+    assert inference.check_int8(model, probe) != first
+
+
+@pytest.mark.skipif(not inference.int8_available(), reason="this torch build has no x86/fbgemm int8 kernels")
+def test_an_int8_model_is_used_as_it_is(tmp_path, cache):
+    """serve prepares its int8 encoder once and hands it to embed with dtype=qint8 (or "auto"): the
+    quantised model must be used as is, not quantised a second time; asking it for bf16 is an error."""
+    model = _tiny_model(tmp_path)
+    q = inference.prepare(model, torch.qint8)
+    assert inference.is_int8(q) and not inference.is_int8(model)
+    ids = [[5, 6, 7], [8, 9, 10, 11]]
+    want = inference.embed(model, ids, dtype="int8")
+    assert torch.equal(inference.embed(q, ids, dtype=torch.qint8), want)
+    assert torch.equal(inference.embed(q, ids, dtype="auto"), want)
+    with pytest.raises(ValueError, match="already quantised"):
+        inference.embed(q, ids, dtype="bf16")
+
+
+def test_int8_probe_uses_the_tokenizer_or_the_inputs():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    probe = inference.int8_probe(tok, [[9, 9]])
+    assert len(probe) == len(inference.PROBE_TEXTS) and probe[0][0] == 0  # "The" is unknown here
+    ids = [list(range(300))] + [[5, 6]] * 20
+    probe = inference.int8_probe(None, ids)
+    assert len(probe) == 16 and len(probe[0]) == 128 and probe[1] == [5, 6]

@@ -13,17 +13,21 @@ How it is fast (benchmarks/efficiency.py measures each lever; results in benchma
 - inputs are sorted by length and cut into batches by a token budget, then run *packed*
   (documents back to back with `cu_seqlens`): no FLOP is spent on padding, in the linear layers or
   in attention (model/attention.py "varlen" on CPU, flash-attn's varlen kernel on CUDA);
-- bf16 weights where they are measured to pay: `dtype="auto"` on CPU times fp32 against bf16 on a
-  small encoder-shaped workload the first time on a machine (~0.1–0.5 s, `calibrate_dtype`) and
-  picks bf16 where it is ≥ 1.15× faster with embeddings' cosine ≥ 0.999 to fp32 (AMX Xeons and
-  AVX512-BF16 EPYCs; not fp32-only CPUs, where bf16 is emulated). The answer is cached per CPU
+- the dtype measured to pay: `dtype="auto"` on CPU times fp32, bf16 and int8 on a small
+  encoder-shaped workload the first time on a machine (~0.3–0.8 s, `calibrate_dtype`). bf16 where
+  it is ≥ 1.15× faster than fp32 with embeddings' cosine ≥ 0.999 (AMX Xeons and AVX512-BF16
+  EPYCs; not fp32-only CPUs, where bf16 is emulated); int8 where it is ≥ 1.1× faster than that
+  float choice — and then, since int8's error depends on the trained weights, only for a model
+  whose int8 embeddings of 16 probe sentences (`PROBE_TEXTS`) keep cosine ≥ 0.999 to fp32
+  (`check_int8`, once per model; else the float choice). The machine's answer is cached per CPU
   model and torch version in ~/.cache/mmbert/dtype_calibration.json ($MMBERT_CACHE_DIR moves it,
-  $MMBERT_DTYPE=fp32|bf16 overrides it) and logged ("mmbert" logger; `mmbert --verbose`, `mmbert
-  bench`); bf16 on any CUDA GPU; always exact with `dtype="fp32"` (the tested oracle path);
-- `dtype="int8"` (CPU, opt-in, never picked by "auto"): the layers' linear layers dynamically
-  quantised to int8 (`quantize_int8`, torch's fbgemm/oneDNN VNNI kernels), the rest fp32 —
-  ~1.1× bf16 on a Zen 4 EPYC; its accuracy depends on the trained weights, so check the cosine to
-  fp32 on your model (`mmbert bench` prints it for random weights);
+  $MMBERT_DTYPE=fp32|bf16|int8 overrides it) and logged ("mmbert" logger; `mmbert --verbose`,
+  `mmbert bench`); bf16 on any CUDA GPU; always exact with `dtype="fp32"` (the tested oracle path);
+- `dtype="int8"` (CPU; "auto" picks it as above): the layers' linear layers dynamically quantised
+  to int8 (`quantize_int8`, torch's fbgemm/oneDNN VNNI kernels), the rest fp32 — 1.2–1.3× bf16 on
+  a Zen 4 EPYC with malloc tuned (below);
+- glibc malloc tuned so activation buffers are reused rather than mapped and zeroed on every pass
+  (`mmbert.allocator.tune_malloc`, called by embed / fill_mask / serve / every command);
 - optional `torch.compile` of the MLP blocks (fuses GELU·gate; `compile=True`), applied from
   outside on a private copy so the caller's model is never modified. Off by default: on the 2-core
   Xeon it took 172 s to compile and ran 2.1× slower (benchmarks/results/efficiency_*.md);
@@ -52,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmbert.allocator import tune_malloc
 from mmbert.export.hf import from_pretrained
 from mmbert.model import build_model
 from mmbert.model.config import EncoderConfig
@@ -109,11 +114,14 @@ def cpu_has_fast_bf16() -> bool:
 
 
 # "auto" on CPU: bf16 against fp32 measured once per (CPU model, torch version), the answer cached.
-DTYPE_ENV = "MMBERT_DTYPE"  # fp32 / bf16: what "auto" means on CPU, without calibrating
+DTYPE_ENV = "MMBERT_DTYPE"  # fp32 / bf16 / int8: what "auto" means on CPU, without calibrating
 CACHE_ENV = "MMBERT_CACHE_DIR"  # folder of the calibration file (default: the user cache dir)
-CALIBRATION_FORMAT = 1
-MIN_COSINE = 0.999  # mean-pooled embeddings' cosine to fp32 that bf16 must keep (issue 15)
+CALIBRATION_FORMAT = 2  # 2: int8 timed too, and the float dtype it falls back to
+MIN_COSINE = 0.999  # mean-pooled embeddings' cosine to fp32 that bf16 and int8 must keep (issue 15)
 MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this margin: fp32 is exact, and timings on a busy machine jitter
+# int8 must beat the float choice by this margin; its accuracy depends on the trained weights, so
+# "auto" → int8 is also checked on each model before use (`check_int8`)
+MIN_SPEEDUP_INT8 = 1.10
 
 
 def cache_dir() -> Path:
@@ -131,22 +139,37 @@ def calibration_key() -> str:
     return f"{cpu_model()} | torch {torch.__version__}"
 
 
-def decide_dtype(fp32_s: float, bf16_s: float, cosine: float, min_cosine: float = MIN_COSINE,
-                 min_speedup: float = MIN_SPEEDUP) -> tuple[str, str]:
-    """("bf16" | "fp32", why) from the calibration's seconds per pass and bf16's cosine to fp32."""
+def decide_dtype(fp32_s: float, bf16_s: float, cosine: float, int8_s: float | None = None,
+                 int8_cosine: float | None = None, min_cosine: float = MIN_COSINE,
+                 min_speedup: float = MIN_SPEEDUP, min_speedup_int8: float = MIN_SPEEDUP_INT8) -> tuple[str, str]:
+    """("bf16" | "fp32" | "int8", why) from the calibration's seconds per pass and the cosines to
+    fp32. The float choice first (bf16 only where ≥ `min_speedup` × fp32 and close enough), then
+    int8 where it beats that choice by `min_speedup_int8` and stays close (when it was timed)."""
     speedup = fp32_s / bf16_s if bf16_s > 0 else 0.0
     if not cosine >= min_cosine:  # (NaN fails too)
-        return "fp32", f"bf16 cosine to fp32 {cosine:.5f} < {min_cosine}"
-    if speedup < min_speedup:
-        return "fp32", f"bf16 only {speedup:.2f}x fp32 (needs ≥ {min_speedup}x)"
-    return "bf16", f"bf16 {speedup:.2f}x fp32, cosine {cosine:.5f}"
+        dtype, why = "fp32", f"bf16 cosine to fp32 {cosine:.5f} < {min_cosine}"
+    elif speedup < min_speedup:
+        dtype, why = "fp32", f"bf16 only {speedup:.2f}x fp32 (needs ≥ {min_speedup}x)"
+    else:
+        dtype, why = "bf16", f"bf16 {speedup:.2f}x fp32, cosine {cosine:.5f}"
+    if int8_s is None:
+        return dtype, why
+    base_s = bf16_s if dtype == "bf16" else fp32_s
+    gain = base_s / int8_s if int8_s > 0 else 0.0
+    if int8_cosine is None or not int8_cosine >= min_cosine:
+        return dtype, f"{why}; int8 cosine {int8_cosine} < {min_cosine}"
+    if gain < min_speedup_int8:
+        return dtype, f"{why}; int8 only {gain:.2f}x {dtype} (needs ≥ {min_speedup_int8}x)"
+    return "int8", f"int8 {gain:.2f}x {dtype} ({why}); checked on each model, else {dtype}"
 
 
 def measure_dtypes(rounds: int = 5, threads: int | None = None) -> dict:
-    """Seconds per pass of a small encoder-shaped workload in fp32 and bf16, interleaved (load from
-    other processes hits both alike; median of `rounds`), and the mean-pooled embeddings' smallest
-    cosine bf16 vs fp32. mmbert-small's width and layer mix (hidden 384, GeGLU 1152, one global
-    and one local layer), 4 documents of 64–192 tokens, packed: ~0.1–0.5 s in all on 2 cores."""
+    """Seconds per pass of a small encoder-shaped workload in fp32, bf16 and int8, interleaved (load
+    from other processes hits all alike; median of `rounds`), and the mean-pooled embeddings'
+    smallest cosine of bf16 and of int8 to fp32 (random weights, which flatter int8: "auto" → int8
+    is checked again on each model, `check_int8`). mmbert-small's width and layer mix (hidden 384,
+    GeGLU 1152, one global and one local layer), 4 documents of 64–192 tokens, packed: ~0.3–0.8 s
+    in all on 2 cores."""
     import statistics
 
     cfg = EncoderConfig.from_preset("mmbert-small", vocab_size=1024, num_hidden_layers=2, local_attention=64)
@@ -155,7 +178,10 @@ def measure_dtypes(rounds: int = 5, threads: int | None = None) -> dict:
         enc = build_model(cfg, head="none").eval()
         docs = [torch.randint(5, cfg.vocab_size, (n,)).tolist() for n in (192, 150, 100, 64)]
     p = pack(docs, torch.device("cpu"))
+    tune_malloc()  # as embed / fill_mask / serve run (int8 depends on it most: mmbert/allocator.py)
     models = {"fp32": enc, "bf16": copy.deepcopy(enc).to(torch.bfloat16)}
+    if int8_available():
+        models["int8"] = quantize_int8(copy.deepcopy(enc))
 
     def run(m: nn.Module) -> torch.Tensor:
         h = m(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state.float()
@@ -170,9 +196,10 @@ def measure_dtypes(rounds: int = 5, threads: int | None = None) -> dict:
                 run(m)
                 times[k].append(time.perf_counter() - t)
         used = torch.get_num_threads()
-    cosine = float(F.cosine_similarity(out["bf16"].double(), out["fp32"].double()).min())
+    cos = {k: float(F.cosine_similarity(out[k].double(), out["fp32"].double()).min()) for k in models if k != "fp32"}
     return {"fp32_s": statistics.median(times["fp32"]), "bf16_s": statistics.median(times["bf16"]),
-            "cosine": cosine, "threads": used, "rounds": rounds, "tokens": int(p.input_ids.numel())}
+            "cosine": cos["bf16"], "int8_s": statistics.median(times["int8"]) if "int8" in times else None,
+            "int8_cosine": cos.get("int8"), "threads": used, "rounds": rounds, "tokens": int(p.input_ids.numel())}
 
 
 def read_calibration(path: Path | None = None) -> dict:
@@ -189,28 +216,31 @@ def read_calibration(path: Path | None = None) -> dict:
 
 def calibrate_dtype(force: bool = False, measure: Callable[[], dict] | None = None) -> dict:
     """What "auto" means on this CPU: the cached record, or a fresh measurement (then cached).
-    {"dtype", "reason", "source": "env" | "cache" | "measured", and for measurements "fp32_s",
-    "bf16_s", "speedup", "cosine", "threads", "load_avg_1m", "date"}. `measure` stands in for
+    {"dtype", "fallback" (the float dtype used where int8 fails a model's check), "reason",
+    "source": "env" | "cache" | "measured", and for measurements "fp32_s", "bf16_s", "int8_s",
+    "speedup", "cosine", "int8_cosine", "threads", "load_avg_1m", "date"}. `measure` stands in for
     `measure_dtypes` (tests inject timings)."""
     forced = os.environ.get(DTYPE_ENV)
     if forced:
-        if forced not in ("fp32", "bf16"):
-            raise ValueError(f"{DTYPE_ENV}={forced!r} is not a CPU dtype; set it to fp32 or bf16, or unset it "
-                             f"to let mmbert measure")
-        return {"dtype": forced, "reason": f"set by ${DTYPE_ENV}", "source": "env"}
+        if forced not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"{DTYPE_ENV}={forced!r} is not a CPU dtype; set it to fp32, bf16 or int8, or unset "
+                             f"it to let mmbert measure")
+        return {"dtype": forced, "fallback": forced, "reason": f"set by ${DTYPE_ENV}", "source": "env"}
     key, path = calibration_key(), calibration_path()
     entries = read_calibration(path)
     hit = entries.get(key)
-    if not force and isinstance(hit, dict) and hit.get("dtype") in ("fp32", "bf16"):
+    if not force and isinstance(hit, dict) and hit.get("dtype") in ("fp32", "bf16", "int8") \
+            and hit.get("fallback") in ("fp32", "bf16"):
         return {**hit, "source": "cache", "path": str(path)}
     m = (measure or measure_dtypes)()
-    dtype, reason = decide_dtype(m["fp32_s"], m["bf16_s"], m["cosine"])
+    dtype, reason = decide_dtype(m["fp32_s"], m["bf16_s"], m["cosine"], m.get("int8_s"), m.get("int8_cosine"))
+    fallback = decide_dtype(m["fp32_s"], m["bf16_s"], m["cosine"])[0]
     try:
         load = round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):  # pragma: no cover - no load average on this platform
         load = None
-    rec = {"dtype": dtype, "reason": reason, **m, "speedup": m["fp32_s"] / m["bf16_s"] if m["bf16_s"] > 0 else 0.0,
-           "load_avg_1m": load,
+    rec = {"dtype": dtype, "fallback": fallback, "reason": reason, **m,
+           "speedup": m["fp32_s"] / m["bf16_s"] if m["bf16_s"] > 0 else 0.0, "load_avg_1m": load,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     entries[key] = rec
     try:
@@ -219,14 +249,19 @@ def calibrate_dtype(force: bool = False, measure: Callable[[], dict] | None = No
     except OSError as e:  # a read-only home still gets the measured answer, only not cached
         log.warning("could not cache the dtype calibration in %s (%s); set $%s to a writable folder",
                     path, e, CACHE_ENV)
-    log.info("dtype auto → %s on %s: fp32 %.1f ms, bf16 %.1f ms per pass, cosine %.5f (%s); cached in %s",
-             dtype, key, 1e3 * m["fp32_s"], 1e3 * m["bf16_s"], m["cosine"], reason, path)
+    int8 = f", int8 {1e3 * m['int8_s']:.1f} ms" if m.get("int8_s") else ""
+    log.info("dtype auto → %s on %s: fp32 %.1f ms, bf16 %.1f ms%s per pass (%s); cached in %s",
+             dtype, key, 1e3 * m["fp32_s"], 1e3 * m["bf16_s"], int8, reason, path)
     return {**rec, "source": "measured", "path": str(path)}
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" → bf16 on CUDA (with bf16 support); on CPU what `calibrate_dtype` measured (bf16
-    where it is ≥ 1.15× faster than fp32 and keeps cosine ≥ 0.999), else float32."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model: nn.Module | None = None,
+                  probe: Callable[[], Sequence[Sequence[int]]] | None = None) -> torch.dtype:
+    """"auto" → bf16 on CUDA (with bf16 support); on CPU what `calibrate_dtype` measured: bf16
+    where it is ≥ 1.15× faster than fp32 and keeps cosine ≥ 0.999, int8 where it is ≥ 1.1× faster
+    than that and `check_int8` passes on `model` with the token-id lists `probe()` returns (see
+    `int8_probe`; without a model "auto" never means int8), else float32. Explicit dtypes are
+    returned as asked."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -240,10 +275,79 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type != "cpu":
         return torch.float32
+    if model is not None and is_int8(model):  # already quantised: nothing else it can run as
+        return torch.qint8
     rec = calibrate_dtype()
     if rec["source"] != "measured":
         log.info("dtype auto → %s (%s; from %s)", rec["dtype"], rec["reason"], rec.get("path", rec["source"]))
-    return DTYPES[rec["dtype"]]
+    if rec["dtype"] != "int8" or rec["source"] == "env":
+        return DTYPES[rec["dtype"]]
+    fallback = DTYPES[rec["fallback"]]
+    inputs = probe() if probe is not None and model is not None else None
+    if not inputs:
+        return fallback
+    cosine = check_int8(model, inputs)
+    if cosine >= MIN_COSINE:
+        log.info("dtype auto → int8 on this model: embeddings' cosine to fp32 %.5f ≥ %s", cosine, MIN_COSINE)
+        return torch.qint8
+    log.info("dtype auto → %s on this model: int8's cosine to fp32 is %.5f < %s", rec["fallback"], cosine, MIN_COSINE)
+    return fallback
+
+
+# "auto" → int8 is checked once per model (and weights version): smallest cosine to fp32 of the
+# mean-pooled embeddings of the probe inputs
+_INT8_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+# Probe sentences for `check_int8` when the model has a tokenizer: the same meaning-free everyday
+# sentences in 16 languages and 12 scripts (written for this check), so quantisation error is
+# measured on trained-distribution inputs (random token ids flatter int8: 0.99987 vs 0.9997 on
+# the study's models).
+PROBE_TEXTS = (
+    "The river rose after three days of rain, and the old bridge was closed to traffic.",
+    "Die Bibliothek bleibt am Sonntag geschlossen, öffnet aber am Montag früher als sonst.",
+    "Elle a appris à jouer du violon pendant les longues soirées d'hiver à la campagne.",
+    "El mercado del pueblo vende pan fresco, queso y frutas de temporada cada mañana.",
+    "Вчера вечером мы долго гуляли по набережной и говорили о новых книгах.",
+    "这个城市的地铁系统每天运送数百万名乘客，早高峰时非常拥挤。",
+    "週末は家族と一緒に山へ行き、きれいな湖の写真をたくさん撮りました。",
+    "افتتحت المدرسة الجديدة أبوابها هذا الأسبوع وسط فرحة كبيرة من الأهالي.",
+    "बारिश के मौसम में गाँव के खेत हरे-भरे हो जाते हैं और किसान खुश रहते हैं।",
+    "Wanafunzi walisoma kwa bidii kabla ya mtihani wa mwisho wa mwaka.",
+    "Sabah erkenden kalkıp limana gittik ve balıkçıların dönüşünü izledik.",
+    "우리는 주말마다 공원에서 자전거를 타고 점심을 함께 먹습니다.",
+    "Pemerintah kota berencana membangun taman baru di dekat stasiun kereta.",
+    "Mùa thu ở Hà Nội có những buổi sáng se lạnh và mùi hoa sữa thơm nồng.",
+    "Το καλοκαίρι πηγαίνουμε συχνά στο νησί για να δούμε τους παππούδες μας.",
+    "ในฤดูฝน ถนนในเมืองมักมีน้ำท่วมขังหลังฝนตกหนัก",
+)
+
+
+def int8_probe(tokenizer: Any, ids: Sequence[Sequence[int]], max_tokens: int = 128) -> list[list[int]]:
+    """What `check_int8` runs: PROBE_TEXTS through the model's tokenizer, or without one the first
+    16 of the caller's inputs; each cut to `max_tokens`."""
+    probe = tokenize(tokenizer, PROBE_TEXTS) if tokenizer is not None else list(ids[:16])
+    return [list(x[:max_tokens]) for x in probe if len(x)]
+
+
+def check_int8(model: nn.Module, probe: Sequence[Sequence[int]]) -> float:
+    """The smallest cosine between int8 and fp32 mean-pooled embeddings of `probe` (token-id
+    lists) on this model's encoder; measured once per model and weights version."""
+    enc = _bare_encoder(model)
+    version = _weights_version(enc)
+    hit = _INT8_CHECKED.get(enc)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    p = pack(probe, torch.device("cpu"))
+    cu = p.cu_seqlens.tolist()
+
+    def pooled(m: nn.Module) -> torch.Tensor:
+        h = m(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state.double()
+        return torch.stack([h[a:b].mean(0) for a, b in zip(cu[:-1], cu[1:])])
+
+    with torch.inference_mode():
+        cosine = float(F.cosine_similarity(pooled(prepare(enc, torch.qint8)), pooled(prepare(enc, torch.float32))).min())
+    _INT8_CHECKED[enc] = (version, cosine)
+    return cosine
 
 
 # ----------------------------------------------------------------------------- model preparation
@@ -260,9 +364,12 @@ def _weights_version(model: nn.Module) -> tuple:
 def prepare(model: nn.Module, dtype: torch.dtype, compile: bool = False) -> nn.Module:
     """The model in eval mode and `dtype`, MLPs compiled when asked; the caller's model is returned
     as is when nothing needs changing, otherwise a cached copy."""
-    param = next(model.parameters())
-    if param.dtype == dtype and not compile and not model.training:
+    current = torch.qint8 if is_int8(model) else next(model.parameters()).dtype
+    if current == dtype and not compile and not model.training:
         return model
+    if current == torch.qint8:
+        raise ValueError(f"this model is already quantised to int8 (`quantize_int8`) and cannot be made {dtype}; "
+                         f"prepare the original fp32 model instead")
     cache = _PREPARED.setdefault(model, {})
     key, version = (dtype, compile), _weights_version(model)
     hit = cache.get(key)
@@ -301,6 +408,16 @@ class _SplitGeGLU(nn.Module):
         return self.Wo(self.drop(self.act(self.Wi_in(x)) * self.Wi_gate(x)))
 
 
+def int8_available() -> bool:
+    """Whether this torch build has the x86/fbgemm quantised kernels `quantize_int8` needs."""
+    return bool({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines))
+
+
+def is_int8(model: nn.Module) -> bool:
+    """Whether `quantize_int8` has been applied to this model (or the model holding it)."""
+    return any(isinstance(m, _SplitGeGLU) for m in model.modules())
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """`model` (fp32, eval; modified in place and returned) with the encoder layers' linear layers
     (Wqkv, attention Wo, both GeGLU halves, MLP Wo) replaced by dynamically quantised int8 ones:
@@ -310,8 +427,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     EPYC it ran 1.1× faster than bf16 (benchmarks/results/cpu_levers_epyc-zen4-2c_202611.md).
     torch marks this eager quantisation API deprecated in favour of torchao; it still ships in
     torch 2.13."""
-    if "x86" not in torch.backends.quantized.supported_engines and \
-            "fbgemm" not in torch.backends.quantized.supported_engines:
+    if not int8_available():
         raise ValueError(f"dtype int8 needs torch's x86/fbgemm quantised kernels, which this torch build lacks "
                          f"(engines: {torch.backends.quantized.supported_engines}); use dtype 'auto' or 'bf16'")
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
@@ -473,7 +589,8 @@ def embed(model: nn.Module | str, inputs: Sequence[str] | Sequence[Sequence[int]
 
     encoder = _bare_encoder(model)
     device = next(encoder.parameters()).device
-    encoder = prepare(encoder, resolve_dtype(dtype, device), compile)
+    tune_malloc()
+    encoder = prepare(encoder, resolve_dtype(dtype, device, encoder, lambda: int8_probe(tokenizer, ids)), compile)
     results: list[torch.Tensor | None] = [None] * len(ids)
     batches = plan_batches([len(x) for x in ids], batch_tokens)
     if progress:
@@ -522,7 +639,8 @@ def fill_mask(model: nn.Module | str, texts: Sequence[str], tokenizer: Any = Non
                              f"put one where the prediction should go")
     ids = _truncate(ids, max_length or config.max_position_embeddings, truncate, special.sep)
     device = next(model.parameters()).device
-    model = prepare(model, resolve_dtype(dtype, device))
+    tune_malloc()
+    model = prepare(model, resolve_dtype(dtype, device, model, lambda: int8_probe(tokenizer, ids)))
     encoder = _bare_encoder(model)
     top_k = min(top_k, config.vocab_size)
     results: list[list[list[dict]]] = [[] for _ in ids]

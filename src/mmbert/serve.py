@@ -51,7 +51,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from mmbert.export.hf import from_pretrained
-from mmbert.inference import POOLINGS, _bare_encoder, embed, prepare, resolve_dtype
+from mmbert.inference import POOLINGS, _bare_encoder, embed, int8_probe, prepare, resolve_dtype
 from mmbert.version import __version__
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,8 @@ class Engine:
                              f"max_position_embeddings); pick a value in that range")
         self.max_length = cfg.max_length or limit
         device = next(model.parameters()).device
-        self.dtype = resolve_dtype(cfg.dtype, device)
+        # "auto" → int8 only if this model passes the int8 check on the probe sentences
+        self.dtype = resolve_dtype(cfg.dtype, device, model, lambda: int8_probe(self.tokenizer, []))
         # cast once here; embed() then finds the model already in `dtype` and uses it as is
         self.encoder = prepare(_bare_encoder(model), self.dtype)
         self.dims = self.config.hidden_size

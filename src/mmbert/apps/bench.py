@@ -15,8 +15,10 @@ pass gives tokens/s (real tokens only; padding is waste).
 Systems, same weights where they share an architecture (ours is copied into transformers through
 save_pretrained → from_pretrained, and into ONNX through export/onnx.py):
 - mmbert: ours, the packed varlen path (no compute on padding), in the dtype `embed` picks
-  ("auto": measured once per machine, see inference.calibrate_dtype; the record is printed);
-  mmbert_fp32 and mmbert_int8 (`embed(dtype="int8")`, dynamic quantisation) beside it;
+  ("auto": measured once per machine, see inference.calibrate_dtype, the record is printed; an
+  int8 answer is checked on the benchmark's model with random token ids, which random weights
+  always pass — check a trained model with benchmarks/int8_trained.py); mmbert_fp32, mmbert_bf16
+  and mmbert_int8 (`embed(dtype="int8")`, dynamic quantisation) beside it, those the default is not;
 - hf_modernbert: transformers ModernBertModel, SDPA (its default on CPU), padded batches;
 - onnxrt / onnxrt_int8: ONNX Runtime (CPU provider, all graph optimisations) on our encoder
   exported by torch.onnx.export, fp32 and int8 dynamic quantisation (onnxruntime.quantization),
@@ -55,6 +57,7 @@ import torch
 from mmbert.data.packing import pad_rows
 from mmbert.export.hf import save_pretrained
 from mmbert.export.onnx import export_onnx, session
+from mmbert.allocator import malloc_state, tune_malloc
 from mmbert.inference import (DTYPES, SPEED_FLAGS, calibrate_dtype, cpu_flags, cpu_has_fast_bf16, cpu_model,
                               cpu_vendor, default_threads, pack, prepare, resolve_dtype)
 from mmbert.model import EncoderConfig, build_model
@@ -153,6 +156,7 @@ def machine_info(threads: int) -> dict:
         ort_version = None
     return {"cpu": cpu_model(), "cpu_vendor": cpu_vendor(), "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
             "cores": cores, "threads": threads, "amx_bf16": cpu_has_fast_bf16(), "onnxruntime": ort_version,
+            "malloc": malloc_state(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
@@ -198,7 +202,10 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     windows = [None if cfg.is_global_layer(i) else half for i in range(cfg.num_hidden_layers)]
     flops_mm = lambda lengths: model_flops(lengths, linear_params=lin, hidden=cfg.hidden_size,  # noqa: E731
                                            layer_windows=windows)
-    dt = resolve_dtype(ours_dtype, torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        probe = [torch.randint(5, cfg.vocab_size, (n,)).tolist() for n in (128, 96, 64, 32)]
+    dt = resolve_dtype(ours_dtype, torch.device("cpu"), ours, lambda: probe)
 
     def packed_system(name: str, dtype: torch.dtype) -> System:
         fast = prepare(ours, dtype)
@@ -217,7 +224,9 @@ def build_systems(preset: str, peer_dtypes: list[torch.dtype], ours_dtype: str =
     systems = [packed_system("mmbert", dt)]
     if dt != torch.float32 and torch.float32 in peer_dtypes:  # ours in fp32 too: same-dtype ratios and MFU
         systems.append(packed_system("mmbert_fp32", torch.float32))
-    if dt != torch.qint8 and int8:  # our opt-in int8 path, next to ONNX Runtime's int8
+    if dt != torch.bfloat16:  # the float dtype "auto" falls back to where int8 fails a model's check
+        systems.append(packed_system("mmbert_bf16", torch.bfloat16))
+    if dt != torch.qint8 and int8:  # our int8 path, next to ONNX Runtime's int8
         systems.append(packed_system("mmbert_int8", torch.qint8))
 
     with tempfile.TemporaryDirectory() as d:
@@ -358,12 +367,13 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
     threads = cfg.threads or default_threads()
     torch.set_num_threads(threads)
+    tune_malloc()  # as embed runs; the peers in this process get the same allocator
     peer_dtypes = [DTYPES[d] for d in cfg.peer_dtypes]
     calibration = calibrate_dtype() if cfg.ours_dtype == "auto" else {"dtype": cfg.ours_dtype, "source": "--dtype"}
     log("dtype auto → {dtype} ({reason}; {source}{extra})".format(
         **{"reason": "given", **calibration},
-        extra="".join(f", {k} {calibration[k]:.4g}" for k in ("fp32_s", "bf16_s", "speedup", "cosine")
-                      if k in calibration)))
+        extra="".join(f", {k} {calibration[k]:.4g}" for k in ("fp32_s", "bf16_s", "int8_s", "speedup", "cosine",
+                                                                   "int8_cosine") if calibration.get(k) is not None)))
     result = {"machine": {**machine_info(threads), "dtype_calibration": calibration}, "method": {
         "batch_tokens": cfg.batch_tokens, "repeats": cfg.repeats, "cell_budget_s": cfg.cell_budget_s,
         "docs": {s: DOCS[s][1 if cfg.quick else 0] for s in cfg.sets}, "statistic": "median pass"}}
@@ -434,10 +444,11 @@ def markdown(result: dict) -> str:
     g = m["gemm_flops_per_s"]
     cal = m.get("dtype_calibration", {})
     cal_line = (f"dtype auto → {cal.get('dtype')} ({cal.get('reason', '')}; {cal.get('source', '')}"
-                + (f": fp32 {1e3 * cal['fp32_s']:.1f} ms, bf16 {1e3 * cal['bf16_s']:.1f} ms per calibration pass"
+                + (f": fp32 {1e3 * cal['fp32_s']:.1f} ms, bf16 {1e3 * cal['bf16_s']:.1f} ms"
+                   + (f", int8 {1e3 * cal['int8_s']:.1f} ms" if cal.get("int8_s") else "") + " per calibration pass"
                    if "fp32_s" in cal else "") + ").")
     lines = [f"Machine: {m.get('cpu_vendor', '?')} {m['cpu']}, flags {' '.join(m.get('cpu_flags', [])) or 'n/a'}, "
-             f"{m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, "
+             f"{m['cores']} cores ({m['threads']} threads used), AMX-BF16 {m['amx_bf16']}, malloc {m.get('malloc', '?')}, "
              f"torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m.get('onnxruntime')}; {m['date']}; "
              f"load average at start {m['load_avg_1m_at_start']}.", cal_line,
              f"Measured GEMM (2048³, median over all rounds of the run; the MFU denominator): fp32 "
