@@ -249,19 +249,22 @@ def test_auto_int8_is_checked_on_each_model(cache, monkeypatch, caplog, tmp_path
         assert resolve_dtype("auto", cpu, model, lambda: probe) == torch.qint8
     assert any("int8 on this model" in r.getMessage() for r in caplog.records)
     # the real check: int8 of a random-init 2-layer model is far inside the bar (as measure_dtypes)
-    assert inference.check_int8(model, probe) >= MIN_COSINE
-
-    calls = []
+    assert inference.check_int8(model, probe) >= inference.INT8_PROBE_MIN_COSINE > MIN_COSINE
 
     def poor(m, p):
-        calls.append(1)
         return 0.9962
+
+    def marginal(m, p):  # above 0.999, inside the probe's margin: not trusted
+        return MIN_COSINE + 0.0003
+
+    monkeypatch.setattr(inference, "check_int8", marginal)
+    assert resolve_dtype("auto", cpu, _tiny_model(tmp_path), lambda: probe) == torch.bfloat16
 
     monkeypatch.setattr(inference, "check_int8", poor)
     other = _tiny_model(tmp_path)
     with caplog.at_level(logging.INFO, logger="mmbert"):
         assert resolve_dtype("auto", cpu, other, lambda: probe) == torch.bfloat16
-    assert any("0.99620 < 0.999" in r.getMessage() for r in caplog.records)
+    assert any("0.99620 < 0.9997" in r.getMessage() for r in caplog.records)
     # embed with "auto" follows the same rule and returns what the fallback dtype computes
     ids = [[5, 6, 7], [8, 9, 10, 11]]
     assert torch.equal(inference.embed(other, ids), inference.embed(other, ids, dtype="bf16"))

@@ -8,12 +8,12 @@ with a fresh mmap and unmaps it on free, and it trims the heap top back to the k
 *trim threshold*. The threshold starts at 128 KiB and only rises when a large mmapped block is
 freed, so in a process that never freed a big block every forward pass maps, faults in (zeroes)
 and unmaps the same few-MB activation buffers again and again. Measured on the 2-core Zen 4 EPYC,
-mmbert-small, 1 thread, 2,035-token batches (benchmarks/malloc.py; results in
-benchmarks/results/malloc_epyc-zen4-2c_202611.md): int8 +45% (it allocates the most buffers:
-quantised activations, int32 accumulators), fp32 +5–9%, bf16 ±2%; tiny-model training +4% with a
-third of the system time. Before, whether a run was fast depended on unrelated history (a
-256k-vocabulary embedding freed early raised the threshold by itself: int8 ran 1.1× bf16 then,
-0.9× otherwise).
+mmbert-small, 1 thread, 1,887-token batches, each arm a fresh process (benchmarks/malloc.py;
+benchmarks/results/malloc_epyc-zen4-2c_202611.md): int8 +30% (it allocates the most buffers:
+quantised activations, int32 accumulators; 92k page faults per pass → 1), fp32 +7%, bf16 +3%,
+a tiny-model training step +14% (a whole study run +4%). Before, whether a run was fast also
+depended on unrelated history (a 256k-vocabulary embedding freed early raises the threshold by
+itself: int8 ran 1.1× bf16 then, 0.9× otherwise).
 
 What: `mallopt(M_MMAP_THRESHOLD, 64 MiB)` (blocks below it come from the heap and are reused)
 and `mallopt(M_TRIM_THRESHOLD, 128 MiB)` (up to that much free heap is kept for the next pass).
