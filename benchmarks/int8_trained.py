@@ -68,7 +68,7 @@ def random_ids(ids: list[list[int]], vocab_size: int, seed: int = 0) -> list[lis
 
 def model_row(path: str, texts: list[str], threads: int) -> dict[str, tuple[float, float]]:
     import mmbert
-    from mmbert.inference import embed, tokenize
+    from mmbert.inference import check_int8, embed, int8_probe, tokenize
 
     model = mmbert.from_pretrained(path, head="none")
     out = {}
@@ -78,6 +78,7 @@ def model_row(path: str, texts: list[str], threads: int) -> dict[str, tuple[floa
     probe = random_ids(tokenize(model.tokenizer, texts), model.config.vocab_size)
     out["int8 random ids"] = cosine_min_mean(embed(model, probe, dtype="int8", threads=threads),
                                              embed(model, probe, dtype="fp32", threads=threads))
+    out["check"] = check_int8(model, int8_probe(model.tokenizer, []))  # what dtype="auto" checks
     return out
 
 
@@ -93,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mmbert.eval.data import resolve_data_dir
-    from mmbert.inference import MIN_COSINE, SPEED_FLAGS, cpu_flags, cpu_model, cpu_vendor
+    from mmbert.inference import INT8_PROBE_MIN_COSINE, MIN_COSINE, SPEED_FLAGS, cpu_flags, cpu_model, cpu_vendor
 
     root, langs = resolve_data_dir(args.data_dir), args.langs.split(",")
     texts, found = load_texts(root, langs, args.per_lang)
@@ -117,13 +118,15 @@ def main() -> None:
     missing = f" (not found: {', '.join(missing)})" if missing else ""
     print(f"{len(models)} models under {prefix}; {len(texts)} texts: {args.per_lang} SIB-200 test sentences "
           f"each of {', '.join(found)}{missing}; mean pooling; cosine to fp32 in float64 (min / mean over texts).\n")
-    print("| model | int8 min | int8 mean | bf16 min | bf16 mean | int8 min, random ids | int8 mean, random ids |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | int8 min | int8 mean | bf16 min | bf16 mean | int8 min, random ids | int8 mean, random ids "
+          "| check_int8 (16 probe sentences) | auto |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     rows, t0 = {}, time.perf_counter()
     for path in models:
         r = rows[path] = model_row(path, texts, args.threads)
+        auto = "int8" if r["check"] >= INT8_PROBE_MIN_COSINE else "float"
         print(f"| {os.path.relpath(path, prefix)} | " + " | ".join(f"{r[c][0]:.6f} | {r[c][1]:.6f}" for c in COLUMNS)
-              + " |", flush=True)
+              + f" | {r['check']:.6f} | {auto} |", flush=True)
 
     print(f"\n| over {len(models)} models | min of per-model min | median of per-model min | "
           f"median of per-model mean | models with min ≥ {MIN_COSINE} |")
@@ -133,6 +136,14 @@ def main() -> None:
         ok = sum(m >= MIN_COSINE for m in mins)
         print(f"| {c} | {min(mins):.6f} | {statistics.median(mins):.6f} | {statistics.median(means):.6f} | "
               f"{ok}/{len(mins)} ({ok / len(mins):.0%}) |")
+    on = [r for r in rows.values() if r["check"] >= INT8_PROBE_MIN_COSINE]
+    below = [r for r in rows.values() if r["int8"][0] < MIN_COSINE]
+    gap = max(r["check"] - r["int8"][0] for r in rows.values())
+    print(f"\n`dtype=\"auto\"` on a machine whose calibration says int8: {len(on)}/{len(rows)} models pass the "
+          f"probe check (≥ {INT8_PROBE_MIN_COSINE:.4f}) and run int8, {sum(r['int8'][0] >= MIN_COSINE for r in on)} "
+          f"of them keep min ≥ {MIN_COSINE} on the texts above; {sum(r['check'] < INT8_PROBE_MIN_COSINE for r in below)}"
+          f"/{len(below)} models below {MIN_COSINE} on the texts are kept on the float dtype. The probe's minimum "
+          f"exceeds the texts' minimum by at most {gap:.5f}.")
     print(f"\n{time.perf_counter() - t0:.0f} s; load at the end {os.getloadavg()[0]:.2f}", file=sys.stderr)
 
 
