@@ -84,7 +84,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = ARMS
     jobs: int = 2  # training runs at a time
-    threads: int = 1  # torch threads per training run / per evaluation
+    threads: int = 1  # torch threads per training run; scoring, which runs alone after, uses jobs × threads
     data_dir: Path | None = None  # evaluation data (SIB-200); None = $MMBERT_EVAL_DATA or ../shared/data/eval
     density: float = DECAY_TIES_DENSITY  # as `mmbert demo`
     mlm_tokens_per_lang: int = 8192  # held-out tokens scored per language (decay-only ones have ~50–500)
@@ -347,7 +347,7 @@ def sib_languages(root: Path, tier_of: dict[str, str], per_tier: int = 24) -> tu
 
 def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
     """Score every model of every finished run; write logs/<arm>-seed<k>.json after each score."""
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads * cfg.jobs)  # training is over: all the cores the study was given
     index = ShardIndex.load(cfg.shards)
     langs = [lang for lang in index.languages if index.has(lang, "heldout")]
     counts = {lang: index.tokens(lang) for lang in index.languages}
