@@ -257,3 +257,16 @@ def test_sib_languages_spread_over_tiers(eval_data, tmp_path):
         by_tier[tier_of.get(lang, "not in corpus")] = by_tier.get(tier_of.get(lang, "not in corpus"), 0) + 1
     assert by_tier["not in corpus"] == 5 and by_tier["pretrain"] >= 1  # eng_Latn and fra_Latn are in SIB
     assert all(n <= 5 for t, n in by_tier.items() if t != "pretrain") and by_tier["pretrain"] <= 6
+
+
+def test_the_committed_page_is_what_the_committed_logs_and_notes_give(tmp_path, monkeypatch):
+    """docs/reproduction.md is generated (`mmbert study report`) from runs/study/*.json and
+    runs/study/NOTES.md; after either changes the page must be regenerated and committed with them
+    (it once kept quoting an old NOTES that said the P2 arms had not been run)."""
+    from mmbert.apps.study import LOGS, PAGE, write_report
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the page names the logs folder as given: the relative `runs/study`
+    page = write_report(LOGS, tmp_path / PAGE.name, log=lambda m: None)
+    assert page.read_text() == (root / PAGE).read_text(), \
+        "docs/reproduction.md is stale: run `mmbert study report --logs runs/study --out docs/reproduction.md`"
