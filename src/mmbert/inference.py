@@ -20,10 +20,10 @@ How it is fast (benchmarks/efficiency.py measures each lever; results in benchma
   float choice — and then, since int8's error depends on the trained weights, only for a model
   whose int8 embeddings of 16 probe sentences (`PROBE_TEXTS`) keep cosine ≥ 0.9997 to fp32 (0.999
   plus a measured margin, `INT8_PROBE_MIN_COSINE`; `check_int8`, once per model; else the float
-  choice). The machine's answer is cached per CPU
-  model and torch version in ~/.cache/mmbert/dtype_calibration.json ($MMBERT_CACHE_DIR moves it,
-  $MMBERT_DTYPE=fp32|bf16|int8 overrides it) and logged ("mmbert" logger; `mmbert --verbose`,
-  `mmbert bench`); bf16 on any CUDA GPU; always exact with `dtype="fp32"` (the tested oracle path);
+  choice). The machine's answer is cached per CPU model and torch version in
+  ~/.cache/mmbert/dtype_calibration.json ($MMBERT_CACHE_DIR moves it, $MMBERT_DTYPE=fp32|bf16|int8
+  overrides it) and logged ("mmbert" logger; `mmbert --verbose`, `mmbert bench`); bf16 on any CUDA
+  GPU; always exact with `dtype="fp32"` (the tested oracle path);
 - `dtype="int8"` (CPU; "auto" picks it as above): the layers' linear layers dynamically quantised
   to int8 (`quantize_int8`, torch's fbgemm/oneDNN VNNI kernels), the rest fp32 — 1.2–1.3× bf16 on
   a Zen 4 EPYC with malloc tuned (below);
@@ -114,7 +114,7 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in cpu_flags() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-# "auto" on CPU: bf16 against fp32 measured once per (CPU model, torch version), the answer cached.
+# "auto" on CPU: fp32, bf16 and int8 measured once per (CPU model, torch version), the answer cached.
 DTYPE_ENV = "MMBERT_DTYPE"  # fp32 / bf16 / int8: what "auto" means on CPU, without calibrating
 CACHE_ENV = "MMBERT_CACHE_DIR"  # folder of the calibration file (default: the user cache dir)
 CALIBRATION_FORMAT = 2  # 2: int8 timed too, and the float dtype it falls back to
