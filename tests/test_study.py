@@ -18,6 +18,7 @@ from synthetic import write_learnable_shards  # noqa: E402
 from tinyrun import tiny_recipe  # noqa: E402
 
 from mmbert.apps import study  # noqa: E402
+from mmbert.data.shards import ShardIndex  # noqa: E402
 from mmbert.train.recipe import get_recipe  # noqa: E402
 
 
@@ -91,11 +92,25 @@ def test_derived_arms_control_exposure_timing_and_repetition(tmp_path):
     for x, y in zip(ts.tracks()["decay-all"], rec.tracks()["decay-all"]):  # only the sampling differs
         assert (x.tokens, x.mask_rate, x.seq_len, x.lr_peak, x.global_rope_theta) == \
             (y.tokens, y.mask_rate, y.seq_len, y.lr_peak, y.global_rope_theta)
+    # late-not-last: the recipe's exposure too, the decay-only languages all in the window before the last
+    for t in study.TIERS:
+        assert tokens["late-not-last"][t] == pytest.approx(tokens["recipe"][t], abs=2)
+        assert tokens["late-not-last"]["max_epochs"][t] == pytest.approx(tokens["recipe"]["max_epochs"][t], abs=2e-3)
+    lnl = get_recipe(cfg.recipe("late-not-last")).tracks()["decay-all"]
+    full = {lang: ShardIndex.load(cfg.shards).tokens(lang) for lang in ShardIndex.load(cfg.shards).languages}
+    tier_of = study.tier_of_languages(cfg, full)
+    decay_only = {lang for lang, t in tier_of.items() if t == "decay-only"}
+    assert decay_only and not decay_only & set(lnl[-1].shares)  # absent from the last phase ...
+    assert decay_only <= set(lnl[-2].shares)  # ... present in the one before, as long as the decay phase
+    recipe_track = rec.tracks()["decay-all"]
+    assert (lnl[-2].tokens, lnl[-2].mask_rate) == (recipe_track[-1].tokens, recipe_track[-1].mask_rate)
+    assert sum(p.tokens for p in lnl) == sum(p.tokens for p in recipe_track)
+    assert [(p.lr_peak, p.lr_decay, p.seq_len) for p in lnl[-1:]] == \
+        [(p.lr_peak, p.lr_decay, p.seq_len) for p in recipe_track[-1:]]  # the LR still decays at the end
     # the fixed-τ sweep: a lower τ gives the small languages more
     assert tokens["tau-0.3"]["decay-only"] > tokens["mbert-baseline"]["decay-only"] > tokens["tau-1.0"]["decay-only"]
     # repetition regime: the training data is shrunk, the decay-only languages most; fixed τ repeats
     # their data far more
-    from mmbert.data.shards import ShardIndex
     capped, full = ShardIndex.load(cfg.out / "shards-capped"), ShardIndex.load(cfg.shards)
     assert capped.tokens("yor_Latn") < full.tokens("yor_Latn") and capped.tokens("eng_Latn") < full.tokens("eng_Latn")
     assert capped.tokens("yor_Latn") <= 60 + 90 and capped.tokens("eng_Latn") <= 1500  # whole documents (≤ 89)

@@ -13,6 +13,10 @@ Arms, each trained with every seed on the embedded corpus's shards (tiny preset)
   time-shuffled    the recipe's decay-all track with every phase sampling the track's *average*
                    distribution: each language gets the recipe's tokens (and passes over its data),
                    spread uniformly over training — only *when* a language is seen differs
+  late-not-last    the recipe's decay-all track with the decay phase's language mix (and mask) moved
+                   one window earlier and mid-training's mix at the end: the decay-only languages get the
+                   recipe's tokens in a window as late and as dense, but not last — recency vs late
+                   introduction
   tau-0.3, tau-1.0 mbert-baseline at another fixed τ: with it, a τ sweep that places the
                    progressive schedule on the exposure/quality trade-off curve
   rep-progressive, constant-mask and mbert-baseline on shards shrunk to at most `rep_cap_tokens` training
@@ -64,7 +68,8 @@ from mmbert.utils import atomic_write, publish_dir
 BASE_ARMS = {"recipe": "cpu-demo", "constant-mask": "cpu-demo-constant-mask",
              "mbert-baseline": "cpu-demo-mbert-baseline"}
 # arm → (base arm whose recipe it derives from, how): see the module docstring
-DERIVED_ARMS = {"time-shuffled": ("recipe", "time-shuffled"), "tau-0.3": ("mbert-baseline", "tau"),
+DERIVED_ARMS = {"time-shuffled": ("recipe", "time-shuffled"), "late-not-last": ("recipe", "late-not-last"),
+                "tau-0.3": ("mbert-baseline", "tau"),
                 "tau-1.0": ("mbert-baseline", "tau"), "rep-progressive": ("constant-mask", "capped"),
                 "rep-fixed-tau": ("mbert-baseline", "capped")}
 ARMS = (*BASE_ARMS, *DERIVED_ARMS)
@@ -156,9 +161,7 @@ def time_shuffled_recipe(rec, counts: dict[str, int]):
     track = rec.tracks()["decay-all"]
     exposure: dict[str, float] = {}
     for p in track:
-        langs = resolve_languages(p.languages, counts, p.shares)
-        plan = plan_phase(counts, langs, p.temperature, weights=p.language_weights or None, shares=p.shares or None)
-        for lang, prob in plan.as_dict().items():
+        for lang, prob in _mix(p, counts).items():
             exposure[lang] = exposure.get(lang, 0.0) + prob * p.tokens
     total = sum(exposure.values())
     shares = {k: v / total for k, v in sorted(exposure.items())}
@@ -166,6 +169,37 @@ def time_shuffled_recipe(rec, counts: dict[str, int]):
                    for p in track)
     # the same track shape (main phases, then the decay-all variant), so runs, exports and logs line up
     return rec.replace(name=f"{rec.name}-time-shuffled", phases=phases[:-1], variants={"decay-all": phases[-1:]})
+
+
+def _mix(p, counts: dict[str, int]) -> dict[str, float]:
+    """A phase's sampling distribution over languages, as explicit shares."""
+    langs = resolve_languages(p.languages, counts, p.shares)
+    plan = plan_phase(counts, langs, p.temperature, weights=p.language_weights or None, shares=p.shares or None)
+    return dict(sorted(plan.as_dict().items()))
+
+
+def late_not_last_recipe(rec, counts: dict[str, int]):
+    """The recipe's decay-all track with the decay phase's language mix moved one window earlier:
+    the last `decay` tokens of mid-training sample decay-all's mix (every language, τ 0.3) at its 5%
+    mask, and the final decay phase samples mid-training's mix — so every language gets the recipe's
+    tokens, the decay-only languages in a window of the same length, density and mask rate that ends
+    `decay` tokens before the end instead of at it. LR, θ and sequence length stay where they were
+    (by position). Against the recipe this separates recency (being seen last) from late
+    introduction; against time-shuffled, late-but-not-last from spread-over-training."""
+    pre, mid, decay = rec.tracks()["decay-all"]
+    if mid.lr_warmup_tokens or mid.lr_decay != "none" or mid.tokens <= decay.tokens:
+        raise ValueError(f"late-not-last splits the mid phase at a constant LR; recipe {rec.name!r}'s mid phase "
+                         f"has warm-up/decay or is not longer than its decay phase")
+    mid_mix, decay_mix = _mix(mid, counts), _mix(decay, counts)
+
+    def sampling(mix: dict[str, float]) -> dict:
+        return dict(languages=tuple(mix), shares=mix, language_weights={}, epoch_cap=None)
+
+    mid_a = dataclasses.replace(mid, tokens=mid.tokens - decay.tokens)
+    mid_b = dataclasses.replace(mid, name="mid-late", tokens=decay.tokens, mask_rate=decay.mask_rate,
+                                **sampling(decay_mix))
+    last = dataclasses.replace(decay, **sampling(mid_mix))
+    return rec.replace(name=f"{rec.name}-late-not-last", phases=(pre, mid_a, mid_b), variants={"decay-all": (last,)})
 
 
 def fixed_tau_recipe(rec, tau: float):
@@ -208,7 +242,7 @@ def cap_shards(src: Path, dst: Path, languages: Sequence[str], cap_tokens: int, 
 
 
 def prepare_arms(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
-    """The derived arms' inputs: recipe JSONs (time-shuffled, fixed τ) and the capped shards."""
+    """The derived arms' inputs: recipe JSONs (time-shuffled, late-not-last, fixed τ) and the capped shards."""
     derived = [a for a in cfg.arms if a in DERIVED_ARMS]
     if not derived:
         return
@@ -220,7 +254,8 @@ def prepare_arms(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
         if how == "capped":
             continue
         rec = get_recipe(cfg.recipe(base))
-        rec = time_shuffled_recipe(rec, counts) if how == "time-shuffled" else fixed_tau_recipe(rec, float(arm[4:]))
+        rec = (time_shuffled_recipe(rec, counts) if how == "time-shuffled" else
+               late_not_last_recipe(rec, counts) if how == "late-not-last" else fixed_tau_recipe(rec, float(arm[4:])))
         path = Path(cfg.recipe(arm))
         if not path.is_file() or path.read_text() != rec.to_json():
             atomic_write(path, rec.to_json())
@@ -542,6 +577,8 @@ SECONDARY = (  # (label, a, b): Holm-corrected together, on every tier
     ("decay-all vs decay-cont", ("recipe", "decay-all"), ("recipe", "decay-cont")),
     ("TIES merge vs decay-all", ("recipe", "ties-merge"), ("recipe", "decay-all")),
     ("recipe vs time-shuffled", ("recipe", "decay-all"), ("time-shuffled", "decay-all")),
+    ("recency: recipe (late, last) vs late-not-last", ("recipe", "decay-all"), ("late-not-last", "decay-all")),
+    ("late-not-last vs time-shuffled", ("late-not-last", "decay-all"), ("time-shuffled", "decay-all")),
     ("inverse mask vs constant 15% (recipe vs constant-mask)", ("recipe", "decay-all"), ("constant-mask", "decay-all")),
     ("progressive vs fixed τ 0.7 at this budget (constant-mask vs mbert-baseline)", ("constant-mask", "decay-all"),
      ("mbert-baseline", "decay-all")),
