@@ -9,7 +9,7 @@ member, "varlen" packed (no compute on padding).
 
 Part 2 — one attention call on the packed layout (q, k, v [N, heads, head_dim], documents back to
 back), global and sliding-window, for mmbert-small's heads (6 × 64), window ±64:
-- varlen: ours (model/attention.py: length buckets + SDPA for global, banded blocks for local);
+- varlen: ours (model/attention.py: per-document SDPA calls for global, banded blocks for local);
 - per-doc SDPA: a Python loop, one SDPA call per document (band mask per document when local);
 - block-diagonal: one SDPA call over the whole stream with a [N, N] document (∧ band) mask;
 - flex: torch.nn.attention.flex_attention with a document (∧ window) BlockMask, torch.compile'd

@@ -10,16 +10,21 @@ Backends (`plan.backend`)
 - "eager": explicit scores, masked positions filled with the dtype's minimum, a float32 softmax —
   the oracle every faster path is tested against (padded layout).
 - "sdpa": `F.scaled_dot_product_attention` with a boolean mask (padded layout).
-- "varlen": the packed path for any device without flash-attn. Global layers: documents are
-  gathered into a few length buckets (padded to ≤1.25× their length, so waste is bounded and the
-  number of SDPA calls is small) and run through SDPA. Local layers: the token stream is cut
-  into blocks of w = window//2 queries that each see the 3w keys around them (a band, computed
-  in one batched SDPA call with a mask |i−j| ≤ w ∧ same document), so a sliding-window layer
-  costs O(N·w), not O(N·T) — this is what keeps 8k-token documents as efficient per FLOP as
-  512-token ones on CPU. Measured fastest on CPU against per-document SDPA calls, one SDPA call
-  with a block-diagonal mask over the whole stream (O(N²)) and compiled FlexAttention (needs
-  torch.compile per shape on CPU) — benchmarks/attention_backends.py, results in
-  benchmarks/results/attention_backends_*.md.
+- "varlen": the packed path for any device without flash-attn. Global layers on CPU: one SDPA
+  call per document on views of the stream (no padding, no mask, no gather); on other devices the
+  documents are gathered into a few length buckets (padded to ≤1.25× their length) so the number
+  of kernel launches stays small. Local layers: the token stream is cut into blocks of b = w/2
+  queries that each see the b + 2w keys around them (a band, computed in one batched SDPA call
+  with an additive 0/−inf mask for |i−j| ≤ w ∧ same document, built once per plan and dtype), so
+  a sliding-window layer costs O(N·w), not O(N·T) — this is what keeps 8k-token documents as
+  efficient per FLOP as 512-token ones on CPU. Measured on CPU (1 thread, benchmarks/
+  attention_cpu.py, results/attention_cpu_*.md): per-document calls beat the buckets 1.15–2×
+  (the gathers, the scatter and the padding cost more than the calls); b = w/2 beats b = w by
+  ~1.2× (2.5w keys per query instead of 3w, for the 2w+1 needed), while b = w/4 or smaller makes
+  the GEMMs too small to gain; a precomputed float mask saves SDPA turning a bool one into it on
+  every call (~3%). Earlier (benchmarks/attention_backends.py): faster than one SDPA call with a
+  block-diagonal mask over the whole stream (O(N²)) and compiled FlexAttention (needs
+  torch.compile per shape on CPU).
 - "torch-varlen": torch's own FlashAttention-2 varlen kernel, `torch.nn.attention.varlen.varlen_attn`
   (CUDA sm80+, fp16/bf16; nothing to install or build), window (w, w) on local layers. The CUDA
   default when flash-attn is not usable: no host syncs per layer (the plan is built once), and it
@@ -94,6 +99,22 @@ def _bucket_length(n: int, granularity: int = 4) -> int:
     return int(math.ceil(n / step) * step)
 
 
+def _length_buckets(cu: torch.Tensor, device: torch.device) -> list:
+    """Documents sorted by length and grouped by `_bucket_length`: [(gather_idx [d, L], valid [d, L],
+    full)] per bucket; index N (one past the stream) is the padding row."""
+    lengths, n, buckets = cu[1:] - cu[:-1], int(cu[-1]), []
+    order = torch.argsort(lengths, stable=True)
+    blen = torch.tensor([_bucket_length(int(x)) for x in lengths[order]])
+    for L in torch.unique_consecutive(blen).tolist():
+        docs = order[blen == L]
+        starts, lens = cu[docs], lengths[docs]
+        ar = torch.arange(L)
+        valid = ar[None, :] < lens[:, None]
+        idx = torch.where(valid, starts[:, None] + ar[None, :], torch.full_like(valid, n, dtype=torch.long))
+        buckets.append((idx.to(device), valid.to(device), bool(valid.all())))
+    return buckets
+
+
 @dataclass
 class AttentionPlan:
     """Everything attention needs about the batch layout, computed once per forward and shared
@@ -109,8 +130,11 @@ class AttentionPlan:
     cu_seqlens_k: torch.Tensor | None = None  # a distinct copy for the keys (CUDA kernels), same values
     max_seqlen: int = 0
     doc_ids: torch.Tensor | None = None  # [N] long
-    buckets: list = field(default_factory=list)  # [(gather_idx [d, L], valid [d, L])]
-    band_mask: torch.Tensor | None = None  # [nb, 1, w, 3w] bool
+    uniform_length: int = 0  # every document has this length (0: they differ)
+    doc_spans: list = field(default_factory=list)  # CPU: [(start, end)] per document
+    buckets: list = field(default_factory=list)  # other devices: [(gather_idx [d, L], valid [d, L], full)]
+    band_block: int = 0  # b: queries per block on local layers
+    band_mask: torch.Tensor | None = None  # [nb, 1, b, b + 2w] bool
 
     @property
     def packed(self) -> bool:
@@ -137,27 +161,35 @@ class AttentionPlan:
         lengths = (cu[1:] - cu[:-1])
         n = int(cu[-1])
         self.doc_ids = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(device)
-        # global layers: length buckets (sorted, so each bucket is a contiguous slice)
-        order = torch.argsort(lengths, stable=True)
-        blen = torch.tensor([_bucket_length(int(x)) for x in lengths[order]])
-        for L in torch.unique_consecutive(blen).tolist():
-            docs = order[blen == L]
-            starts, lens = cu[docs], lengths[docs]
-            ar = torch.arange(L)
-            valid = ar[None, :] < lens[:, None]
-            idx = torch.where(valid, starts[:, None] + ar[None, :], torch.full_like(valid, n, dtype=torch.long))
-            self.buckets.append((idx.to(device), valid.to(device), bool(valid.all())))
-        # local layers: band over the whole stream, masked to the same document
+        self.uniform_length = int(lengths[0]) if len(lengths) and bool((lengths == lengths[0]).all()) else 0
+        # global layers
+        if device.type == "cpu":
+            self.doc_spans = [(a, e) for a, e in zip(cu[:-1].tolist(), cu[1:].tolist()) if e > a]
+        else:
+            self.buckets = _length_buckets(cu, device)
+        # local layers: blocks of b queries, each with the b + 2w keys around it, masked to the
+        # band and the same document (padding is document −1)
         w = self.window
-        nb = max(1, math.ceil(n / w))
-        pad_doc = torch.full((nb * w + 2 * w,), -1, dtype=torch.long)
+        b = self.band_block = max(1, w // 2)
+        nb = max(1, math.ceil(n / b))
+        pad_doc = torch.full((nb * b + 2 * w,), -1, dtype=torch.long)
         pad_doc[w:w + n] = self.doc_ids.cpu()
-        q_doc = pad_doc[w:w + nb * w].view(nb, w)
-        k_doc = pad_doc.unfold(0, 3 * w, w)[:nb]  # [nb, 3w]
-        qi = torch.arange(w)[:, None]
-        kj = torch.arange(3 * w)[None, :] - w
-        band = (qi - kj).abs() <= w  # [w, 3w]
+        q_doc = pad_doc[w:w + nb * b].view(nb, b)
+        k_doc = pad_doc.unfold(0, b + 2 * w, b)[:nb]  # [nb, b + 2w]
+        qi = torch.arange(b)[:, None]
+        kj = torch.arange(b + 2 * w)[None, :] - w  # key offset from the block's first query
+        band = (qi - kj).abs() <= w  # [b, b + 2w]
         self.band_mask = (band[None] & (q_doc[:, :, None] == k_doc[:, None, :]))[:, None].to(device)
+
+    def band_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """`band_mask` as an additive mask (0 where allowed, −inf elsewhere) in `dtype`, built once
+        per plan and dtype: SDPA would turn the bool mask into this on every call (two `where`s).
+        No row is all −inf: every query sees itself (padding queries too, as document −1)."""
+        key = ("band", dtype)
+        if key not in self._masks:
+            bias = torch.zeros(self.band_mask.shape, dtype=dtype, device=self.band_mask.device)
+            self._masks[key] = bias.masked_fill_(~self.band_mask, float("-inf"))
+        return self._masks[key]
 
     def padded_mask(self, T: int, local: bool, device: torch.device) -> torch.Tensor | None:
         """[B or 1, 1, T, T] boolean mask (True = may attend) for the padded layout."""
@@ -206,22 +238,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Attention
 def _varlen(q, k, v, plan: AttentionPlan, local: bool, dropout_p: float, scale: float) -> torch.Tensor:
     N, h, d = q.shape
     if local:
-        w = plan.window
+        w, b = plan.window, plan.band_block
         nb = plan.band_mask.shape[0]
-        # queries: [nb, h, w, d]; keys/values: the 3w tokens around each block, [nb, h, 3w, d]
-        qp = F.pad(q, (0, 0, 0, 0, 0, nb * w - N)).view(nb, w, h, d).transpose(1, 2)
-        kp = F.pad(k, (0, 0, 0, 0, w, nb * w - N + w)).unfold(0, 3 * w, w)[:nb].permute(0, 1, 3, 2)
-        vp = F.pad(v, (0, 0, 0, 0, w, nb * w - N + w)).unfold(0, 3 * w, w)[:nb].permute(0, 1, 3, 2)
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=plan.band_mask, dropout_p=dropout_p, scale=scale)
-        return out.transpose(1, 2).reshape(nb * w, h * d)[:N]
-    if len(plan.buckets) == 1 and plan.buckets[0][2] and plan.buckets[0][0].numel() == N:
-        # every document has the bucket's length (fixed-length batches): the stream already is a
+        # queries: [nb, h, b, d]; keys/values: the b + 2w tokens around each block, [nb, h, b + 2w, d]
+        qp = F.pad(q, (0, 0, 0, 0, 0, nb * b - N)).view(nb, b, h, d).transpose(1, 2)
+        kp = F.pad(k, (0, 0, 0, 0, w, nb * b - N + w)).unfold(0, b + 2 * w, b)[:nb].permute(0, 1, 3, 2)
+        vp = F.pad(v, (0, 0, 0, 0, w, nb * b - N + w)).unfold(0, b + 2 * w, b)[:nb].permute(0, 1, 3, 2)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=plan.band_bias(q.dtype), dropout_p=dropout_p,
+                                             scale=scale)
+        return out.transpose(1, 2).reshape(nb * b, h * d)[:N]
+    if plan.uniform_length:
+        # every document has the same length (fixed-length batches): the stream already is a
         # [docs, L] grid, so view it instead of gathering and scattering copies (~10% of a bf16 forward)
-        D, L = plan.buckets[0][0].shape
-        qb, kb, vb = (x.view(D, L, h, d).transpose(1, 2) for x in (q, k, v))
+        L = plan.uniform_length
+        qb, kb, vb = (x.view(N // L, L, h, d).transpose(1, 2) for x in (q, k, v))
         out = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout_p, scale=scale)
         return out.transpose(1, 2).reshape(N, h * d)
     out = q.new_empty(N, h * d)
+    if plan.doc_spans:  # CPU: one call per document, [1, h, L, d] views (SDPA's CPU kernel wants 4-D)
+        for a, e in plan.doc_spans:
+            od = F.scaled_dot_product_attention(*(x[a:e].transpose(0, 1)[None] for x in (q, k, v)),
+                                                dropout_p=dropout_p, scale=scale)
+            out[a:e] = od[0].transpose(0, 1).reshape(e - a, h * d)
+        return out
     zero = q.new_zeros(1, h, d)
     qz, kz, vz = (torch.cat([x, zero]) for x in (q, k, v))  # row N is the padding row
     for idx, valid, full in plan.buckets:
