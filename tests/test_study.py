@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
 from synthetic import write_learnable_shards  # noqa: E402
@@ -59,7 +60,11 @@ def toy_study(tmp_path_factory):
     the slow test below — the derived arms' inputs are checked without training in the default suite."""
     cfg = _toy_config(tmp_path_factory.mktemp("study"))
     messages = []
+    threads = torch.get_num_threads()
     study.run_study(cfg, log=messages.append)
+    # scoring runs on jobs × threads and must hand the count back: a larger OpenMP pool left in this
+    # process deadlocked the forked child of tests/train/test_crash.py
+    assert torch.get_num_threads() == threads
     return cfg, messages
 
 

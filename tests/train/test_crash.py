@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmbert.train import checkpoint as C
 from mmbert.train.loop import TrainingDiverged, train
@@ -26,6 +27,24 @@ from mmbert.utils import RunLocked
 from tinyrun import poison_loss_after, tiny_config, tiny_recipe
 
 KW = dict(micro_batch_tokens=128, progress=False, plots=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Every run here on one torch thread. A forked child inherits the parent's OpenMP thread count
+    but not its pool threads: with a count above 1 its first parallel op waits forever for workers
+    that do not exist (seen as a hang in repeat_interleave when an earlier test left 2 threads).
+    One thread runs parallel ops inline; the reference, the killed children and the resumes all
+    use it, so bit-identity compares like with like."""
+    old, env = torch.get_num_threads(), os.environ.get("MMBERT_THREADS")
+    torch.set_num_threads(1)
+    os.environ["MMBERT_THREADS"] = "1"
+    yield
+    torch.set_num_threads(old)
+    if env is None:
+        del os.environ["MMBERT_THREADS"]
+    else:
+        os.environ["MMBERT_THREADS"] = env
 TIMING = ("tokens_per_s", "mfu")  # wall-clock fields of a metrics record
 
 

@@ -381,8 +381,18 @@ def sib_languages(root: Path, tier_of: dict[str, str], per_tier: int = 24) -> tu
 
 
 def evaluate_all(cfg: StudyConfig, log: Callable[[str], None] = print) -> None:
-    """Score every model of every finished run; write logs/<arm>-seed<k>.json after each score."""
-    torch.set_num_threads(cfg.threads * cfg.jobs)  # training is over: all the cores the study was given
+    """Score every model of every finished run; write logs/<arm>-seed<k>.json after each score. On
+    all the cores the study was given (jobs × threads: training is over), the caller's thread count
+    restored after (a process that forks later must not hold a larger OpenMP pool than it had)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads * cfg.jobs)
+    try:
+        _evaluate_all(cfg, log)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _evaluate_all(cfg: StudyConfig, log: Callable[[str], None]) -> None:
     index = ShardIndex.load(cfg.shards)
     langs = [lang for lang in index.languages if index.has(lang, "heldout")]
     counts = {lang: index.tokens(lang) for lang in index.languages}
