@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import copy
 import os
-import statistics
 import time
 
 import torch
@@ -31,21 +30,12 @@ import torch._dynamo
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 
+from attention_cpu import interleaved  # median s per variant, round by round (benchmarks/ on sys.path)
+
 from mmbert import EncoderConfig
 from mmbert.apps.bench import make_batches, set_lengths
 from mmbert.inference import cpu_model, pack, prepare
 from mmbert.model import build_model
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed round by round."""
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def encoder_workload(layers: int, docs: int):
