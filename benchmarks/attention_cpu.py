@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+from attention_backends import lengths_normal  # (benchmarks/ is on sys.path)
 
 from mmbert import EncoderConfig
 from mmbert.allocator import tune_malloc
@@ -34,11 +35,6 @@ from mmbert.model import build_model
 from mmbert.model.attention import AttentionPlan, _length_buckets
 
 H, D, W = 6, 64, 64  # mmbert-small: 6 heads of 64, local_attention 128 → half window 64
-
-
-def lengths_normal(n: int, mean: int, std: int, lo: int, hi: int, seed: int = 0) -> list[int]:
-    g = random.Random(seed)
-    return [min(hi, max(lo, round(g.gauss(mean, std)))) for _ in range(n)]
 
 
 def interleaved(fns: dict, rounds: int) -> dict[str, float]:

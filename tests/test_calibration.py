@@ -217,14 +217,14 @@ def test_thread_policy_keeps_the_faster_count(monkeypatch):
         torch.set_num_threads(old)
 
 
-def _tiny_model(tmp_path, layers: int = 2):
+def _tiny_model(tmp_path, layers: int = 2, head: str = "none"):
     from mmbert import EncoderConfig
     from mmbert.model import build_model
 
     cfg = EncoderConfig.from_preset("tiny", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
                                     num_attention_heads=2, local_attention=16, max_position_embeddings=64)
     torch.manual_seed(0)
-    return build_model(cfg, head="none").eval()
+    return build_model(cfg, head=head).eval()
 
 
 def _int8_cache(cache):
@@ -250,6 +250,12 @@ def test_auto_int8_is_checked_on_each_model(cache, monkeypatch, caplog, tmp_path
     assert any("int8 on this model" in r.getMessage() for r in caplog.records)
     # the real check: int8 of a random-init 2-layer model is far inside the bar (as measure_dtypes)
     assert inference.check_int8(model, probe) >= inference.INT8_PROBE_MIN_COSINE > MIN_COSINE
+    # fill_mask with "auto" quantises its masked-LM once: the copy the check made is the one it runs
+    quantised, real = [], inference.quantize_int8
+    monkeypatch.setattr(inference, "quantize_int8", lambda m: quantised.append(1) or real(m))
+    mlm, masked = _tiny_model(tmp_path, head="mlm"), [[2, 5, 4, 6, 1], [2, 7, 8, 4, 1]]
+    assert inference.fill_mask(mlm, masked) == inference.fill_mask(mlm, masked, dtype="int8")
+    assert len(quantised) == 1
 
     def poor(m, p):
         return 0.9962

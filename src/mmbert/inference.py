@@ -269,8 +269,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model: nn.Modu
     where it is ≥ 1.15× faster than fp32 and keeps cosine ≥ 0.999, int8 where it is ≥ 1.1× faster
     than that and `check_int8` on `model` with the token-id lists `probe()` returns (see
     `int8_probe`) clears INT8_PROBE_MIN_COSINE (without a model "auto" never means int8), else
-    float32. Explicit dtypes are
-    returned as asked."""
+    float32. Explicit dtypes are returned as asked."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -302,10 +301,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model: nn.Modu
     log.info("dtype auto → %s on this model: int8's probe cosine to fp32 is %.5f < %.4f", rec["fallback"], cosine, bar)
     return fallback
 
-
-# "auto" → int8 is checked once per model (and weights version): smallest cosine to fp32 of the
-# mean-pooled embeddings of the probe inputs
-_INT8_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 # Probe sentences for `check_int8` when the model has a tokenizer: the same meaning-free everyday
 # sentences in 16 languages and 12 scripts (written for this check), so quantisation error is
@@ -340,10 +335,10 @@ def int8_probe(tokenizer: Any, ids: Sequence[Sequence[int]], max_tokens: int = 1
 
 def check_int8(model: nn.Module, probe: Sequence[Sequence[int]]) -> float:
     """The smallest cosine between int8 and fp32 mean-pooled embeddings of `probe` (token-id
-    lists) on this model's encoder; measured once per model and weights version."""
-    enc = _bare_encoder(model)
-    version = _weights_version(enc)
-    hit = _INT8_CHECKED.get(enc)
+    lists) on this model's encoder; measured once per model and weights version, and kept beside
+    the model's prepared copies — the int8 copy it quantises is the one `prepare` then hands out."""
+    cache, version = _PREPARED.setdefault(model, {}), _weights_version(model)
+    hit = cache.get("int8 check")
     if hit is not None and hit[0] == version:
         return hit[1]
     p = pack(probe, torch.device("cpu"))
@@ -353,15 +348,17 @@ def check_int8(model: nn.Module, probe: Sequence[Sequence[int]]) -> float:
         h = m(p.input_ids, cu_seqlens=p.cu_seqlens, max_seqlen=p.max_seqlen).last_hidden_state.double()
         return torch.stack([h[a:b].mean(0) for a, b in zip(cu[:-1], cu[1:])])
 
+    int8, fp32 = (_bare_encoder(prepare(model, dt)) for dt in (torch.qint8, torch.float32))
     with torch.inference_mode():
-        cosine = float(F.cosine_similarity(pooled(prepare(enc, torch.qint8)), pooled(prepare(enc, torch.float32))).min())
-    _INT8_CHECKED[enc] = (version, cosine)
+        cosine = float(F.cosine_similarity(pooled(int8), pooled(fp32)).min())
+    cache["int8 check"] = (version, cosine)
     return cosine
 
 
 # ----------------------------------------------------------------------------- model preparation
 # A cast / compiled copy per (model, dtype, compile), rebuilt when the model's weights change
-# (parameter version counters move on every in-place update, e.g. an optimizer step).
+# (parameter version counters move on every in-place update, e.g. an optimizer step); also the
+# model's `check_int8` result, under "int8 check".
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -433,7 +430,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     int8 weights per output channel, activations quantised per batch on the fly, int32
     accumulation, fp32 out (`torch.ao.quantization.quantize_dynamic`, x86 engine = fbgemm/oneDNN
     VNNI kernels). Embeddings, norms, RoPE, attention and heads stay fp32. On the 2-core Zen 4
-    EPYC it ran 1.1× faster than bf16 (benchmarks/results/cpu_levers_epyc-zen4-2c_202611.md).
+    EPYC it runs 1.25–1.3× bf16 with malloc tuned (benchmarks/results/efficiency_epyc-zen4-2c_202611.md).
     torch marks this eager quantisation API deprecated in favour of torchao; it still ships in
     torch 2.13."""
     if not int8_available():

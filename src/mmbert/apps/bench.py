@@ -54,10 +54,10 @@ from typing import Callable
 
 import torch
 
+from mmbert.allocator import malloc_state, tune_malloc
 from mmbert.data.packing import pad_rows
 from mmbert.export.hf import save_pretrained
 from mmbert.export.onnx import export_onnx, session
-from mmbert.allocator import malloc_state, tune_malloc
 from mmbert.inference import (DTYPES, SPEED_FLAGS, calibrate_dtype, cpu_flags, cpu_has_fast_bf16, cpu_model,
                               cpu_vendor, default_threads, pack, prepare, resolve_dtype)
 from mmbert.model import EncoderConfig, build_model
